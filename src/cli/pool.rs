@@ -1,0 +1,157 @@
+//! `thinlayer pool ...`
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::{Ctx, output};
+use crate::Driver;
+use crate::fs::FsKind;
+use crate::pool::{PoolOptions, SourceOptions};
+use crate::units::{BlockSize, Bytes};
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Create the pool: sparse files on loop devices under --root by default,
+    /// or given block devices, or an existing pool; then the base device with
+    /// an empty filesystem that every layer starts from.
+    Init(InitArgs),
+    /// Bring the pool up after a reboot: reattach its loop devices, check its
+    /// metadata with thin_check and load its table. Every other command does
+    /// this by itself when needed.
+    Activate,
+    /// Show data and metadata use, block size, transaction id and mode.
+    Status,
+    /// Remove every container, image and mount, the pool's devices and files,
+    /// and the records. An existing pool given at init is left in place, with
+    /// every thin device thinlayer made in it deleted.
+    Destroy,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Size of the sparse data file (loop mode).
+    #[arg(long, default_value = "100G")]
+    data_size: Bytes,
+    /// Size of the sparse metadata file (loop mode), 2 MiB to 16 GiB.
+    #[arg(long, default_value = "2G")]
+    metadata_size: Bytes,
+    /// Pool data block size: the unit of copy-on-write, 64K to 1G in steps of 64K.
+    #[arg(long, default_value = "64K")]
+    block_size: Bytes,
+    /// Size of every layer's block device (what `df` shows inside).
+    #[arg(long, default_value = "10G")]
+    base_size: Bytes,
+    /// Filesystem of the layers: ext4 or xfs.
+    #[arg(long = "fs", default_value = "ext4")]
+    filesystem: FsKind,
+    /// Refuse new layers while less than this percentage of the pool is free.
+    #[arg(long, default_value_t = 10)]
+    min_free_percent: u8,
+    /// Use this block device for data instead of a loop file (with --metadata-device).
+    #[arg(long, requires = "metadata_device", conflicts_with = "existing_pool")]
+    data_device: Option<PathBuf>,
+    /// Use this block device for the pool's metadata (with --data-device).
+    #[arg(long, requires = "data_device")]
+    metadata_device: Option<PathBuf>,
+    /// Use a thin pool that already exists, by its device-mapper name.
+    #[arg(long)]
+    existing_pool: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Init(a) => init(ctx, a),
+        PoolCmd::Activate => {
+            ctx.open()?;
+            if !ctx.json {
+                println!("pool at {} is active", ctx.root.display());
+            }
+            Ok(())
+        }
+        PoolCmd::Status => status(ctx),
+        PoolCmd::Destroy => {
+            ctx.open()?.destroy().context("cannot destroy the pool")?;
+            if !ctx.json {
+                println!("pool at {} destroyed", ctx.root.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<()> {
+    let source = match (a.data_device, a.metadata_device, a.existing_pool) {
+        (Some(data), Some(metadata), None) => SourceOptions::Devices { data, metadata },
+        (None, None, Some(pool)) => SourceOptions::Existing { pool },
+        _ => SourceOptions::LoopFiles {
+            data_size: a.data_size,
+            metadata_size: a.metadata_size,
+        },
+    };
+    let opts = PoolOptions {
+        source,
+        block_size: BlockSize::from_bytes(a.block_size)?,
+        filesystem: a.filesystem,
+        base_size: a.base_size,
+        min_free_percent: a.min_free_percent,
+    };
+    let driver = Driver::init(&ctx.root, ctx.kernel.clone(), &opts)
+        .with_context(|| format!("cannot create a pool at {}", ctx.root.display()))?;
+    let st = driver.status()?;
+    if ctx.json {
+        return output::json(&st);
+    }
+    println!(
+        "pool {} ready at {}: {} data, {} metadata, {} blocks, {} layers of {}",
+        st.name,
+        ctx.root.display(),
+        st.data_total,
+        st.metadata_total,
+        st.block_size,
+        opts.filesystem,
+        opts.base_size
+    );
+    Ok(())
+}
+
+fn status(ctx: &Ctx) -> anyhow::Result<()> {
+    let st = ctx.open()?.status()?;
+    if ctx.json {
+        return output::json(&st);
+    }
+    let pct = |u: Bytes, t: Bytes| {
+        if t.0 == 0 {
+            0.0
+        } else {
+            u.0 as f64 * 100.0 / t.0 as f64
+        }
+    };
+    println!("pool:            {}", st.name);
+    println!(
+        "mode:            {}{}",
+        st.mode.as_str(),
+        if st.needs_check { " (needs check)" } else { "" }
+    );
+    println!(
+        "data:            {} of {} used ({:.1}%), {} bytes of {}",
+        st.data_used,
+        st.data_total,
+        pct(st.data_used, st.data_total),
+        st.data_used.0,
+        st.data_total.0
+    );
+    println!(
+        "metadata:        {} of {} used ({:.1}%), {} bytes of {}",
+        st.metadata_used,
+        st.metadata_total,
+        pct(st.metadata_used, st.metadata_total),
+        st.metadata_used.0,
+        st.metadata_total.0
+    );
+    println!("block size:      {}", st.block_size);
+    println!("transaction id:  {}", st.transaction_id);
+    println!("thin devices:    {}", st.thin_devices);
+    Ok(())
+}

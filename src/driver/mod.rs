@@ -1,0 +1,683 @@
+//! The driver: the snapshot tree, the records and the pool, kept in step.
+//!
+//! A [`Driver`] is a handle on one root. Every operation takes the root's
+//! lock, reads the records, makes sure the pool is live and that no earlier
+//! operation was left half done (see [`reconcile`]), then does its work. The
+//! handle holds no state of its own between operations, so several handles,
+//! threads and processes share a root safely.
+
+mod reconcile;
+mod sizes;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+pub use sizes::LayerSize;
+
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::kernel::{Kernel, MountRequest};
+use crate::pool::{self, Pool, PoolMode, PoolOptions, PoolStatus};
+use crate::records::{Intent, Records, RootLock, Store};
+use crate::thin::Thins;
+use crate::tree::{Image, ImageRef, Kind, Layer, Tree, validate_container_name};
+use crate::units::ThinId;
+
+/// Where mount points live under the root.
+const MOUNT_DIR: &str = "mnt";
+
+/// A handle on one root.
+pub struct Driver {
+    store: Store,
+    kernel: Arc<dyn Kernel>,
+}
+
+/// One operation in progress: the lock is held and the records are current.
+struct Op<'a> {
+    driver: &'a Driver,
+    rec: Records,
+    _lock: RootLock,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What `ps` shows of a container.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub image: Option<String>,
+    pub kind: Kind,
+    pub thin_id: ThinId,
+    pub mount: Option<PathBuf>,
+    pub created: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub size: Option<LayerSize>,
+}
+
+impl Driver {
+    /// Makes a new pool under `root` with its base device, and returns a handle.
+    pub fn init(root: &Path, kernel: Arc<dyn Kernel>, opts: &PoolOptions) -> Result<Driver> {
+        kernel.check()?;
+        opts.validate()?;
+        let store = Store::new(root);
+        store.create_root()?;
+        let lock = store.lock()?;
+        if store.exists() {
+            return Err(Error::AlreadyInitialized {
+                root: root.to_path_buf(),
+            });
+        }
+        let config = pool::config_for(root, opts);
+        let driver = Driver { store, kernel };
+        let p = Pool {
+            kernel: &*driver.kernel,
+            config: &config,
+        };
+        if let Err(e) = p.create(opts) {
+            // Nothing was recorded: take back what was made.
+            let _ = p.deactivate();
+            let _ = p.remove_files();
+            return Err(e);
+        }
+        failpoint::hit("init.after-pool");
+        let mut op = Op {
+            driver: &driver,
+            rec: Records::new(config),
+            _lock: lock,
+        };
+        let made = (|| {
+            // The pool's transaction id is ours from now on; a pool someone
+            // else made (LVM) may have its own, which we adopt.
+            op.rec.transaction = op.pool().kernel_status()?.transaction;
+            driver.store.save(&op.rec)?;
+            failpoint::hit("init.after-records");
+            op.make_base()
+        })();
+        if let Err(e) = made {
+            // A pool that never became usable is taken down whole, so that
+            // `pool init` can simply be run again.
+            if let Err(cleanup) = op.destroy() {
+                tracing::error!(error = %cleanup, "could not take down the half-made pool");
+            }
+            return Err(e);
+        }
+        drop(op);
+        Ok(driver)
+    }
+
+    /// Opens an existing root: activates the pool if needed and repairs
+    /// whatever an interrupted command left.
+    pub fn open(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
+        kernel.check()?;
+        let driver = Driver {
+            store: Store::new(root),
+            kernel,
+        };
+        if !driver.store.exists() {
+            return Err(Error::NotInitialized {
+                root: root.to_path_buf(),
+            });
+        }
+        drop(driver.begin()?);
+        Ok(driver)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// Takes the lock, reads the records, brings the pool up and settles any
+    /// interrupted operation.
+    fn begin(&self) -> Result<Op<'_>> {
+        let lock = self.store.lock()?;
+        let rec = self.store.load()?;
+        let mut op = Op {
+            driver: self,
+            rec,
+            _lock: lock,
+        };
+        op.reconcile()?;
+        Ok(op)
+    }
+
+    /// The pool's state as the kernel reports it.
+    pub fn status(&self) -> Result<PoolStatus> {
+        let op = self.begin()?;
+        let n = op.rec.tree.thin_ids().count();
+        op.pool().status(n)
+    }
+
+    /// Re-activates the pool (after a reboot); reports whether it had to.
+    pub fn activate(&self) -> Result<()> {
+        self.begin().map(|_| ())
+    }
+
+    /// The records as they stand.
+    pub fn records(&self) -> Result<Records> {
+        Ok(self.begin()?.rec)
+    }
+
+    /// Every layer.
+    pub fn tree(&self) -> Result<Tree> {
+        Ok(self.begin()?.rec.tree)
+    }
+
+    /// Creates a container from an image (`None`: from the empty base).
+    pub fn create_container(&self, name: &str, image: Option<&ImageRef>) -> Result<Layer> {
+        validate_container_name(name)?;
+        let mut op = self.begin()?;
+        let (parent, image_name) = match image {
+            Some(r) => {
+                let img = op.image(r)?;
+                (Some(img.top.clone()), r.to_string())
+            }
+            None => (None, "scratch".to_string()),
+        };
+        op.create_layer(
+            name,
+            parent.as_deref(),
+            Kind::Active,
+            Some(image_name),
+            BTreeMap::new(),
+            false,
+        )
+    }
+
+    /// Creates a layer under an arbitrary key (the containerd service's
+    /// Prepare and View). `pinned` keeps its device active between commands.
+    pub fn create_layer(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: BTreeMap<String, String>,
+        pinned: bool,
+    ) -> Result<Layer> {
+        crate::tree::validate_key(key)?;
+        let mut op = self.begin()?;
+        op.create_layer(key, parent, kind, None, labels, pinned)
+    }
+
+    /// Mounts a layer under the root (reference counted) and returns the path.
+    pub fn mount(&self, key: &str) -> Result<PathBuf> {
+        let mut op = self.begin()?;
+        op.mount(key)
+    }
+
+    /// Drops one mount reference; the last one unmounts and deactivates.
+    pub fn umount(&self, key: &str) -> Result<()> {
+        let mut op = self.begin()?;
+        op.umount(key)
+    }
+
+    /// Makes the layer's device live and returns its node (for mounts done
+    /// by someone else, e.g. containerd).
+    pub fn activate_layer(&self, key: &str) -> Result<PathBuf> {
+        let op = self.begin()?;
+        let l = op.rec.tree.get(key)?.clone();
+        op.activate(&l).map(|(p, _)| p)
+    }
+
+    /// Removes a layer. `force` unmounts it first.
+    pub fn remove(&self, key: &str, force: bool) -> Result<()> {
+        let mut op = self.begin()?;
+        if force {
+            while op.rec.tree.get(key)?.mounts > 0 {
+                op.umount(key)?;
+            }
+        }
+        op.rec.tree.check_remove(key)?;
+        op.remove_layer(key)
+    }
+
+    /// Turns a container into a committed image layer named `image`. The
+    /// container must not be mounted: its filesystem must be clean.
+    pub fn commit(&self, key: &str, image: &ImageRef) -> Result<Layer> {
+        let mut op = self.begin()?;
+        let image = image.to_string();
+        let new_key = format!(
+            "commit-{:016x}",
+            now() << 24 | u64::from(op.rec.tree.get(key)?.thin_id.get())
+        );
+        let layer = op.commit(key, &new_key)?;
+        op.tag(&image, &new_key)?;
+        Ok(layer)
+    }
+
+    /// Commits an active layer under `new_key` (containerd's Commit) without
+    /// naming an image.
+    pub fn commit_layer(&self, key: &str, new_key: &str) -> Result<Layer> {
+        crate::tree::validate_key(new_key)?;
+        let mut op = self.begin()?;
+        op.commit(key, new_key)
+    }
+
+    /// Removes an image name, and the layers only it used.
+    pub fn remove_image(&self, image: &ImageRef) -> Result<()> {
+        let mut op = self.begin()?;
+        let name = image.to_string();
+        op.image(image)?;
+        let users = op.rec.tree.image_users(&name);
+        if !users.is_empty() {
+            return Err(Error::Busy {
+                kind: "image",
+                name,
+                why: format!("used by container(s) {}", users.join(", ")),
+            });
+        }
+        let doomed = op.rec.tree.unreferenced_below(&name);
+        if doomed.is_empty() {
+            op.rec.tree.images.remove(&name);
+            return op.save();
+        }
+        for key in doomed {
+            op.remove_layer(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Containers and views, with their sizes when `sizes` is set.
+    pub fn containers(&self, sizes: bool) -> Result<Vec<ContainerInfo>> {
+        let op = self.begin()?;
+        let figures = if sizes { Some(op.sizes()?) } else { None };
+        Ok(op
+            .rec
+            .tree
+            .layers
+            .values()
+            .filter(|l| l.kind != Kind::Committed)
+            .map(|l| ContainerInfo {
+                name: l.key.clone(),
+                image: l.image.clone(),
+                kind: l.kind,
+                thin_id: l.thin_id,
+                mount: (l.mounts > 0).then(|| op.mount_path(l)),
+                created: l.created,
+                size: figures.as_ref().and_then(|f| f.get(&l.key).cloned()),
+            })
+            .collect())
+    }
+
+    /// Exact sizes of every layer, from the pool's metadata.
+    pub fn sizes(&self) -> Result<BTreeMap<String, LayerSize>> {
+        self.begin()?.sizes()
+    }
+
+    /// Tears everything down: devices, mounts, the pool (when thinlayer made
+    /// it; otherwise every thin id it made is deleted), files and records.
+    pub fn destroy(self) -> Result<()> {
+        let mut op = self.begin()?;
+        op.destroy()
+    }
+}
+
+impl Op<'_> {
+    fn kernel(&self) -> &dyn Kernel {
+        &*self.driver.kernel
+    }
+
+    fn pool(&self) -> Pool<'_> {
+        Pool {
+            kernel: self.kernel(),
+            config: &self.rec.pool,
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        self.driver.store.save(&self.rec)
+    }
+
+    fn image(&self, r: &ImageRef) -> Result<&Image> {
+        self.rec
+            .tree
+            .images
+            .get(&r.to_string())
+            .ok_or_else(|| Error::not_found("image", r.to_string()))
+    }
+
+    fn mount_path(&self, l: &Layer) -> PathBuf {
+        self.driver
+            .store
+            .root()
+            .join(MOUNT_DIR)
+            .join(l.thin_id.to_string())
+    }
+
+    /// Runs one change of the pool's thin ids under the transaction protocol
+    /// of [`crate::records`]: intent, kernel message, transaction id, record.
+    fn transact(
+        &mut self,
+        name: &str,
+        intent: Intent,
+        send: impl FnOnce(&Thins<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.rec.transaction;
+        debug_assert_eq!(intent.transaction(), t + 1);
+        self.rec.pending = Some(intent);
+        self.save()?;
+        failpoint::hit(&format!("{name}.after-intent"));
+        let sent = {
+            let pool = self.pool();
+            let thins = Thins { pool: &pool };
+            send(&thins).and_then(|()| {
+                failpoint::hit(&format!("{name}.after-message"));
+                thins.set_transaction(t, t + 1)
+            })
+        };
+        if let Err(e) = sent {
+            // Settle the intent now, as the next command would.
+            if let Err(again) = self.settle_pending() {
+                tracing::error!(error = %again, "could not settle an interrupted operation; the next command will retry");
+            }
+            return Err(e);
+        }
+        failpoint::hit(&format!("{name}.after-transaction"));
+        let intent = self.rec.pending.take().expect("set above");
+        self.apply(intent);
+        self.save()?;
+        failpoint::hit(&format!("{name}.after-record"));
+        Ok(())
+    }
+
+    /// Records the effect of an intent the kernel has carried out.
+    fn apply(&mut self, intent: Intent) {
+        self.rec.transaction = intent.transaction();
+        match intent {
+            Intent::CreateBase { thin_id, .. } => self.rec.tree.base = Some(thin_id),
+            Intent::CreateLayer { layer, .. } => {
+                self.rec.tree.layers.insert(layer.key.clone(), layer);
+            }
+            Intent::Delete { key, .. } => {
+                self.rec.tree.layers.remove(&key);
+                self.rec.tree.images.retain(|_, i| i.top != key);
+            }
+        }
+    }
+
+    fn allocate_id(&mut self) -> Result<ThinId> {
+        let used: Vec<ThinId> = self.rec.tree.thin_ids().collect();
+        self.rec.ids.allocate(used)
+    }
+
+    /// Creates the base device and its empty filesystem.
+    fn make_base(&mut self) -> Result<()> {
+        if self.rec.tree.base.is_none() {
+            let id = self.allocate_id()?;
+            let intent = Intent::CreateBase {
+                transaction: self.rec.transaction + 1,
+                thin_id: id,
+            };
+            self.transact("base", intent, |t| t.create(id))?;
+        }
+        let id = self.rec.tree.base.expect("made above");
+        let pool = self.pool();
+        let thins = Thins { pool: &pool };
+        let (dev, _) = thins.activate(id, self.rec.pool.base_size, false)?;
+        let (program, args) = self.rec.pool.filesystem.mkfs();
+        let made = self.kernel().mkfs(&dev, program, &args);
+        let down = thins.deactivate(id);
+        made?;
+        down?;
+        failpoint::hit("base.after-mkfs");
+        self.rec.base_ready = true;
+        self.save()
+    }
+
+    /// Refuses new layers when the pool is not writable or nearly full.
+    fn check_space(&self) -> Result<()> {
+        let st = self.pool().kernel_status()?;
+        if st.mode != PoolMode::ReadWrite {
+            return Err(Error::PoolMode {
+                pool: self.pool().name(),
+                mode: st.mode.as_str().to_string(),
+                detail: "no new layers until it is read-write again (free space, `pool grow`, or `pool repair`)"
+                    .into(),
+            });
+        }
+        let min = u64::from(self.rec.pool.min_free_percent);
+        let free_data = st.data_total.saturating_sub(st.data_used);
+        if free_data * 100 < st.data_total * min {
+            return Err(Error::NoSpace {
+                what: "data",
+                detail: format!(
+                    "{free_data} of {} blocks free, below the {min}% kept in reserve; remove containers or images, or grow the pool",
+                    st.data_total
+                ),
+            });
+        }
+        let free_meta = st.meta_total.saturating_sub(st.meta_used);
+        if free_meta * 100 < st.meta_total * min {
+            return Err(Error::NoSpace {
+                what: "metadata",
+                detail: format!(
+                    "{free_meta} of {} metadata blocks free, below the {min}% kept in reserve",
+                    st.meta_total
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn create_layer(
+        &mut self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        image: Option<String>,
+        labels: BTreeMap<String, String>,
+        pinned: bool,
+    ) -> Result<Layer> {
+        let origin = self.rec.tree.check_new(key, parent)?;
+        if kind == Kind::View && parent.is_none() && self.rec.tree.base.is_none() {
+            return Err(Error::not_found("base layer", "(pool not initialised)"));
+        }
+        self.check_space()?;
+        let thin_id = self.allocate_id()?;
+        let layer = Layer {
+            key: key.to_string(),
+            kind,
+            thin_id,
+            parent: parent.map(str::to_string),
+            device_size: self.rec.pool.base_size,
+            created: now(),
+            image,
+            labels,
+            mounts: 0,
+            pinned,
+        };
+        let intent = Intent::CreateLayer {
+            transaction: self.rec.transaction + 1,
+            origin,
+            layer: layer.clone(),
+        };
+        self.transact("create", intent, |t| t.snapshot(thin_id, origin))?;
+        if pinned {
+            self.activate(&layer)?;
+        }
+        Ok(layer)
+    }
+
+    fn activate(&self, l: &Layer) -> Result<(PathBuf, crate::kernel::DmInfo)> {
+        let pool = self.pool();
+        Thins { pool: &pool }.activate(l.thin_id, l.device_size, l.kind.read_only())
+    }
+
+    fn deactivate(&self, l: &Layer) -> Result<()> {
+        let pool = self.pool();
+        Thins { pool: &pool }.deactivate(l.thin_id)
+    }
+
+    fn mount(&mut self, key: &str) -> Result<PathBuf> {
+        let l = self.rec.tree.get(key)?.clone();
+        let target = self.mount_path(&l);
+        if l.mounts == 0 {
+            let (dev, _) = self.activate(&l)?;
+            fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
+            let fs = self.rec.pool.filesystem;
+            let req = MountRequest {
+                source: &dev,
+                target: &target,
+                fstype: fs.name(),
+                read_only: l.kind.read_only(),
+                data: fs.mount_options(l.kind.read_only()),
+            };
+            if let Err(e) = self.kernel().mount(&req) {
+                let _ = fs::remove_dir(&target);
+                if !l.pinned {
+                    let _ = self.deactivate(&l);
+                }
+                return Err(e);
+            }
+            failpoint::hit("mount.after-mount");
+        }
+        self.rec.tree.get_mut(key)?.mounts += 1;
+        self.save()?;
+        Ok(target)
+    }
+
+    fn umount(&mut self, key: &str) -> Result<()> {
+        let l = self.rec.tree.get(key)?.clone();
+        if l.mounts == 0 {
+            return Err(Error::invalid("layer", key, "it is not mounted"));
+        }
+        if l.mounts == 1 {
+            let target = self.mount_path(&l);
+            self.kernel().umount(&target, false).map_err(|e| {
+                if e.errno() == Some(nix::errno::Errno::EBUSY) {
+                    Error::Busy {
+                        kind: "layer",
+                        name: key.to_string(),
+                        why: format!("{} is in use by a process", target.display()),
+                    }
+                } else {
+                    e
+                }
+            })?;
+            failpoint::hit("umount.after-umount");
+            let _ = fs::remove_dir(&target);
+            if !l.pinned {
+                self.deactivate(&l)?;
+            }
+        }
+        self.rec.tree.get_mut(key)?.mounts -= 1;
+        self.save()
+    }
+
+    fn commit(&mut self, key: &str, new_key: &str) -> Result<Layer> {
+        let l = self.rec.tree.get(key)?.clone();
+        if l.kind != Kind::Active {
+            return Err(Error::invalid(
+                "layer",
+                key,
+                "only a writable (active) layer can be committed",
+            ));
+        }
+        if l.mounts > 0 {
+            return Err(Error::Busy {
+                kind: "layer",
+                name: key.to_string(),
+                why: "mounted; unmount it before committing".into(),
+            });
+        }
+        if self.rec.tree.layers.contains_key(new_key) {
+            return Err(Error::Exists {
+                kind: "layer",
+                name: new_key.to_string(),
+            });
+        }
+        if l.pinned {
+            self.deactivate(&l)?;
+        }
+        let mut layer = self.rec.tree.layers.remove(key).expect("checked");
+        layer.key = new_key.to_string();
+        layer.kind = Kind::Committed;
+        layer.pinned = false;
+        self.rec
+            .tree
+            .layers
+            .insert(new_key.to_string(), layer.clone());
+        self.save()?;
+        Ok(layer)
+    }
+
+    fn tag(&mut self, image: &str, key: &str) -> Result<()> {
+        self.rec.tree.images.insert(
+            image.to_string(),
+            Image {
+                name: image.to_string(),
+                top: key.to_string(),
+                created: now(),
+            },
+        );
+        self.save()
+    }
+
+    /// Deletes a layer's device and thin id (checks are the caller's).
+    fn remove_layer(&mut self, key: &str) -> Result<()> {
+        let l = self.rec.tree.get(key)?.clone();
+        self.deactivate(&l)?;
+        let pool = self.pool();
+        if (Thins { pool: &pool }).is_active(l.thin_id)? {
+            return Err(Error::Busy {
+                kind: "layer",
+                name: key.to_string(),
+                why: "its device is still open elsewhere (a mount in another namespace?); \
+                      it will be removed when released, then retry"
+                    .into(),
+            });
+        }
+        let intent = Intent::Delete {
+            transaction: self.rec.transaction + 1,
+            key: key.to_string(),
+            thin_id: l.thin_id,
+        };
+        self.transact("remove", intent, |t| t.delete(l.thin_id).map(|_| ()))
+    }
+
+    fn destroy(&mut self) -> Result<()> {
+        let mounted: Vec<String> = self
+            .rec
+            .tree
+            .layers
+            .values()
+            .filter(|l| l.mounts > 0)
+            .map(|l| l.key.clone())
+            .collect();
+        for key in mounted {
+            while self.rec.tree.get(&key)?.mounts > 0 {
+                self.umount(&key)?;
+            }
+        }
+        let pool = self.pool();
+        let thins = Thins { pool: &pool };
+        let ids: Vec<ThinId> = self.rec.tree.thin_ids().collect();
+        for id in &ids {
+            thins.deactivate(*id)?;
+        }
+        if self.rec.pool.owns_pool() {
+            pool.deactivate()?;
+            pool.remove_files()?;
+        } else {
+            // Someone else's pool: give back every id we made, newest first.
+            for (t, id) in (self.rec.transaction..).zip(ids.iter().rev()) {
+                thins.delete(*id)?;
+                thins.set_transaction(t, t + 1)?;
+            }
+        }
+        let _ = fs::remove_dir(self.driver.store.root().join(MOUNT_DIR));
+        self.driver.store.remove()
+    }
+}
+
+#[cfg(test)]
+mod tests;

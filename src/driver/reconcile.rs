@@ -1,0 +1,202 @@
+//! Start-up repair: whatever a killed command left, the next one settles
+//! before doing anything else.
+//!
+//! In order:
+//! 1. the pool is brought up if it is not (after a reboot), with `thin_check`;
+//! 2. a pending intent is completed or rolled back, judged by the kernel's
+//!    transaction id (see [`crate::records`]);
+//! 3. the base filesystem is made if its creation was cut short;
+//! 4. after a reboot or an interrupted operation, thin ids the kernel has and
+//!    the tree does not are deleted; ids the tree has and the kernel lacks
+//!    are reported, never silently dropped;
+//! 5. device-mapper devices of this root that no layer needs are removed,
+//!    suspended ones resumed, and mounts under the root that no layer owns
+//!    are unmounted; mount counts of layers that are no longer mounted
+//!    (a reboot) are reset.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use super::Op;
+use crate::error::{Error, Result};
+use crate::records::Intent;
+use crate::thin::{self, Thins};
+use crate::units::ThinId;
+
+impl Op<'_> {
+    pub(super) fn reconcile(&mut self) -> Result<()> {
+        let activated = self.pool().activate()?;
+        if activated {
+            tracing::info!(pool = self.pool().name(), "pool activated");
+        }
+        let had_pending = self.rec.pending.is_some();
+        self.settle_pending()?;
+        if !self.rec.base_ready {
+            tracing::info!("finishing the base device");
+            self.make_base()?;
+        }
+        if activated || had_pending {
+            self.remove_orphans()?;
+        }
+        self.clean_devices()
+    }
+
+    /// Completes or rolls back the pending intent; checks the transaction
+    /// ids agree when there is none.
+    pub(super) fn settle_pending(&mut self) -> Result<()> {
+        let kernel_t = self.pool().kernel_status()?.transaction;
+        let Some(intent) = self.rec.pending.clone() else {
+            if kernel_t != self.rec.transaction {
+                return Err(Error::Inconsistent {
+                    pool: self.pool().name(),
+                    detail: format!(
+                        "the pool's transaction id is {kernel_t} but the records expect {}: \
+                         something other than thinlayer changed this pool",
+                        self.rec.transaction
+                    ),
+                });
+            }
+            return Ok(());
+        };
+        let t = intent.transaction();
+        if kernel_t == t {
+            tracing::info!(
+                ?intent,
+                "completing an interrupted operation the kernel finished"
+            );
+            self.rec.pending = None;
+            self.apply(intent);
+        } else if kernel_t + 1 == t {
+            let pool = self.pool();
+            let thins = Thins { pool: &pool };
+            match &intent {
+                Intent::CreateBase { thin_id, .. }
+                | Intent::CreateLayer {
+                    layer: crate::tree::Layer { thin_id, .. },
+                    ..
+                } => {
+                    tracing::info!(
+                        thin_id = thin_id.get(),
+                        "rolling back an interrupted create"
+                    );
+                    thins.deactivate(*thin_id)?;
+                    thins.delete(*thin_id)?;
+                    self.rec.pending = None;
+                }
+                Intent::Delete { thin_id, .. } => {
+                    tracing::info!(thin_id = thin_id.get(), "finishing an interrupted delete");
+                    thins.deactivate(*thin_id)?;
+                    thins.delete(*thin_id)?;
+                    thins.set_transaction(kernel_t, t)?;
+                    self.rec.pending = None;
+                    self.apply(intent);
+                }
+            }
+        } else {
+            return Err(Error::Inconsistent {
+                pool: self.pool().name(),
+                detail: format!(
+                    "an interrupted operation expected transaction id {t}, the pool has {kernel_t}"
+                ),
+            });
+        }
+        self.save()
+    }
+
+    /// Deletes thin ids the kernel has and the tree does not.
+    fn remove_orphans(&mut self) -> Result<()> {
+        let kernel_ids: BTreeSet<u32> = self.kernel_mappings()?.into_keys().collect();
+        let tree_ids: BTreeSet<u32> = self.rec.tree.thin_ids().map(ThinId::get).collect();
+        let missing: Vec<String> = tree_ids
+            .difference(&kernel_ids)
+            .map(u32::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Inconsistent {
+                pool: self.pool().name(),
+                detail: format!(
+                    "thin id(s) {} are recorded but missing from the pool's metadata; \
+                     the records were kept as they are",
+                    missing.join(", ")
+                ),
+            });
+        }
+        for orphan in kernel_ids.difference(&tree_ids) {
+            let id = ThinId::new(*orphan)?;
+            tracing::warn!(thin_id = orphan, "deleting a thin id no layer owns");
+            let intent = Intent::Delete {
+                transaction: self.rec.transaction + 1,
+                key: String::new(),
+                thin_id: id,
+            };
+            self.transact("orphan", intent, |t| {
+                t.deactivate(id)?;
+                t.delete(id).map(|_| ())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes devices and mounts of this root that no layer needs.
+    fn clean_devices(&mut self) -> Result<()> {
+        let mnt = self.driver.store.root().join(super::MOUNT_DIR);
+        let mounts = self.kernel().mounts()?;
+        let mut changed = false;
+
+        let keys: Vec<String> = self.rec.tree.layers.keys().cloned().collect();
+        for key in &keys {
+            let l = &self.rec.tree.layers[key];
+            let path = self.mount_path(l);
+            if l.mounts > 0 && !mounts.iter().any(|m| m.target == path) {
+                tracing::info!(
+                    layer = key,
+                    "layer no longer mounted; resetting its mount count"
+                );
+                self.rec.tree.layers.get_mut(key).expect("listed").mounts = 0;
+                changed = true;
+            }
+        }
+        for m in mounts
+            .iter()
+            .filter(|m| m.target.parent() == Some(mnt.as_path()))
+        {
+            let owner = m
+                .target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(|id| ThinId::new(id).ok())
+                .and_then(|id| self.rec.tree.by_thin_id(id));
+            if owner.is_none_or(|l| l.mounts == 0) {
+                tracing::warn!(target = %m.target.display(), "unmounting a mount no layer owns");
+                self.kernel().umount(&m.target, true)?;
+                let _ = fs::remove_dir(&m.target);
+            }
+        }
+
+        let prefix = self.rec.pool.prefix.clone();
+        for name in self.kernel().dm_list()? {
+            let Some(id) = thin::parse_dm_name(&prefix, &name) else {
+                continue;
+            };
+            let needed = self
+                .rec
+                .tree
+                .by_thin_id(id)
+                .is_some_and(|l| l.mounts > 0 || l.pinned);
+            if needed {
+                if self.kernel().dm_info(&name)?.is_some_and(|i| i.suspended) {
+                    tracing::warn!(device = name, "resuming a device left suspended");
+                    self.kernel().dm_resume(&name)?;
+                }
+            } else {
+                tracing::info!(device = name, "removing a device no layer needs");
+                thin::deactivate_named(self.kernel(), &name)?;
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(())
+    }
+}

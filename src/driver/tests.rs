@@ -1,0 +1,387 @@
+//! The driver against the simulated kernel: the tree, the transaction
+//! protocol and the reconciler, including a crash at every failpoint.
+
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use super::*;
+use crate::kernel::Sim;
+use crate::pool::SourceOptions;
+use crate::testutil::TempDir;
+use crate::units::Bytes;
+
+fn opts() -> PoolOptions {
+    PoolOptions {
+        source: SourceOptions::LoopFiles {
+            data_size: Bytes(1 << 30),
+            metadata_size: Bytes(16 << 20),
+        },
+        base_size: Bytes(1 << 30),
+        ..PoolOptions::default()
+    }
+}
+
+struct World {
+    dir: TempDir,
+    sim: Sim,
+}
+
+impl World {
+    fn new() -> (World, Driver) {
+        let dir = TempDir::new("driver");
+        let sim = Sim::new();
+        let d = Driver::init(dir.path(), Arc::new(sim.clone()), &opts()).unwrap();
+        (World { dir, sim }, d)
+    }
+
+    fn open(&self) -> Driver {
+        Driver::open(self.dir.path(), Arc::new(self.sim.clone())).unwrap()
+    }
+
+    fn metadata_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("metadata")
+    }
+
+    /// The invariants every command must leave: the kernel's thin ids are the
+    /// tree's, nothing is pending, the transaction ids agree, and only the
+    /// devices and mounts of mounted layers exist.
+    fn check_invariants(&self) {
+        let d = self.open();
+        let rec = d.records().unwrap();
+        assert!(
+            rec.pending.is_none(),
+            "pending intent left: {:?}",
+            rec.pending
+        );
+        let kernel: BTreeSet<u32> = self
+            .sim
+            .thin_ids(&self.metadata_file())
+            .into_iter()
+            .collect();
+        let tree: BTreeSet<u32> = rec.tree.thin_ids().map(ThinId::get).collect();
+        assert_eq!(kernel, tree, "kernel thin ids vs tree");
+        let status = d.status().unwrap();
+        assert_eq!(status.transaction_id, rec.transaction);
+        let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0).count();
+        assert_eq!(self.sim.mounts().unwrap().len(), mounted, "mounts");
+        let devices = self.sim.dm_list().unwrap();
+        assert_eq!(devices.len(), 1 + mounted, "devices: {devices:?}");
+    }
+}
+
+fn image(s: &str) -> ImageRef {
+    ImageRef::parse(s).unwrap()
+}
+
+#[test]
+fn init_makes_a_pool_and_a_base_with_a_filesystem() {
+    let (w, d) = World::new();
+    let rec = d.records().unwrap();
+    assert_eq!(rec.tree.base, Some(ThinId::new(1).unwrap()));
+    assert!(rec.base_ready);
+    assert_eq!(rec.transaction, 1);
+    assert!(w.sim.tool_runs().iter().any(|r| r.starts_with("mkfs.ext4")));
+    assert!(matches!(
+        Driver::init(w.dir.path(), Arc::new(w.sim.clone()), &opts()),
+        Err(Error::AlreadyInitialized { .. })
+    ));
+    w.check_invariants();
+}
+
+#[test]
+fn containers_images_and_the_rules_between_them() {
+    let (w, d) = World::new();
+    d.create_container("c1", None).unwrap();
+    assert!(matches!(
+        d.create_container("c1", None),
+        Err(Error::Exists { .. })
+    ));
+    assert!(matches!(
+        d.create_container("bad name", None),
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        d.create_container("c2", Some(&image("nope"))),
+        Err(Error::NotFound { .. })
+    ));
+
+    let path = d.mount("c1").unwrap();
+    assert_eq!(d.mount("c1").unwrap(), path, "mounts are counted");
+    assert!(matches!(
+        d.commit("c1", &image("app:1")),
+        Err(Error::Busy { .. })
+    ));
+    assert!(matches!(d.remove("c1", false), Err(Error::Busy { .. })));
+    d.umount("c1").unwrap();
+    assert_eq!(w.sim.mounts().unwrap().len(), 1, "still mounted once");
+    d.umount("c1").unwrap();
+    assert!(w.sim.mounts().unwrap().is_empty());
+    assert!(d.umount("c1").is_err(), "not mounted");
+
+    let layer = d.commit("c1", &image("app:1")).unwrap();
+    assert_eq!(layer.kind, Kind::Committed);
+    d.create_container("c2", Some(&image("app:1"))).unwrap();
+    assert!(matches!(
+        d.remove(&layer.key, false),
+        Err(Error::HasChildren { .. })
+    ));
+    assert!(matches!(
+        d.remove_image(&image("app:1")),
+        Err(Error::Busy { .. })
+    ));
+    d.remove("c2", false).unwrap();
+    d.remove_image(&image("app:1")).unwrap();
+    assert!(d.tree().unwrap().layers.is_empty());
+    w.check_invariants();
+}
+
+#[test]
+fn sizes_count_what_each_layer_wrote() {
+    let (w, d) = World::new();
+    let prefix = d.records().unwrap().pool.prefix;
+    d.create_container("img", None).unwrap();
+    d.mount("img").unwrap();
+    let id = d.tree().unwrap().layers["img"].thin_id;
+    w.sim.write(&format!("{prefix}-{id}"), 10, 20).unwrap();
+    d.umount("img").unwrap();
+    d.commit("img", &image("app")).unwrap();
+    d.create_container("c", Some(&image("app"))).unwrap();
+    d.mount("c").unwrap();
+    let cid = d.tree().unwrap().layers["c"].thin_id;
+    // Rewrites 5 image blocks and adds 3 new ones.
+    w.sim.write(&format!("{prefix}-{cid}"), 10, 5).unwrap();
+    w.sim.write(&format!("{prefix}-{cid}"), 100, 3).unwrap();
+    let list = d.containers(true).unwrap();
+    let c = list.iter().find(|c| c.name == "c").unwrap();
+    let size = c.size.as_ref().unwrap();
+    let block = 65536;
+    assert_eq!(size.size, Bytes(8 * block));
+    // The base's filesystem (2 blocks) + the image's 20 + 3 new.
+    assert_eq!(size.virtual_size, Bytes(25 * block));
+    let all = d.sizes().unwrap();
+    let img_key = d.tree().unwrap().images["app:latest"].top.clone();
+    assert_eq!(all[&img_key].size, Bytes(20 * block));
+}
+
+#[test]
+fn the_free_space_guard_refuses_new_layers() {
+    let (w, d) = World::new();
+    let prefix = d.records().unwrap().pool.prefix;
+    d.create_container("big", None).unwrap();
+    d.mount("big").unwrap();
+    let id = d.tree().unwrap().layers["big"].thin_id;
+    // 1 GiB pool = 16384 blocks; fill to 95 %.
+    w.sim.write(&format!("{prefix}-{id}"), 0, 15_500).unwrap();
+    let err = d.create_container("more", None).unwrap_err();
+    assert!(matches!(err, Error::NoSpace { what: "data", .. }), "{err}");
+    d.umount("big").unwrap();
+    d.remove("big", false).unwrap();
+    d.create_container("more", None).unwrap();
+}
+
+#[test]
+fn a_failed_snapshot_resumes_the_origin_and_leaves_nothing() {
+    let (w, d) = World::new();
+    d.create_container("c", None).unwrap();
+    d.mount("c").unwrap();
+    d.umount("c").unwrap();
+    d.commit("c", &image("a")).unwrap();
+    // Keep the image layer's device active, as a view mount would.
+    let top = d.tree().unwrap().images["a:latest"].top.clone();
+    d.activate_layer(&top).unwrap();
+    w.sim.fail_once("message:create_snap");
+    assert!(d.create_container("x", Some(&image("a"))).is_err());
+    let prefix = d.records().unwrap().pool.prefix;
+    let id = d.tree().unwrap().layers[&top].thin_id;
+    let info = w.sim.dm_info(&format!("{prefix}-{id}")).unwrap();
+    // Either still there and resumed, or cleaned by the reconciler as unneeded.
+    assert!(info.is_none_or(|i| !i.suspended), "origin left suspended");
+    assert!(d.records().unwrap().pending.is_none());
+    w.check_invariants();
+}
+
+/// Every failpoint of every operation: crash there (a panic that stops the
+/// operation dead), then open the root again and check the invariants.
+#[test]
+fn recovers_from_a_crash_at_every_step() {
+    type Step = fn(&Driver);
+    let ops: Vec<(&str, Step)> = vec![
+        ("create", |d| {
+            d.create_container("new", Some(&image("app"))).unwrap();
+        }),
+        ("remove", |d| d.remove("victim", false).unwrap()),
+        ("mount", |d| {
+            d.mount("victim").unwrap();
+        }),
+        ("umount", |d| d.umount("mounted").unwrap()),
+        ("remove", |d| d.remove_image(&image("spare")).unwrap()),
+    ];
+    let points = [
+        "after-intent",
+        "after-message",
+        "after-transaction",
+        "after-record",
+        "after-mount",
+        "after-umount",
+    ];
+    let mut crashed = 0;
+    for (name, op) in &ops {
+        for point in points {
+            let (w, d) = World::new();
+            d.create_container("base", None).unwrap();
+            d.commit("base", &image("app")).unwrap();
+            d.create_container("spare-src", None).unwrap();
+            d.commit("spare-src", &image("spare")).unwrap();
+            d.create_container("victim", Some(&image("app"))).unwrap();
+            d.create_container("mounted", Some(&image("app"))).unwrap();
+            d.mount("mounted").unwrap();
+            let before = d.records().unwrap();
+            crate::failpoint::arm(&format!("{name}.{point}"));
+            let result = catch_unwind(AssertUnwindSafe(|| op(&d)));
+            crate::failpoint::arm("disarmed");
+            if result.is_ok() {
+                continue; // this operation has no such step
+            }
+            crashed += 1;
+            w.check_invariants();
+            // The interrupted operation is complete or absent.
+            let after = w.open().records().unwrap();
+            match *name {
+                "create" => assert_eq!(
+                    after.tree.layers.contains_key("new"),
+                    point != "after-intent" && point != "after-message",
+                    "{name}.{point}"
+                ),
+                "remove" => {
+                    let gone = !after.tree.layers.contains_key("victim")
+                        || !after.tree.images.contains_key("spare:latest");
+                    assert!(gone || before == after, "{name}.{point}: half done");
+                }
+                _ => {}
+            }
+            // And the root is fully usable again.
+            let d = w.open();
+            d.create_container("afterwards", Some(&image("app")))
+                .unwrap();
+            d.remove("afterwards", false).unwrap();
+            w.check_invariants();
+        }
+    }
+    assert!(crashed >= 12, "only {crashed} crash points were reached");
+}
+
+#[test]
+fn a_reboot_reactivates_the_pool_and_resets_mounts() {
+    let (w, d) = World::new();
+    d.create_container("c", None).unwrap();
+    d.mount("c").unwrap();
+    drop(d);
+    w.sim.reboot();
+    let d = w.open();
+    assert!(
+        w.sim
+            .tool_runs()
+            .iter()
+            .any(|r| r.starts_with("thin_check")),
+        "metadata checked on activation"
+    );
+    assert_eq!(d.tree().unwrap().layers["c"].mounts, 0);
+    d.remove("c", false).unwrap();
+    w.check_invariants();
+}
+
+#[test]
+fn a_failed_check_refuses_activation() {
+    let (w, d) = World::new();
+    drop(d);
+    w.sim.reboot();
+    w.sim.fail_once("thin_check:");
+    let err = Driver::open(w.dir.path(), Arc::new(w.sim.clone()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, Error::CheckFailed { .. }), "{err}");
+    assert!(err.to_string().contains("pool repair"), "{err}");
+    // Nothing was left half up.
+    assert!(w.sim.dm_list().unwrap().is_empty());
+    w.open();
+}
+
+#[test]
+fn orphans_in_the_kernel_are_deleted_after_a_reboot() {
+    let (w, d) = World::new();
+    let pool = d.records().unwrap().pool.pool_name();
+    w.sim.dm_message(&pool, "create_thin 77").unwrap();
+    drop(d);
+    w.sim.reboot();
+    // The transaction ids still agree (77 never moved it), so only the scan finds it.
+    let d = w.open();
+    assert!(!w.sim.thin_ids(&w.metadata_file()).contains(&77));
+    drop(d);
+    w.check_invariants();
+}
+
+#[test]
+fn a_foreign_transaction_is_reported_not_repaired() {
+    let (w, d) = World::new();
+    let pool = d.records().unwrap().pool.pool_name();
+    w.sim.dm_message(&pool, "set_transaction_id 1 5").unwrap();
+    let err = d.create_container("c", None).unwrap_err();
+    assert!(matches!(err, Error::Inconsistent { .. }), "{err}");
+}
+
+#[test]
+fn stale_devices_and_mounts_are_cleaned() {
+    let (w, d) = World::new();
+    d.create_container("c", None).unwrap();
+    let rec = d.records().unwrap();
+    let id = rec.tree.layers["c"].thin_id;
+    // A device activated and suspended by a process that then died.
+    d.activate_layer("c").unwrap();
+    w.sim
+        .dm_suspend(&format!("{}-{id}", rec.pool.prefix), true)
+        .unwrap();
+    d.status().unwrap();
+    assert_eq!(w.sim.dm_list().unwrap().len(), 1, "only the pool is left");
+    w.check_invariants();
+}
+
+#[test]
+fn threads_share_one_handle() {
+    let (w, d) = World::new();
+    let d = Arc::new(d);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let name = format!("t{t}-{i}");
+                    d.create_container(&name, None).unwrap();
+                    d.mount(&name).unwrap();
+                    d.umount(&name).unwrap();
+                    if i % 2 == 0 {
+                        d.remove(&name, false).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(d.tree().unwrap().layers.len(), 20);
+    w.check_invariants();
+}
+
+#[test]
+fn destroy_leaves_nothing() {
+    let (w, d) = World::new();
+    d.create_container("c", None).unwrap();
+    d.mount("c").unwrap();
+    d.destroy().unwrap();
+    assert!(w.sim.dm_list().unwrap().is_empty());
+    assert!(w.sim.loop_list().unwrap().is_empty());
+    assert!(w.sim.mounts().unwrap().is_empty());
+    assert!(!w.dir.path().join("data").exists());
+    assert!(!w.dir.path().join("state.json").exists());
+}

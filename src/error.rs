@@ -1,0 +1,151 @@
+//! The library's error type. Every variant names what was being done and to
+//! what; kernel failures also carry the errno, so the binary can explain them
+//! and map them to exit codes.
+
+use std::io;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kernel call (ioctl, mount, loop control) failed.
+    #[error("{op} {object}: {detail}")]
+    Kernel {
+        op: &'static str,
+        object: String,
+        errno: Option<Errno>,
+        detail: String,
+    },
+
+    /// This kernel has no device-mapper, or not the thin-pool target.
+    #[error(
+        "device-mapper is not available in this kernel ({detail}); load dm-thin-pool, \
+         or run inside a VM that has it, e.g. `vm-tests/run thinlayer ...`"
+    )]
+    NoDeviceMapper { detail: String },
+
+    /// The process lacks the privileges device-mapper, loop devices and mounts need.
+    #[error("thinlayer needs root: device-mapper, loop devices and mounts are privileged")]
+    NotRoot,
+
+    /// An argument, name or option that cannot be accepted.
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+
+    #[error("{kind} {name:?} already exists")]
+    Exists { kind: &'static str, name: String },
+
+    /// The layer is mounted or otherwise in use.
+    #[error("{kind} {name:?} is busy: {why}")]
+    Busy {
+        kind: &'static str,
+        name: String,
+        why: String,
+    },
+
+    /// Removing a layer that others are built on.
+    #[error("layer {name:?} has children: {}", children.join(", "))]
+    HasChildren { name: String, children: Vec<String> },
+
+    /// The pool's free space is below what a new layer needs.
+    #[error("pool is out of {what} space: {detail}")]
+    NoSpace { what: &'static str, detail: String },
+
+    #[error("no pool at {}: run `thinlayer pool init` first", root.display())]
+    NotInitialized { root: PathBuf },
+
+    #[error("a pool already exists at {}", root.display())]
+    AlreadyInitialized { root: PathBuf },
+
+    /// The kernel's pool and our records disagree in a way that is not an
+    /// interrupted operation of ours.
+    #[error("pool {pool}: {detail}")]
+    Inconsistent { pool: String, detail: String },
+
+    /// The pool's metadata needs repair.
+    #[error("pool {pool} metadata check failed: {detail}")]
+    CheckFailed { pool: String, detail: String },
+
+    /// The pool is in a mode that refuses the operation.
+    #[error("pool {pool} is {mode}: {detail}")]
+    PoolMode {
+        pool: String,
+        mode: String,
+        detail: String,
+    },
+
+    /// A file operation on our own records or backing files failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The stored records cannot be read; the file was left as it is.
+    #[error("records {} are unreadable: {detail}", path.display())]
+    CorruptRecords { path: PathBuf, detail: String },
+
+    /// An external tool (mkfs, thin_check, thin_dump) failed.
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: String, detail: String },
+}
+
+impl Error {
+    pub fn invalid(what: &'static str, value: &str, why: &str) -> Self {
+        Error::Invalid {
+            what,
+            value: value.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn kernel(
+        op: &'static str,
+        object: impl Into<String>,
+        errno: Option<Errno>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Kernel {
+            op,
+            object: object.into(),
+            errno,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// The kernel's errno, where the failure came from the kernel.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Kernel { errno, .. } => *errno,
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            _ => None,
+        }
+    }
+}

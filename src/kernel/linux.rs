@@ -1,0 +1,518 @@
+//! The real kernel: device-mapper ioctls through the `devicemapper` crate,
+//! loop devices through `loopdev-3`, mounts through `nix`. The block tools
+//! (mkfs, thin_check, thin_dump, thin_ls) are processes: they run once per
+//! pool or per size query, never on a per-layer hot path.
+
+use std::fs::{self, File};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use devicemapper::{DM, DevId, DmError, DmFlags, DmName, DmOptions, errors as dmerrors};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::{DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Target};
+use crate::error::{Error, Result};
+use crate::units::Sectors;
+
+/// The running kernel. Opening `/dev/mapper/control` is deferred to the first
+/// device-mapper call, so commands that need none (help, records) work anywhere.
+#[derive(Default)]
+pub struct Linux {
+    dm: OnceLock<std::result::Result<DM, String>>,
+}
+
+impl Linux {
+    pub fn new() -> Self {
+        Linux::default()
+    }
+
+    fn dm(&self) -> Result<&DM> {
+        self.dm
+            .get_or_init(|| DM::new().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::NoDeviceMapper {
+                detail: format!("cannot open /dev/mapper/control: {e}"),
+            })
+    }
+}
+
+fn dm_errno(err: &DmError) -> Option<Errno> {
+    match err {
+        DmError::Core(dmerrors::Error::Ioctl(_, _, _, errno)) => {
+            Some(Errno::from_raw(**errno as i32))
+        }
+        _ => None,
+    }
+}
+
+fn dm_err(op: &'static str, object: &str, err: DmError) -> Error {
+    let errno = dm_errno(&err);
+    let detail = match errno {
+        Some(e) => format!("{} ({})", e.desc(), e),
+        None => err.to_string(),
+    };
+    Error::kernel(op, object, errno, detail)
+}
+
+fn dm_name(name: &str) -> Result<&DmName> {
+    DmName::new(name).map_err(|e| Error::invalid("device-mapper name", name, &e.to_string()))
+}
+
+fn to_dm_targets(table: &[Target]) -> Vec<(u64, u64, String, String)> {
+    table
+        .iter()
+        .map(|t| (t.start.0, t.length.0, t.kind.clone(), t.params.clone()))
+        .collect()
+}
+
+fn from_dm_targets(lines: Vec<(u64, u64, String, String)>) -> Vec<Target> {
+    lines
+        .into_iter()
+        .map(|(start, length, kind, params)| Target {
+            start: Sectors(start),
+            length: Sectors(length),
+            kind,
+            params,
+        })
+        .collect()
+}
+
+fn nix_err(op: &'static str, object: &Path, errno: Errno) -> Error {
+    Error::kernel(op, object.display().to_string(), Some(errno), errno.desc())
+}
+
+/// Runs a tool to completion; a non-zero exit becomes [`Error::Tool`] with
+/// its stderr.
+fn run_tool(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Tool {
+            tool: program.to_string(),
+            detail: format!("cannot run it: {e} (is it installed?)"),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        return Err(Error::Tool {
+            tool: format!("{program} {}", args.join(" ")),
+            detail: format!("{}: {}{}", output.status, stderr.trim(), stdout.trim()),
+        });
+    }
+    String::from_utf8(output.stdout).map_err(|e| Error::Tool {
+        tool: program.to_string(),
+        detail: format!("output is not UTF-8: {e}"),
+    })
+}
+
+// LOOP_SET_BLOCK_SIZE from <linux/loop.h>; loopdev-3 does not wrap it.
+nix::ioctl_write_int_bad!(loop_set_block_size, 0x4C09);
+
+/// Reads a `/sys/block/<dev>/dev` style `major:minor` file.
+fn read_devnum(path: &Path) -> Option<DevNum> {
+    let s = fs::read_to_string(path).ok()?;
+    let (ma, mi) = s.trim().split_once(':')?;
+    Some(DevNum {
+        major: ma.parse().ok()?,
+        minor: mi.parse().ok()?,
+    })
+}
+
+impl Kernel for Linux {
+    fn check(&self) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::NotRoot);
+        }
+        self.dm()?;
+        Ok(())
+    }
+
+    fn dm_create(&self, name: &str, table: &[Target], read_only: bool) -> Result<DmInfo> {
+        let dm = self.dm()?;
+        let dmname = dm_name(name)?;
+        let id = DevId::Name(dmname);
+        let flags = if read_only {
+            DmFlags::DM_READONLY
+        } else {
+            DmFlags::empty()
+        };
+        dm.device_create(dmname, None, DmOptions::default().set_flags(flags))
+            .map_err(|e| dm_err("create device", name, e))?;
+        let live = dm
+            .table_load(
+                &id,
+                &to_dm_targets(table),
+                DmOptions::default().set_flags(flags),
+            )
+            .map_err(|e| dm_err("load table of", name, e))
+            .and_then(|_| {
+                dm.device_suspend(&id, DmOptions::default())
+                    .map_err(|e| dm_err("resume", name, e))
+            });
+        match live {
+            Ok(_) => self
+                .dm_info(name)?
+                .ok_or_else(|| Error::not_found("device", name)),
+            Err(e) => {
+                if let Err(cleanup) = dm.device_remove(&id, DmOptions::default()) {
+                    tracing::warn!(device = name, error = %cleanup, "could not remove a half-made device");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn dm_load(&self, name: &str, table: &[Target]) -> Result<()> {
+        let dm = self.dm()?;
+        dm.table_load(
+            &DevId::Name(dm_name(name)?),
+            &to_dm_targets(table),
+            DmOptions::default(),
+        )
+        .map_err(|e| dm_err("load table of", name, e))?;
+        Ok(())
+    }
+
+    fn dm_suspend(&self, name: &str, flush: bool) -> Result<()> {
+        let dm = self.dm()?;
+        let mut flags = DmFlags::DM_SUSPEND;
+        if !flush {
+            flags |= DmFlags::DM_NOFLUSH;
+        }
+        dm.device_suspend(
+            &DevId::Name(dm_name(name)?),
+            DmOptions::default().set_flags(flags),
+        )
+        .map_err(|e| dm_err("suspend", name, e))?;
+        Ok(())
+    }
+
+    fn dm_resume(&self, name: &str) -> Result<()> {
+        let dm = self.dm()?;
+        dm.device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())
+            .map_err(|e| dm_err("resume", name, e))?;
+        Ok(())
+    }
+
+    fn dm_remove(&self, name: &str, deferred: bool) -> Result<()> {
+        let dm = self.dm()?;
+        let flags = if deferred {
+            DmFlags::DM_DEFERRED_REMOVE
+        } else {
+            DmFlags::empty()
+        };
+        dm.device_remove(
+            &DevId::Name(dm_name(name)?),
+            DmOptions::default().set_flags(flags),
+        )
+        .map_err(|e| dm_err("remove device", name, e))?;
+        Ok(())
+    }
+
+    fn dm_message(&self, name: &str, message: &str) -> Result<Option<String>> {
+        let dm = self.dm()?;
+        let (_, out) = dm
+            .target_msg(&DevId::Name(dm_name(name)?), None, message)
+            .map_err(|e| {
+                let mut err = dm_err("send message to", name, e);
+                if let Error::Kernel { detail, .. } = &mut err {
+                    *detail = format!("message {message:?}: {detail}");
+                }
+                err
+            })?;
+        Ok(out)
+    }
+
+    fn dm_status(&self, name: &str) -> Result<Vec<Target>> {
+        let dm = self.dm()?;
+        let (_, lines) = dm
+            .table_status(
+                &DevId::Name(dm_name(name)?),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
+            .map_err(|e| dm_err("read status of", name, e))?;
+        Ok(from_dm_targets(lines))
+    }
+
+    fn dm_table(&self, name: &str) -> Result<Vec<Target>> {
+        let dm = self.dm()?;
+        let (_, lines) = dm
+            .table_status(
+                &DevId::Name(dm_name(name)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| dm_err("read table of", name, e))?;
+        Ok(from_dm_targets(lines))
+    }
+
+    fn dm_info(&self, name: &str) -> Result<Option<DmInfo>> {
+        let dm = self.dm()?;
+        match dm.device_info(&DevId::Name(dm_name(name)?)) {
+            Ok(info) => {
+                let d = info.device();
+                Ok(Some(DmInfo {
+                    devnum: DevNum {
+                        major: d.major,
+                        minor: d.minor,
+                    },
+                    suspended: info.flags().contains(DmFlags::DM_SUSPEND),
+                    open_count: info.open_count(),
+                    active_table: info.flags().contains(DmFlags::DM_ACTIVE_PRESENT),
+                    deferred_remove: info.flags().contains(DmFlags::DM_DEFERRED_REMOVE),
+                }))
+            }
+            Err(e) if dm_errno(&e) == Some(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(dm_err("query device", name, e)),
+        }
+    }
+
+    fn dm_list(&self) -> Result<Vec<String>> {
+        let dm = self.dm()?;
+        let list = dm
+            .list_devices()
+            .map_err(|e| dm_err("list devices", "", e))?;
+        Ok(list.into_iter().map(|(n, _, _)| n.to_string()).collect())
+    }
+
+    fn loop_attach(&self, file: &Path) -> Result<LoopAttachment> {
+        let control = loopdev::LoopControl::open()
+            .map_err(|e| Error::io("open loop control", "/dev/loop-control", e))?;
+        // Another process can take the device between next_free and attach:
+        // the attach then fails with EBUSY and we ask for the next one.
+        let mut last = None;
+        for _ in 0..16 {
+            let dev = control
+                .next_free()
+                .map_err(|e| Error::io("find a free loop device", "/dev/loop-control", e))?;
+            let path = dev.path().unwrap_or_default();
+            match dev.with().autoclear(true).attach(file) {
+                Ok(()) => {
+                    let devnum = DevNum {
+                        major: dev.major().map_err(|e| Error::io("stat", &path, e))?,
+                        minor: dev.minor().map_err(|e| Error::io("stat", &path, e))?,
+                    };
+                    // Direct I/O keeps pool data out of the host page cache
+                    // twice over. The kernel accepts it only when the loop's
+                    // logical block size matches the backing filesystem's, so
+                    // set 4 KiB first; where it still refuses, buffered I/O
+                    // is correct, only slower.
+                    // SAFETY: the fd belongs to `dev`, which is alive; the ioctl takes an integer.
+                    let bs =
+                        unsafe { loop_set_block_size(std::os::fd::AsRawFd::as_raw_fd(&dev), 4096) };
+                    if let Err(e) = bs.map(|_| ()).and_then(|_| {
+                        dev.set_direct_io(true)
+                            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+                    }) {
+                        tracing::debug!(device = %path.display(), error = %e, "direct I/O not available, using buffered I/O");
+                    }
+                    // SAFETY: into_raw_fd hands over the only owner of this fd.
+                    let hold = unsafe { File::from_raw_fd(dev.into_raw_fd()) };
+                    return Ok(LoopAttachment {
+                        info: LoopInfo {
+                            device: path,
+                            devnum,
+                            backing_file: file.to_path_buf(),
+                        },
+                        _hold: Some(hold),
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+                Err(e) => return Err(Error::io("attach loop device to", file, e)),
+            }
+        }
+        Err(Error::io(
+            "attach loop device to",
+            file,
+            last.unwrap_or_else(|| std::io::Error::other("no free loop device")),
+        ))
+    }
+
+    fn loop_list(&self) -> Result<Vec<LoopInfo>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir("/sys/block") {
+            Ok(e) => e,
+            Err(e) => return Err(Error::io("list", "/sys/block", e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let sys = entry.path();
+            let Ok(backing) = fs::read_to_string(sys.join("loop/backing_file")) else {
+                continue; // not attached
+            };
+            let Some(devnum) = read_devnum(&sys.join("dev")) else {
+                continue;
+            };
+            let backing = backing.trim_end_matches('\n');
+            out.push(LoopInfo {
+                device: PathBuf::from(format!("/dev/{name}")),
+                devnum,
+                backing_file: PathBuf::from(backing.strip_suffix(" (deleted)").unwrap_or(backing)),
+            });
+        }
+        Ok(out)
+    }
+
+    fn loop_refresh_size(&self, device: &Path) -> Result<()> {
+        let dev = loopdev::LoopDevice::open(device).map_err(|e| Error::io("open", device, e))?;
+        dev.set_capacity()
+            .map_err(|e| Error::io("refresh capacity of", device, e))
+    }
+
+    fn loop_detach(&self, device: &Path) -> Result<()> {
+        let dev = loopdev::LoopDevice::open(device).map_err(|e| Error::io("open", device, e))?;
+        dev.detach().map_err(|e| Error::io("detach", device, e))
+    }
+
+    fn mount(&self, r: &MountRequest<'_>) -> Result<()> {
+        let mut flags = MsFlags::MS_NODEV;
+        if r.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let data = (!r.data.is_empty()).then_some(r.data);
+        nix::mount::mount(Some(r.source), r.target, Some(r.fstype), flags, data).map_err(|e| {
+            Error::kernel(
+                "mount",
+                format!("{} on {}", r.source.display(), r.target.display()),
+                Some(e),
+                format!("{} (type {}, options {:?})", e.desc(), r.fstype, r.data),
+            )
+        })
+    }
+
+    fn umount(&self, target: &Path, lazy: bool) -> Result<()> {
+        let flags = if lazy {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        nix::mount::umount2(target, flags).map_err(|e| nix_err("unmount", target, e))
+    }
+
+    fn mounts(&self) -> Result<Vec<MountEntry>> {
+        let text = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+        Ok(parse_mountinfo(&text))
+    }
+
+    fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()> {
+        let dev = device.to_string_lossy();
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.push(&dev);
+        run_tool(program, &all).map(|_| ())
+    }
+
+    fn thin_check(&self, metadata: &Path) -> Result<()> {
+        run_tool("thin_check", &[&metadata.to_string_lossy()]).map(|_| ())
+    }
+
+    fn thin_repair(&self, metadata: &Path, into: &Path) -> Result<()> {
+        run_tool(
+            "thin_repair",
+            &[
+                "-i",
+                &metadata.to_string_lossy(),
+                "-o",
+                &into.to_string_lossy(),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn thin_dump_snapshot(&self, metadata: &Path, dev: Option<u32>) -> Result<String> {
+        let meta = metadata.to_string_lossy();
+        let id;
+        let mut args = vec!["--metadata-snap", &meta];
+        if let Some(d) = dev {
+            id = d.to_string();
+            args = vec!["--metadata-snap", "--dev-id", &id, &meta];
+        }
+        run_tool("thin_dump", &args)
+    }
+
+    fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String> {
+        run_tool(
+            "thin_ls",
+            &[
+                "--metadata-snap",
+                "--no-headers",
+                "-o",
+                "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS",
+                &metadata.to_string_lossy(),
+            ],
+        )
+    }
+}
+
+/// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTS ... - FSTYPE SOURCE SUPER`.
+/// Targets escape space, tab, newline and backslash as octal.
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let _id = fields.next()?;
+            let _parent = fields.next()?;
+            let (ma, mi) = fields.next()?.split_once(':')?;
+            let _root = fields.next()?;
+            let target = unescape_mount(fields.next()?);
+            let fstype = fields.skip_while(|f| *f != "-").nth(1)?.to_string();
+            Some(MountEntry {
+                devnum: Some(DevNum {
+                    major: ma.parse().ok()?,
+                    minor: mi.parse().ok()?,
+                }),
+                target: PathBuf::from(target),
+                fstype,
+            })
+        })
+        .collect()
+}
+
+fn unescape_mount(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let text = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                    99 22 253:4 / /var/lib/thinlayer/mnt/my\\040ctr rw,relatime shared:1 - ext4 /dev/dm-4 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].target, PathBuf::from("/var/lib/thinlayer/mnt/my ctr"));
+        assert_eq!(
+            m[1].devnum,
+            Some(DevNum {
+                major: 253,
+                minor: 4
+            })
+        );
+        assert_eq!(m[1].fstype, "ext4");
+    }
+}

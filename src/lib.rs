@@ -1,0 +1,34 @@
+//! thinlayer: container image and container layers as thin snapshots in a
+//! device-mapper thin pool, so copy-on-write happens per block, in the kernel.
+//!
+//! The layers of the crate, bottom up:
+//! - [`kernel`]: every kernel call (device-mapper, loop devices, mounts, the
+//!   block tools), behind the [`kernel::Kernel`] trait, with a simulated
+//!   kernel for tests;
+//! - [`pool`]: the thin pool, its backing and its status;
+//! - [`thin`]: thin devices in the pool, and exact usage from its metadata;
+//! - [`tree`]: the snapshot tree of layers and images, pure rules;
+//! - [`records`]: the tree and the pool's configuration on disk, atomic, and
+//!   the transaction protocol that keeps them consistent with the kernel;
+//! - [`fs`]: the filesystem inside the layers;
+//! - [`driver`]: the operations, which tie all of the above together, and
+//!   the reconciler that repairs what a crash left;
+//! - [`cli`]: the `thinlayer` command.
+
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod failpoint;
+pub mod fs;
+pub mod kernel;
+pub mod pool;
+pub mod records;
+pub mod thin;
+pub mod tree;
+pub mod units;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use driver::Driver;
+pub use error::{Error, Result};

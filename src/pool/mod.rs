@@ -1,0 +1,514 @@
+//! The thin pool: where its space comes from, its device-mapper table, and
+//! bringing it up and down.
+//!
+//! By default the pool lives in two sparse files under the root, `data` and
+//! `metadata`, each on a loop device. The table is
+//!
+//! ```text
+//! 0 <data sectors> thin-pool <metadata maj:min> <data maj:min> <block sectors> <low water blocks> 2 skip_block_zeroing error_if_no_space
+//! ```
+//!
+//! `skip_block_zeroing`: a newly provisioned block is not zeroed first; the
+//! filesystem above never reads what it did not write. `error_if_no_space`:
+//! when the data space runs out, writes fail at once instead of queueing for
+//! `no_space_timeout` (60 s) while everything using the pool hangs.
+
+mod status;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use status::{KernelPoolStatus, META_BLOCK, PoolMode};
+
+use crate::error::{Error, Result};
+use crate::fs::FsKind;
+use crate::kernel::{DevNum, Kernel, Target};
+use crate::units::{BlockSize, Bytes, Sectors};
+
+/// Where the pool's space comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PoolSource {
+    /// Sparse files on loop devices (the default).
+    LoopFiles { data: PathBuf, metadata: PathBuf },
+    /// Block devices given by the user; thinlayer builds the pool on them.
+    Devices { data: PathBuf, metadata: PathBuf },
+    /// A thin pool someone else made (LVM, a script); thinlayer only makes
+    /// thin devices in it and never removes it.
+    Existing { pool: String },
+}
+
+/// Everything needed to bring the pool up again after a reboot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Prefix of every device-mapper name this root makes.
+    pub prefix: String,
+    pub source: PoolSource,
+    pub block_size: BlockSize,
+    /// The kernel raises an event when free data blocks fall below this.
+    pub low_water_blocks: u64,
+    pub filesystem: FsKind,
+    /// Size of the base device, and so of every layer.
+    pub base_size: Bytes,
+    /// New layers are refused while less than this share of data space is free.
+    pub min_free_percent: u8,
+}
+
+/// Options of `pool init`.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub source: SourceOptions,
+    pub block_size: BlockSize,
+    pub filesystem: FsKind,
+    pub base_size: Bytes,
+    pub min_free_percent: u8,
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    LoopFiles {
+        data_size: Bytes,
+        metadata_size: Bytes,
+    },
+    Devices {
+        data: PathBuf,
+        metadata: PathBuf,
+    },
+    Existing {
+        pool: String,
+    },
+}
+
+impl Default for PoolOptions {
+    /// Docker's loop-lvm defaults, scaled to a test machine: 100 GiB of
+    /// sparse data, 2 GiB of sparse metadata, 64 KiB blocks, 10 GiB layers.
+    fn default() -> Self {
+        PoolOptions {
+            source: SourceOptions::LoopFiles {
+                data_size: Bytes(100 << 30),
+                metadata_size: Bytes(2 << 30),
+            },
+            block_size: BlockSize::DEFAULT,
+            filesystem: FsKind::Ext4,
+            base_size: Bytes(10 << 30),
+            min_free_percent: 10,
+        }
+    }
+}
+
+/// The kernel accepts metadata devices up to about 16 GiB; beyond that the
+/// space is not used.
+const MAX_METADATA: u64 = 16 << 30;
+
+impl PoolOptions {
+    pub fn validate(&self) -> Result<()> {
+        if let SourceOptions::LoopFiles {
+            data_size,
+            metadata_size,
+        } = &self.source
+        {
+            if data_size.0 < 64 * self.block_size.bytes().0 {
+                return Err(Error::invalid(
+                    "data size",
+                    &data_size.0.to_string(),
+                    "the data space must hold at least 64 blocks",
+                ));
+            }
+            if metadata_size.0 < (2 << 20) || metadata_size.0 > MAX_METADATA {
+                return Err(Error::invalid(
+                    "metadata size",
+                    &metadata_size.0.to_string(),
+                    "metadata must be between 2 MiB and 16 GiB",
+                ));
+            }
+        }
+        if self.base_size.0 < (64 << 20)
+            || !self.base_size.0.is_multiple_of(self.block_size.bytes().0)
+        {
+            return Err(Error::invalid(
+                "base size",
+                &self.base_size.0.to_string(),
+                "the base device must be at least 64 MiB and a whole number of pool blocks",
+            ));
+        }
+        if self.filesystem == FsKind::Xfs && self.base_size.0 < (320 << 20) {
+            return Err(Error::invalid(
+                "base size",
+                &self.base_size.0.to_string(),
+                "xfs needs layers of at least 320 MiB",
+            ));
+        }
+        if self.min_free_percent > 50 {
+            return Err(Error::invalid(
+                "minimum free space",
+                &self.min_free_percent.to_string(),
+                "at most 50 percent",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PoolConfig {
+    /// The pool's device-mapper name.
+    pub fn pool_name(&self) -> String {
+        match &self.source {
+            PoolSource::Existing { pool } => pool.clone(),
+            _ => format!("{}-pool", self.prefix),
+        }
+    }
+
+    /// Whether thinlayer made the pool (and so may take it down).
+    pub fn owns_pool(&self) -> bool {
+        !matches!(self.source, PoolSource::Existing { .. })
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(root: &Path) -> Self {
+        PoolConfig {
+            prefix: prefix_for(root),
+            source: PoolSource::LoopFiles {
+                data: root.join("data"),
+                metadata: root.join("metadata"),
+            },
+            block_size: BlockSize::DEFAULT,
+            low_water_blocks: 32,
+            filesystem: FsKind::Ext4,
+            base_size: Bytes(1 << 30),
+            min_free_percent: 10,
+        }
+    }
+}
+
+/// A device-mapper name prefix unique to a root: `thinlayer-` and a hash of
+/// its path, so pools of different roots never collide and each root can
+/// tell its own devices from everyone else's.
+pub fn prefix_for(root: &Path) -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("thinlayer-{:08x}", h as u32)
+}
+
+/// Builds the config for a new pool under `root`.
+pub fn config_for(root: &Path, opts: &PoolOptions) -> PoolConfig {
+    let source = match &opts.source {
+        SourceOptions::LoopFiles { .. } => PoolSource::LoopFiles {
+            data: root.join("data"),
+            metadata: root.join("metadata"),
+        },
+        SourceOptions::Devices { data, metadata } => PoolSource::Devices {
+            data: data.clone(),
+            metadata: metadata.clone(),
+        },
+        SourceOptions::Existing { pool } => PoolSource::Existing { pool: pool.clone() },
+    };
+    PoolConfig {
+        prefix: prefix_for(root),
+        source,
+        block_size: opts.block_size,
+        low_water_blocks: 32,
+        filesystem: opts.filesystem,
+        base_size: opts.base_size,
+        min_free_percent: opts.min_free_percent,
+    }
+}
+
+/// The pool as the kernel reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub data_used: Bytes,
+    pub data_total: Bytes,
+    pub metadata_used: Bytes,
+    pub metadata_total: Bytes,
+    pub block_size: Bytes,
+    pub transaction_id: u64,
+    pub mode: PoolMode,
+    pub needs_check: bool,
+    pub thin_devices: usize,
+}
+
+/// Brings the pool's device up and down. Borrowed for one operation.
+pub struct Pool<'a> {
+    pub kernel: &'a dyn Kernel,
+    pub config: &'a PoolConfig,
+}
+
+/// Backing devices opened for a pool table: the loops stay held until the
+/// table holds them.
+struct Backing {
+    metadata: DevNum,
+    metadata_path: PathBuf,
+    data: DevNum,
+    data_len: Sectors,
+    _holds: Vec<crate::kernel::LoopAttachment>,
+}
+
+impl Pool<'_> {
+    pub fn name(&self) -> String {
+        self.config.pool_name()
+    }
+
+    /// The pool's device number, for thin tables; the pool must be live.
+    pub fn devnum(&self) -> Result<DevNum> {
+        self.kernel
+            .dm_info(&self.name())?
+            .filter(|i| i.active_table)
+            .map(|i| i.devnum)
+            .ok_or_else(|| Error::not_found("thin pool device", self.name()))
+    }
+
+    pub fn is_live(&self) -> Result<bool> {
+        Ok(self
+            .kernel
+            .dm_info(&self.name())?
+            .is_some_and(|i| i.active_table))
+    }
+
+    /// Makes a new pool: sparse files (loop source), then the pool device.
+    /// A fresh metadata device must start with zeros; the kernel formats it.
+    pub fn create(&self, opts: &PoolOptions) -> Result<()> {
+        match (&self.config.source, &opts.source) {
+            (
+                PoolSource::LoopFiles { data, metadata },
+                SourceOptions::LoopFiles {
+                    data_size,
+                    metadata_size,
+                },
+            ) => {
+                make_sparse(metadata, *metadata_size)?;
+                make_sparse(data, *data_size)?;
+            }
+            (PoolSource::Devices { metadata, .. }, _) => zero_start(metadata)?,
+            (PoolSource::Existing { .. }, _) => {
+                return self.devnum().map(|_| ());
+            }
+            _ => unreachable!("config_for pairs source and options"),
+        }
+        let backing = self.open_backing()?;
+        self.load(&backing)
+    }
+
+    /// Brings an existing pool up (after a reboot): reattaches the loops,
+    /// runs `thin_check` on the metadata, loads the table. A pool that is
+    /// already live is left as it is.
+    pub fn activate(&self) -> Result<bool> {
+        if self.is_live()? {
+            return Ok(false);
+        }
+        if !self.config.owns_pool() {
+            return Err(Error::not_found("thin pool device", self.name()));
+        }
+        let backing = self.open_backing()?;
+        // LVM checks a thin pool's metadata on every activation; so do we.
+        // The check also clears a needs_check flag the kernel set after an
+        // error, once the metadata is found sound.
+        self.kernel.thin_check(&backing.metadata_path).map_err(|e| Error::CheckFailed {
+            pool: self.name(),
+            detail: format!("{e}; the pool was not activated. Run `thinlayer pool repair` with the pool offline"),
+        })?;
+        self.load(&backing)?;
+        Ok(true)
+    }
+
+    fn load(&self, b: &Backing) -> Result<()> {
+        let table = [Target::new(
+            b.data_len,
+            "thin-pool",
+            format!(
+                "{} {} {} {} 2 skip_block_zeroing error_if_no_space",
+                b.metadata,
+                b.data,
+                self.config.block_size.sectors().0,
+                self.config.low_water_blocks
+            ),
+        )];
+        self.kernel.dm_create(&self.name(), &table, false)?;
+        Ok(())
+    }
+
+    fn open_backing(&self) -> Result<Backing> {
+        match &self.config.source {
+            PoolSource::LoopFiles { data, metadata } => {
+                let m = self.kernel.loop_attach(metadata)?;
+                let d = self.kernel.loop_attach(data)?;
+                let len = file_len(data)?;
+                Ok(Backing {
+                    metadata: m.info.devnum,
+                    metadata_path: m.info.device.clone(),
+                    data: d.info.devnum,
+                    data_len: Sectors(len / 512),
+                    _holds: vec![m, d],
+                })
+            }
+            PoolSource::Devices { data, metadata } => Ok(Backing {
+                metadata: block_devnum(metadata)?,
+                metadata_path: metadata.clone(),
+                data: block_devnum(data)?,
+                data_len: Sectors(block_len(data)? / 512),
+                _holds: Vec::new(),
+            }),
+            PoolSource::Existing { .. } => unreachable!("existing pools are not loaded by us"),
+        }
+    }
+
+    /// The metadata device of the live pool, for the thin tools.
+    pub fn metadata_device(&self) -> Result<PathBuf> {
+        let table = self.kernel.dm_table(&self.name())?;
+        let meta = table
+            .first()
+            .and_then(|t| t.params.split(' ').next().map(str::to_string))
+            .ok_or_else(|| Error::not_found("thin pool table", self.name()))?;
+        let (ma, mi) = meta
+            .split_once(':')
+            .ok_or_else(|| Error::invalid("pool table", &meta, "no metadata device"))?;
+        let devnum = DevNum {
+            major: ma.parse().unwrap_or(0),
+            minor: mi.parse().unwrap_or(0),
+        };
+        if let Some(l) = self
+            .kernel
+            .loop_list()?
+            .into_iter()
+            .find(|l| l.devnum == devnum)
+        {
+            return Ok(l.device);
+        }
+        Ok(PathBuf::from(format!("/dev/block/{devnum}")))
+    }
+
+    pub fn kernel_status(&self) -> Result<KernelPoolStatus> {
+        let st = self.kernel.dm_status(&self.name())?;
+        let line = st
+            .first()
+            .ok_or_else(|| Error::not_found("thin pool status", self.name()))?;
+        KernelPoolStatus::parse(&line.params)
+    }
+
+    pub fn status(&self, thin_devices: usize) -> Result<PoolStatus> {
+        let k = self.kernel_status()?;
+        let block = self.config.block_size.bytes().0;
+        Ok(PoolStatus {
+            name: self.name(),
+            data_used: Bytes(k.data_used * block),
+            data_total: Bytes(k.data_total * block),
+            metadata_used: Bytes(k.meta_used * META_BLOCK),
+            metadata_total: Bytes(k.meta_total * META_BLOCK),
+            block_size: Bytes(block),
+            transaction_id: k.transaction,
+            mode: k.mode,
+            needs_check: k.needs_check,
+            thin_devices,
+        })
+    }
+
+    /// Takes the pool device down; its loops detach themselves (autoclear).
+    pub fn deactivate(&self) -> Result<()> {
+        if !self.config.owns_pool() || self.kernel.dm_info(&self.name())?.is_none() {
+            return Ok(());
+        }
+        self.kernel.dm_remove(&self.name(), false)
+    }
+
+    /// Removes the sparse files thinlayer made.
+    pub fn remove_files(&self) -> Result<()> {
+        if let PoolSource::LoopFiles { data, metadata } = &self.config.source {
+            for f in [data, metadata] {
+                match fs::remove_file(f) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", f, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn make_sparse(path: &Path, size: Bytes) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create pool file", path, e))?;
+    f.set_len(size.0)
+        .map_err(|e| Error::io("size pool file", path, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", path, e))
+}
+
+/// The kernel formats a metadata device whose first block is zero; anything
+/// else there is taken for existing metadata.
+fn zero_start(dev: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| Error::io("open", dev, e))?;
+    f.write_all(&[0u8; 4096])
+        .map_err(|e| Error::io("zero the start of", dev, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", dev, e))
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| Error::io("stat", path, e))
+}
+
+fn block_devnum(path: &Path) -> Result<DevNum> {
+    let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    if !m.file_type().is_block_device() {
+        return Err(Error::invalid(
+            "device",
+            &path.display().to_string(),
+            "not a block device",
+        ));
+    }
+    let rdev = m.rdev();
+    Ok(DevNum {
+        major: libc::major(rdev),
+        minor: libc::minor(rdev),
+    })
+}
+
+fn block_len(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("size", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_differ_by_root_and_are_stable() {
+        let a = prefix_for(Path::new("/var/lib/thinlayer"));
+        assert_eq!(a, prefix_for(Path::new("/var/lib/thinlayer")));
+        assert_ne!(a, prefix_for(Path::new("/srv/thinlayer")));
+        assert!(a.starts_with("thinlayer-") && a.len() == 18);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = PoolOptions::default();
+        o.validate().unwrap();
+        o.base_size = Bytes(1 << 20);
+        assert!(o.validate().is_err());
+        o = PoolOptions::default();
+        o.source = SourceOptions::LoopFiles {
+            data_size: Bytes(1 << 20),
+            metadata_size: Bytes(2 << 20),
+        };
+        assert!(o.validate().is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! The records: everything thinlayer knows that the kernel does not, in one
+//! file, `ROOT/state.json`.
+//!
+//! One file, not a database: the tree, the pool's configuration and the
+//! pending intent change together, and a single atomic replace keeps them
+//! from ever disagreeing with each other (a split store is how containerd's
+//! devmapper snapshotter came to reuse names of live devices). Each save
+//! writes a temporary file, fsyncs it, keeps the previous version as
+//! `state.json.prev`, renames the new one over the old and fsyncs the
+//! directory. Saves are whole-file; at 10,000 layers the file is about 3 MB.
+//!
+//! Consistency with the kernel comes from the pool's transaction id, which
+//! the kernel stores in the pool's own metadata and changes only through a
+//! compare-and-swap message. Every change to the pool's thin ids goes:
+//!
+//! 1. record the [`Intent`] with transaction `T + 1` (saved, fsynced);
+//! 2. send the pool message (`create_thin`, `create_snap`, `delete`);
+//! 3. `set_transaction_id T T+1`;
+//! 4. record the result with transaction `T + 1` and no intent.
+//!
+//! After a crash the kernel's id tells how far it got: `T + 1` means the
+//! kernel finished and step 4 is replayed; `T` means it did not, and the
+//! intent is rolled back (a create) or driven to the end (a delete, which
+//! cannot be undone). See [`crate::driver`] for the reconciler.
+
+mod lock;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use lock::RootLock;
+
+use crate::error::{Error, Result};
+use crate::pool::PoolConfig;
+use crate::tree::{IdAllocator, Layer, Tree};
+use crate::units::ThinId;
+
+/// Format version of `state.json`.
+pub const VERSION: u32 = 1;
+
+pub const STATE_FILE: &str = "state.json";
+
+/// An operation on the pool's thin ids that was started and not yet recorded
+/// as finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intent {
+    /// `create_thin` of the base device.
+    CreateBase { transaction: u64, thin_id: ThinId },
+    /// `create_snap layer.thin_id origin`, then the layer is recorded.
+    CreateLayer {
+        transaction: u64,
+        origin: ThinId,
+        layer: Layer,
+    },
+    /// `delete thin_id` of the layer `key` (or of an orphan, `key` empty).
+    Delete {
+        transaction: u64,
+        key: String,
+        thin_id: ThinId,
+    },
+}
+
+impl Intent {
+    pub fn transaction(&self) -> u64 {
+        match self {
+            Intent::CreateBase { transaction, .. }
+            | Intent::CreateLayer { transaction, .. }
+            | Intent::Delete { transaction, .. } => *transaction,
+        }
+    }
+}
+
+/// The whole record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    pub version: u32,
+    pub pool: PoolConfig,
+    /// The pool's transaction id as of the last finished operation.
+    pub transaction: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Intent>,
+    /// Whether the base device holds its filesystem yet.
+    #[serde(default)]
+    pub base_ready: bool,
+    #[serde(default)]
+    pub ids: IdAllocator,
+    pub tree: Tree,
+}
+
+impl Records {
+    pub fn new(pool: PoolConfig) -> Self {
+        Records {
+            version: VERSION,
+            pool,
+            transaction: 0,
+            pending: None,
+            base_ready: false,
+            ids: IdAllocator::default(),
+            tree: Tree::default(),
+        }
+    }
+}
+
+/// Where the records of one root live.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: &Path) -> Self {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    /// Makes the root directory, owner-only (0700).
+    pub fn create_root(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| Error::io("create directory", &self.root, e))
+    }
+
+    /// Takes the root's lock, waiting for other processes and threads.
+    pub fn lock(&self) -> Result<RootLock> {
+        RootLock::acquire(&self.root)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path().exists()
+    }
+
+    /// Reads the records. Unreadable records are an error that names the file
+    /// and leaves it, and its previous version, untouched.
+    pub fn load(&self) -> Result<Records> {
+        let path = self.path();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotInitialized {
+                    root: self.root.clone(),
+                });
+            }
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let records: Records =
+            serde_json::from_slice(&text).map_err(|e| Error::CorruptRecords {
+                path: path.clone(),
+                detail: format!(
+                    "{e}; the file is kept as it is and the previous version is {}.prev",
+                    path.display()
+                ),
+            })?;
+        if records.version != VERSION {
+            return Err(Error::CorruptRecords {
+                path,
+                detail: format!(
+                    "format version {} is not {VERSION}, which this thinlayer reads",
+                    records.version
+                ),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Replaces the records atomically and durably.
+    pub fn save(&self, records: &Records) -> Result<()> {
+        let path = self.path();
+        let tmp = self.root.join(format!("{STATE_FILE}.tmp"));
+        let prev = self.root.join(format!("{STATE_FILE}.prev"));
+        let body = serde_json::to_vec_pretty(records).map_err(|e| Error::CorruptRecords {
+            path: path.clone(),
+            detail: format!("cannot encode: {e}"),
+        })?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(&body)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        if path.exists() {
+            // Keep the version being replaced: a hard link costs no copy.
+            let _ = fs::remove_file(&prev);
+            fs::hard_link(&path, &prev)
+                .map_err(|e| Error::io("keep previous version as", &prev, e))?;
+        }
+        fs::rename(&tmp, &path).map_err(|e| Error::io("replace", &path, e))?;
+        sync_dir(&self.root)
+    }
+
+    /// Removes the records (pool destroy).
+    pub fn remove(&self) -> Result<()> {
+        for name in [
+            STATE_FILE.to_string(),
+            format!("{STATE_FILE}.prev"),
+            format!("{STATE_FILE}.tmp"),
+        ] {
+            let p = self.root.join(name);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &p, e)),
+            }
+        }
+        sync_dir(&self.root)
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolConfig;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn saves_atomically_and_keeps_the_previous_version() {
+        let dir = TempDir::new("records");
+        let store = Store::new(dir.path());
+        assert!(matches!(store.load(), Err(Error::NotInitialized { .. })));
+        let mut r = Records::new(PoolConfig::for_tests(dir.path()));
+        store.save(&r).unwrap();
+        r.transaction = 7;
+        store.save(&r).unwrap();
+        assert_eq!(store.load().unwrap().transaction, 7);
+        let prev: Records =
+            serde_json::from_slice(&fs::read(dir.path().join("state.json.prev")).unwrap()).unwrap();
+        assert_eq!(prev.transaction, 0);
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn refuses_corrupt_records_and_keeps_them() {
+        let dir = TempDir::new("records");
+        let store = Store::new(dir.path());
+        let r = Records::new(PoolConfig::for_tests(dir.path()));
+        store.save(&r).unwrap();
+        let full = fs::read(store.path()).unwrap();
+        fs::write(store.path(), &full[..full.len() / 2]).unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, Error::CorruptRecords { .. }), "{err}");
+        assert!(err.to_string().contains("state.json"), "{err}");
+        assert_eq!(
+            fs::read(store.path()).unwrap(),
+            &full[..full.len() / 2],
+            "left as it was"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_versions() {
+        let dir = TempDir::new("records");
+        let store = Store::new(dir.path());
+        let mut r = Records::new(PoolConfig::for_tests(dir.path()));
+        r.version = 99;
+        store.save(&r).unwrap();
+        assert!(matches!(store.load(), Err(Error::CorruptRecords { .. })));
+    }
+}

@@ -1,0 +1,311 @@
+//! The `thinlayer` command on a real pool: pool lifecycle, the layer rules
+//! and their errors, idle cost, xfs, a full pool, concurrency.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::fixture::{self, Fixture, write_file};
+
+/// A small pool: 1 GiB of data, 256 MiB layers.
+fn small_pool(fx: &Fixture, extra: &[&str]) {
+    let mut args = vec![
+        "pool",
+        "init",
+        "--data-size",
+        "1G",
+        "--metadata-size",
+        "16M",
+        "--base-size",
+        "256M",
+    ];
+    args.extend_from_slice(extra);
+    fx.ok(&args);
+}
+
+fn data_used(fx: &Fixture) -> u64 {
+    fx.json(&["pool", "status"])["data_used"].as_u64().unwrap()
+}
+
+#[test]
+fn pool_lifecycle_and_reactivation() {
+    fixture::run("pool", |fx| {
+        small_pool(fx, &["--block-size", "128K"]);
+        let st = fx.json(&["pool", "status"]);
+        assert_eq!(st["data_total"], 1u64 << 30);
+        assert_eq!(st["block_size"], 128 * 1024);
+        assert_eq!(st["mode"], "read_write");
+        assert_eq!(st["thin_devices"], 1, "the base");
+        assert_eq!(st["transaction_id"], 1);
+        assert!(st["metadata_total"].as_u64().unwrap() > 0);
+        let text = fx.ok(&["pool", "status"]);
+        assert!(text.contains("transaction id:  1"), "{text}");
+        fx.fails(&["pool", "init"], 4);
+
+        // A reboot, as far as the pool sees it: its device and loops are gone.
+        fx.ok(&["container", "create", "scratch", "keep"]);
+        let pool = format!("{}-pool", fx.prefix);
+        use thinlayer::kernel::Kernel;
+        fx.kernel.dm_remove(&pool, false).unwrap();
+        assert!(fx.kernel.dm_info(&pool).unwrap().is_none());
+        fx.ok(&["pool", "activate"]);
+        assert!(fx.kernel.dm_info(&pool).unwrap().is_some());
+        // Any command activates by itself too.
+        fx.kernel.dm_remove(&pool, false).unwrap();
+        let ps = fx.json(&["ps"]);
+        assert_eq!(ps[0]["name"], "keep");
+
+        fx.ok(&["pool", "destroy"]);
+        assert!(!fx.root.join("data").exists() && !fx.root.join("metadata").exists());
+        fx.fails(&["pool", "status"], 3);
+    });
+}
+
+#[test]
+fn layer_rules_and_clear_errors() {
+    fixture::run("rules", |fx| {
+        small_pool(fx, &[]);
+        fx.ok(&["container", "create", "scratch", "a"]);
+        let e = fx.fails(&["container", "create", "scratch", "a"], 4);
+        assert!(e.contains("already exists"), "{e}");
+        let e = fx.fails(&["container", "create", "nope:1", "b"], 3);
+        assert!(e.contains("image \"nope:1\" does not exist"), "{e}");
+        let e = fx.fails(&["container", "create", "scratch", "bad/name"], 2);
+        assert!(e.contains("container name"), "{e}");
+        fx.fails(&["container", "mount", "ghost"], 3);
+        fx.fails(&["container", "rm", "ghost"], 3);
+
+        let mnt = fx.ok(&["container", "mount", "a"]);
+        let mnt = Path::new(mnt.trim());
+        write_file(&mnt.join("hello"), 1000, 1);
+        let e = fx.fails(&["container", "rm", "a"], 5);
+        assert!(e.contains("mounted"), "{e}");
+        let e = fx.fails(&["container", "commit", "a", "img"], 5);
+        assert!(e.contains("unmount"), "{e}");
+        fx.ok(&["container", "umount", "a"]);
+        fx.ok(&["container", "commit", "a", "img:1"]);
+        fx.ok(&["container", "create", "img:1", "b"]);
+        let tree = fx.json(&["tree"]);
+        let top = tree["images"]["img:1"]["top"].as_str().unwrap().to_string();
+        let e = fx.fails(&["container", "rm", &top], 5);
+        assert!(e.contains("has children"), "{e}");
+        let e = fx.fails(&["image", "rm", "img:1"], 5);
+        assert!(e.contains("used by container"), "{e}");
+        let text = fx.ok(&["tree"]);
+        assert!(
+            text.contains("[img:1]") && text.contains("b (thin"),
+            "{text}"
+        );
+
+        // The child sees the committed file.
+        let mb = fx.ok(&["container", "mount", "b"]);
+        assert_eq!(
+            std::fs::read(Path::new(mb.trim()).join("hello"))
+                .unwrap()
+                .len(),
+            1000
+        );
+        fx.ok(&["container", "umount", "b"]);
+        fx.ok(&["container", "rm", "b"]);
+        fx.ok(&["image", "rm", "img:1"]);
+        assert_eq!(fx.json(&["image", "ls"]).as_array().unwrap().len(), 0);
+        assert_eq!(fx.json(&["pool", "status"])["thin_devices"], 1);
+    });
+}
+
+#[test]
+fn an_idle_container_costs_a_few_blocks() {
+    fixture::run("idle", |fx| {
+        // The default 10 GiB layers: ext4's lazy inode-table init would cost
+        // thousands of blocks per mounted snapshot if it ran.
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "4G",
+            "--metadata-size",
+            "32M",
+        ]);
+        let before = data_used(fx);
+        for i in 0..5 {
+            let name = format!("idle{i}");
+            fx.ok(&["container", "create", "scratch", &name]);
+            fx.ok(&["container", "mount", &name]);
+        }
+        // Give a background init thread time to show itself.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let after = data_used(fx);
+        let per = (after - before) / 5;
+        assert!(
+            per <= 256 * 1024,
+            "an idle mounted container costs {per} bytes of pool data"
+        );
+    });
+}
+
+#[test]
+fn xfs_layers_mount_side_by_side() {
+    fixture::run("xfs", |fx| {
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "2G",
+            "--metadata-size",
+            "16M",
+            "--base-size",
+            "512M",
+            "--fs",
+            "xfs",
+        ]);
+        fx.ok(&["container", "create", "scratch", "x"]);
+        let m = fx.ok(&["container", "mount", "x"]);
+        write_file(&Path::new(m.trim()).join("f"), 1 << 20, 3);
+        fx.ok(&["container", "umount", "x"]);
+        fx.ok(&["container", "commit", "x", "xi"]);
+        fx.ok(&["container", "create", "xi", "y1"]);
+        fx.ok(&["container", "create", "xi", "y2"]);
+        // Same filesystem UUID on both: needs nouuid.
+        let m1 = fx.ok(&["container", "mount", "y1"]);
+        let m2 = fx.ok(&["container", "mount", "y2"]);
+        assert_eq!(
+            std::fs::read(Path::new(m1.trim()).join("f")).unwrap().len(),
+            1 << 20
+        );
+        assert_eq!(
+            std::fs::read(Path::new(m2.trim()).join("f")).unwrap().len(),
+            1 << 20
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mounts
+                .lines()
+                .filter(|l| l.contains(fx.root.to_str().unwrap()) && l.contains(" xfs "))
+                .count()
+                == 2
+        );
+        fx.ok(&["container", "rm", "-f", "y1"]);
+        fx.ok(&["container", "rm", "-f", "y2"]);
+    });
+}
+
+#[test]
+fn a_full_pool_fails_writes_promptly_and_refuses_new_layers() {
+    fixture::run("full", |fx| {
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "96M",
+            "--metadata-size",
+            "4M",
+            "--base-size",
+            "256M",
+        ]);
+        fx.ok(&["container", "create", "scratch", "hog"]);
+        let m = fx.ok(&["container", "mount", "hog"]);
+        let started = std::time::Instant::now();
+        let out = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=200", "conv=fsync"])
+            .arg(format!("of={}/fill", m.trim()))
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a write past the pool's end must fail"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(45),
+            "the writer hung {:?} (queue_if_no_space?)",
+            started.elapsed()
+        );
+        let st = fx.json(&["pool", "status"]);
+        assert_eq!(st["mode"], "out_of_data_space", "{st}");
+        let e = fx.fails(&["container", "create", "scratch", "more"], 6);
+        assert!(
+            e.contains("out of data space") || e.contains("no new layers"),
+            "{e}"
+        );
+        fx.ok(&["container", "rm", "-f", "hog"]);
+    });
+}
+
+#[test]
+fn several_processes_share_a_root() {
+    fixture::run("concurrent", |fx| {
+        small_pool(fx, &[]);
+        let bin = env!("CARGO_BIN_EXE_thinlayer");
+        let children: Vec<_> = (0..4)
+            .map(|p| {
+                let root = fx.root.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5 {
+                        let name = format!("p{p}-{i}");
+                        for args in [
+                            vec!["container", "create", "scratch", name.as_str()],
+                            vec!["container", "mount", name.as_str()],
+                            vec!["container", "umount", name.as_str()],
+                        ] {
+                            let out = Command::new(bin)
+                                .arg("--root")
+                                .arg(&root)
+                                .args(&args)
+                                .output()
+                                .unwrap();
+                            assert!(
+                                out.status.success(),
+                                "{args:?}: {}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                        }
+                        if i % 2 == 1 {
+                            let out = Command::new(bin)
+                                .arg("--root")
+                                .arg(&root)
+                                .args(["container", "rm", &name])
+                                .output()
+                                .unwrap();
+                            assert!(
+                                out.status.success(),
+                                "rm: {}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for c in children {
+            c.join().unwrap();
+        }
+        let ps = fx.json(&["ps"]);
+        assert_eq!(ps.as_array().unwrap().len(), 12);
+        assert_eq!(fx.json(&["pool", "status"])["thin_devices"], 13);
+    });
+}
+
+#[test]
+fn refuses_to_run_without_root() {
+    fixture::run("nonroot", |fx| {
+        small_pool(fx, &[]);
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&fx.root)
+            .arg("ps")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("needs root"), "{e}");
+        // The root and its records are not open to others.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fx.root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "root directory mode {mode:o}");
+        let mode = std::fs::metadata(fx.root.join("state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "records mode {mode:o}");
+    });
+}

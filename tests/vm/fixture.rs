@@ -1,0 +1,221 @@
+//! The one fixture every device test runs in.
+//!
+//! Each test gets its own directory on the VM's scratch disk and its own
+//! device-mapper name prefix (derived from the root path, as thinlayer
+//! does). After the test body, whether it passed or panicked, the fixture
+//! destroys the pool through thinlayer if one is left, then looks for leaks:
+//! device-mapper devices with the test's prefix, loop devices over files in
+//! its directory, mounts under it. Any leak fails the test, and is cleaned up
+//! by force so the next test starts clean.
+
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use thinlayer::kernel::{Kernel, Linux};
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub prefix: String,
+    pub kernel: Arc<Linux>,
+}
+
+/// Runs `body` in a fresh fixture named `name`.
+pub fn run(name: &str, body: impl FnOnce(&Fixture)) {
+    let fx = Fixture::new(name);
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(&fx)));
+    let teardown = catch_unwind(AssertUnwindSafe(|| fx.teardown()));
+    let leaks = fx.leaks();
+    fx.force_clean();
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    if let Err(panic) = teardown {
+        resume_unwind(panic);
+    }
+    assert!(leaks.is_empty(), "test {name} leaked: {leaks:#?}");
+    let _ = fs::remove_dir_all(&fx.dir);
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let kernel = Arc::new(Linux::new());
+        // Never skip: a device test without device-mapper is a failure.
+        kernel.check().unwrap_or_else(|e| {
+            panic!("device tests need device-mapper and root; run them through vm-tests/run: {e}")
+        });
+        let scratch = std::env::var_os("SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let dir = scratch.join(format!(
+            "t-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test directory");
+        let root = dir.join("root");
+        Fixture {
+            prefix: thinlayer::pool::prefix_for(&root),
+            dir,
+            root,
+            kernel,
+        }
+    }
+
+    /// Runs the thinlayer binary on this fixture's root.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
+        c.arg("--root").arg(&self.root).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run thinlayer")
+    }
+
+    /// Runs thinlayer and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "thinlayer {args:?} failed with {}:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs thinlayer with `--json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("thinlayer {args:?} printed no JSON ({e}):\n{out}"))
+    }
+
+    /// Runs thinlayer expecting failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "thinlayer {args:?}: expected exit {code}, got {}: {stderr}",
+            out.status
+        );
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("thinlayer: error: "),
+            "unclear error: {stderr}"
+        );
+        stderr
+    }
+
+    fn teardown(&self) {
+        if self.root.join("state.json").exists() {
+            let out = self.cli(&["pool", "destroy"]);
+            assert!(
+                out.status.success(),
+                "pool destroy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// What is left of this test in the kernel.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in self.kernel.dm_list().unwrap_or_default() {
+            if name.starts_with(&self.prefix) {
+                out.push(format!("device-mapper device {name}"));
+            }
+        }
+        // Autoclear detaches a loop when its pool goes; give the kernel a moment.
+        for _ in 0..50 {
+            if !self.loops().is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        for l in self.loops() {
+            out.push(format!(
+                "loop device {} over {}",
+                l.0.display(),
+                l.1.display()
+            ));
+        }
+        for m in self.kernel.mounts().unwrap_or_default() {
+            if m.target.starts_with(&self.dir) {
+                out.push(format!("mount on {}", m.target.display()));
+            }
+        }
+        out
+    }
+
+    fn loops(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.kernel
+            .loop_list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.backing_file.starts_with(&self.dir))
+            .map(|l| (l.device, l.backing_file))
+            .collect()
+    }
+
+    fn force_clean(&self) {
+        let mut mounts: Vec<PathBuf> = self
+            .kernel
+            .mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.target)
+            .filter(|t| t.starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = self.kernel.umount(&m, true);
+        }
+        let mut devices: Vec<String> = self
+            .kernel
+            .dm_list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        // Thin devices before their pool.
+        devices.sort_by_key(|n| n.ends_with("-pool"));
+        for d in devices {
+            let _ = self.kernel.dm_resume(&d);
+            let _ = self.kernel.dm_remove(&d, false);
+        }
+        for (dev, _) in self.loops() {
+            let _ = self.kernel.loop_detach(&dev);
+        }
+    }
+}
+
+/// Writes `len` bytes of a pattern seeded by `seed` to `path`, and fsyncs.
+pub fn write_file(path: &Path, len: usize, seed: u8) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let chunk: Vec<u8> = (0..1 << 20)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n]).expect("write");
+        left -= n;
+    }
+    f.sync_all().expect("fsync");
+}

@@ -1,0 +1,11 @@
+//! Device tests: everything that needs a kernel with device-mapper thin
+//! provisioning. Cargo's runner (`vm-tests/cargo-runner`) executes this
+//! binary inside the QEMU VM of `vm-tests/run` when the host kernel has no
+//! device-mapper. Every test runs in the shared [`fixture`].
+
+mod fixture;
+
+mod cli;
+mod crash;
+mod kernel;
+mod scenario;
