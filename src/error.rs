@@ -97,6 +97,23 @@ pub enum Error {
     #[error("records {} are unreadable: {detail}", path.display())]
     CorruptRecords { path: PathBuf, detail: String },
 
+    /// A layer tar entry that would write outside the layer, or cannot be
+    /// applied; named by its path in the archive.
+    #[error("layer entry {entry:?}: {why}")]
+    UnsafeEntry { entry: String, why: String },
+
+    /// An image archive that is malformed, truncated or of an unknown format.
+    #[error("image archive {what}: {detail}")]
+    Archive { what: String, detail: String },
+
+    /// Content whose digest is not the one its manifest or config names.
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
     /// An external tool (mkfs, thin_check, thin_dump) failed.
     #[error("{tool} failed: {detail}")]
     Tool { tool: String, detail: String },

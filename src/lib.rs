@@ -11,6 +11,9 @@
 //! - [`records`]: the tree and the pool's configuration on disk, atomic, and
 //!   the transaction protocol that keeps them consistent with the kernel;
 //! - [`fs`]: the filesystem inside the layers;
+//! - [`layer`]: layer content: applying a layer tar into a mounted layer,
+//!   writing a layer's changes as a tar;
+//! - [`image`]: OCI image layouts and `docker save` archives;
 //! - [`driver`]: the operations, which tie all of the above together, and
 //!   the reconciler that repairs what a crash left;
 //! - [`cli`]: the `thinlayer` command.
@@ -20,7 +23,9 @@ pub mod driver;
 pub mod error;
 pub mod failpoint;
 pub mod fs;
+pub mod image;
 pub mod kernel;
+pub mod layer;
 pub mod pool;
 pub mod records;
 pub mod thin;

@@ -92,6 +92,8 @@ pub mod exit {
     pub const ENVIRONMENT: u8 = 7;
     /// The pool or the records need repair.
     pub const DAMAGED: u8 = 8;
+    /// An image archive or layer that is malformed, unsafe or fails its digest.
+    pub const BAD_INPUT: u8 = 9;
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -108,6 +110,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             exit::DAMAGED
         }
         Error::Invalid { .. } => exit::USAGE,
+        Error::UnsafeEntry { .. } | Error::Archive { .. } | Error::Digest { .. } => exit::BAD_INPUT,
         Error::Kernel {
             errno: Some(nix::errno::Errno::ENOSPC),
             ..

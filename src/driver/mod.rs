@@ -445,25 +445,20 @@ impl Op<'_> {
             });
         }
         let min = u64::from(self.rec.pool.min_free_percent);
-        let free_data = st.data_total.saturating_sub(st.data_used);
-        if free_data * 100 < st.data_total * min {
-            return Err(Error::NoSpace {
-                what: "data",
-                detail: format!(
-                    "{free_data} of {} blocks free, below the {min}% kept in reserve; remove containers or images, or grow the pool",
-                    st.data_total
-                ),
-            });
-        }
-        let free_meta = st.meta_total.saturating_sub(st.meta_used);
-        if free_meta * 100 < st.meta_total * min {
-            return Err(Error::NoSpace {
-                what: "metadata",
-                detail: format!(
-                    "{free_meta} of {} metadata blocks free, below the {min}% kept in reserve",
-                    st.meta_total
-                ),
-            });
+        for (what, used, total) in [
+            ("data", st.data_used, st.data_total),
+            ("metadata", st.meta_used, st.meta_total),
+        ] {
+            let free = total.saturating_sub(used);
+            if free * 100 < total * min {
+                return Err(Error::NoSpace {
+                    what,
+                    detail: format!(
+                        "{free} of {total} {what} blocks free, below the {min}% kept in reserve; \
+                         remove containers or images, or grow the pool"
+                    ),
+                });
+            }
         }
         Ok(())
     }

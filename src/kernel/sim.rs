@@ -691,13 +691,7 @@ impl Kernel for Sim {
 
     fn thin_dump_snapshot(&self, metadata: &Path, dev: Option<u32>) -> Result<String> {
         let s = self.lock();
-        let file = s
-            .loop_file_of_path(metadata)
-            .unwrap_or_else(|| metadata.to_path_buf());
-        let m = s
-            .metadata
-            .get(&file)
-            .ok_or_else(|| kerr("thin_dump", &metadata.to_string_lossy(), Errno::ENOENT))?;
+        let m = s.meta_of(metadata, "thin_dump")?;
         if !m.held_snapshot {
             return Err(Error::Tool {
                 tool: "thin_dump".into(),
@@ -731,13 +725,7 @@ impl Kernel for Sim {
 
     fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String> {
         let s = self.lock();
-        let file = s
-            .loop_file_of_path(metadata)
-            .unwrap_or_else(|| metadata.to_path_buf());
-        let m = s
-            .metadata
-            .get(&file)
-            .ok_or_else(|| kerr("thin_ls", &metadata.to_string_lossy(), Errno::ENOENT))?;
+        let m = s.meta_of(metadata, "thin_ls")?;
         let mut out = String::new();
         for (id, map) in &m.thins {
             let excl = map.values().filter(|b| m.refs.get(b) == Some(&1)).count();
@@ -748,6 +736,16 @@ impl Kernel for Sim {
 }
 
 impl State {
+    /// The pool metadata behind a metadata device (a loop) or file.
+    fn meta_of(&self, metadata: &Path, tool: &'static str) -> Result<&PoolMeta> {
+        let file = self
+            .loop_file_of_path(metadata)
+            .unwrap_or_else(|| metadata.to_path_buf());
+        self.metadata
+            .get(&file)
+            .ok_or_else(|| kerr(tool, &metadata.to_string_lossy(), Errno::ENOENT))
+    }
+
     fn loop_file_of_path(&self, device: &Path) -> Option<PathBuf> {
         let minor: u32 = device
             .to_string_lossy()

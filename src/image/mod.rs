@@ -1,0 +1,1 @@
+//! Image archives: OCI image layouts and `docker save` archives, read, verified and written.
