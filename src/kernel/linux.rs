@@ -95,11 +95,20 @@ fn run_tool(program: &str, args: &[&str]) -> Result<String> {
             detail: format!("cannot run it: {e} (is it installed?)"),
         })?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        // Tools print several lines; an error message is one.
+        let said: Vec<String> = [&output.stderr, &output.stdout]
+            .iter()
+            .flat_map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.is_empty())
+            .collect();
         return Err(Error::Tool {
             tool: format!("{program} {}", args.join(" ")),
-            detail: format!("{}: {}{}", output.status, stderr.trim(), stdout.trim()),
+            detail: format!("{}: {}", output.status, said.join("; ")),
         });
     }
     String::from_utf8(output.stdout).map_err(|e| Error::Tool {

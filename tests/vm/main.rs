@@ -8,4 +8,5 @@ mod fixture;
 mod cli;
 mod crash;
 mod kernel;
+mod pool;
 mod scenario;

@@ -1,0 +1,221 @@
+//! Pool sources other than the default loop files, metadata checks on
+//! activation, and read-only views.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use thinlayer::Driver;
+use thinlayer::kernel::Kernel;
+use thinlayer::pool::{Pool, PoolConfig, PoolOptions, PoolSource, SourceOptions};
+use thinlayer::tree::Kind;
+use thinlayer::units::{BlockSize, Bytes};
+
+use crate::fixture::{self, Fixture, write_file};
+
+fn sparse(path: &Path, size: u64) {
+    fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+/// Create, write, commit, derive and remove on whatever pool the root has.
+fn exercise(fx: &Fixture) {
+    fx.ok(&["container", "create", "scratch", "a"]);
+    let m = fx.ok(&["container", "mount", "a"]);
+    write_file(&Path::new(m.trim()).join("f"), 300 << 10, 9);
+    fx.ok(&["container", "umount", "a"]);
+    fx.ok(&["container", "commit", "a", "img"]);
+    fx.ok(&["container", "create", "img", "b"]);
+    let m = fx.ok(&["container", "mount", "b"]);
+    assert_eq!(
+        fs::read(Path::new(m.trim()).join("f")).unwrap().len(),
+        300 << 10
+    );
+    fx.ok(&["container", "rm", "-f", "b"]);
+    fx.ok(&["image", "rm", "img"]);
+}
+
+#[test]
+fn a_pool_on_given_block_devices() {
+    fixture::run("devices", |fx| {
+        let (d, m) = (fx.dir.join("data.img"), fx.dir.join("meta.img"));
+        sparse(&d, 1 << 30);
+        sparse(&m, 16 << 20);
+        // Garbage at the start of the metadata device: init must zero it.
+        fs::write(&m, vec![0xffu8; 4096]).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&m)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let data = fx.kernel.loop_attach(&d).unwrap();
+        let meta = fx.kernel.loop_attach(&m).unwrap();
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-device",
+            data.info.device.to_str().unwrap(),
+            "--metadata-device",
+            meta.info.device.to_str().unwrap(),
+            "--base-size",
+            "256M",
+        ]);
+        assert_eq!(fx.json(&["pool", "status"])["data_total"], 1u64 << 30);
+        exercise(fx);
+        // Reboot: the pool goes, the devices stay; any command brings it back.
+        fx.kernel
+            .dm_remove(&format!("{}-pool", fx.prefix), false)
+            .unwrap();
+        assert_eq!(fx.json(&["pool", "status"])["thin_devices"], 1);
+        fx.ok(&["pool", "destroy"]);
+        assert!(
+            fx.kernel
+                .dm_info(&format!("{}-pool", fx.prefix))
+                .unwrap()
+                .is_none()
+        );
+        drop((data, meta)); // autoclear detaches the loops
+    });
+}
+
+#[test]
+fn an_existing_pool_is_used_and_left_in_place() {
+    fixture::run("existing", |fx| {
+        let ext_dir = fx.dir.join("ext");
+        fs::create_dir_all(&ext_dir).unwrap();
+        let config = PoolConfig {
+            prefix: format!("{}x", fx.prefix),
+            source: PoolSource::LoopFiles {
+                data: ext_dir.join("data"),
+                metadata: ext_dir.join("metadata"),
+            },
+            block_size: BlockSize::DEFAULT,
+            low_water_blocks: 32,
+            filesystem: thinlayer::fs::FsKind::Ext4,
+            base_size: Bytes(256 << 20),
+            min_free_percent: 10,
+        };
+        let pool = Pool {
+            kernel: &*fx.kernel,
+            config: &config,
+        };
+        let opts = PoolOptions {
+            source: SourceOptions::LoopFiles {
+                data_size: Bytes(1 << 30),
+                metadata_size: Bytes(16 << 20),
+            },
+            ..PoolOptions::default()
+        };
+        pool.create(&opts).unwrap();
+        // Someone else's transaction id: thinlayer adopts it.
+        fx.kernel
+            .dm_message(&pool.name(), "set_transaction_id 0 41")
+            .unwrap();
+
+        fx.ok(&[
+            "pool",
+            "init",
+            "--existing-pool",
+            &pool.name(),
+            "--base-size",
+            "256M",
+        ]);
+        assert_eq!(fx.json(&["pool", "status"])["transaction_id"], 42);
+        exercise(fx);
+        fx.ok(&["pool", "destroy"]);
+        // The pool is still there, with every thin device thinlayer made deleted.
+        let st = pool.kernel_status().unwrap();
+        assert_eq!(st.data_used, 0, "blocks left in the pool");
+        // 41, then one transaction each: base, a, b, rm b, rm image, and the
+        // base's deletion at destroy.
+        assert_eq!(st.transaction, 47);
+        pool.deactivate().unwrap();
+        pool.remove_files().unwrap();
+    });
+}
+
+#[test]
+fn damaged_metadata_refuses_activation() {
+    fixture::run("check", |fx| {
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "1G",
+            "--metadata-size",
+            "16M",
+            "--base-size",
+            "256M",
+        ]);
+        fx.ok(&["container", "create", "scratch", "c"]);
+        fx.kernel
+            .dm_remove(&format!("{}-pool", fx.prefix), false)
+            .unwrap();
+        let meta = fx.root.join("metadata");
+        let mut f = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&meta)
+            .unwrap();
+        let mut saved = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut f, &mut saved).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&[0x5au8; 4096]).unwrap();
+        f.sync_all().unwrap();
+
+        let e = fx.fails(&["pool", "activate"], 8);
+        assert!(e.contains("thin_check") && e.contains("pool repair"), "{e}");
+        let e = fx.fails(&["ps"], 8);
+        assert!(e.contains("metadata check failed"), "{e}");
+        assert!(
+            fx.kernel
+                .dm_info(&format!("{}-pool", fx.prefix))
+                .unwrap()
+                .is_none(),
+            "not activated"
+        );
+
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&saved).unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(fx.json(&["ps"])[0]["name"], "c");
+    });
+}
+
+#[test]
+fn views_are_read_only() {
+    fixture::run("view", |fx| {
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "1G",
+            "--metadata-size",
+            "16M",
+            "--base-size",
+            "256M",
+        ]);
+        fx.ok(&["container", "create", "scratch", "a"]);
+        let m = fx.ok(&["container", "mount", "a"]);
+        write_file(&Path::new(m.trim()).join("f"), 4096, 1);
+        fx.ok(&["container", "umount", "a"]);
+        fx.ok(&["container", "commit", "a", "img"]);
+        let top = fx.json(&["tree"])["images"]["img:latest"]["top"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let d = Driver::open(&fx.root, fx.kernel.clone()).unwrap();
+        d.create_layer("view", Some(&top), Kind::View, BTreeMap::new(), false)
+            .unwrap();
+        let p = d.mount("view").unwrap();
+        assert_eq!(fs::read(p.join("f")).unwrap().len(), 4096);
+        let err = fs::write(p.join("g"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let err = d.commit_layer("view", "nope").unwrap_err();
+        assert!(err.to_string().contains("only a writable"), "{err}");
+        d.umount("view").unwrap();
+        d.remove("view", false).unwrap();
+    });
+}
