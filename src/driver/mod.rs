@@ -6,6 +6,7 @@
 //! handle holds no state of its own between operations, so several handles,
 //! threads and processes share a root safely.
 
+mod content;
 mod reconcile;
 mod sizes;
 
@@ -17,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub use content::{IMPORTING, ImportLayer, ImportedLayer};
 pub use sizes::LayerSize;
 
 use crate::error::{Error, Result};
@@ -250,7 +252,7 @@ impl Driver {
             now() << 24 | u64::from(op.rec.tree.get(key)?.thin_id.get())
         );
         let layer = op.commit(key, &new_key)?;
-        op.tag(&image, &new_key)?;
+        op.tag(&image, &new_key, None)?;
         Ok(layer)
     }
 
@@ -605,13 +607,14 @@ impl Op<'_> {
         Ok(layer)
     }
 
-    fn tag(&mut self, image: &str, key: &str) -> Result<()> {
+    fn tag(&mut self, image: &str, key: &str, config: Option<serde_json::Value>) -> Result<()> {
         self.rec.tree.images.insert(
             image.to_string(),
             Image {
                 name: image.to_string(),
                 top: key.to_string(),
                 created: now(),
+                config,
             },
         );
         self.save()

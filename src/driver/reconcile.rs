@@ -12,7 +12,8 @@
 //! 5. device-mapper devices of this root that no layer needs are removed,
 //!    suspended ones resumed, and mounts under the root that no layer owns
 //!    are unmounted; mount counts of layers that are no longer mounted
-//!    (a reboot) are reset.
+//!    (a reboot) are reset;
+//! 6. layers of an image import that was killed are removed.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -38,7 +39,8 @@ impl Op<'_> {
         if activated || had_pending {
             self.remove_orphans()?;
         }
-        self.clean_devices()
+        self.clean_devices()?;
+        self.remove_crashed_imports()
     }
 
     /// Completes or rolls back the pending intent; checks the transaction

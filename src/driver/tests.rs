@@ -10,6 +10,7 @@ use crate::kernel::Sim;
 use crate::pool::SourceOptions;
 use crate::testutil::TempDir;
 use crate::units::Bytes;
+use std::collections::BTreeMap;
 
 fn opts() -> PoolOptions {
     PoolOptions {
@@ -384,4 +385,99 @@ fn destroy_leaves_nothing() {
     assert!(w.sim.mounts().unwrap().is_empty());
     assert!(!w.dir.path().join("data").exists());
     assert!(!w.dir.path().join("state.json").exists());
+}
+
+fn import_layers(keys: &[&str]) -> Vec<ImportLayer> {
+    keys.iter()
+        .map(|k| ImportLayer {
+            key: k.to_string(),
+            labels: BTreeMap::from([("thinlayer.io/diff-id".to_string(), format!("diff-{k}"))]),
+        })
+        .collect()
+}
+
+#[test]
+fn imports_share_layers_and_failures_leave_nothing() {
+    let (w, d) = World::new();
+    let mut applied = Vec::new();
+    let out = d
+        .import_image(
+            &image("one:1"),
+            &import_layers(&["c1", "c2"]),
+            None,
+            |i, p| {
+                assert!(p.is_dir());
+                applied.push(i);
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(applied, [0, 1]);
+    assert!(out.iter().all(|l| !l.reused));
+    // A second image sharing the bottom layer stores it once.
+    let out = d
+        .import_image(
+            &image("two:1"),
+            &import_layers(&["c1", "c3"]),
+            None,
+            |i, _| {
+                assert_eq!(i, 1, "the shared layer is not applied again");
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert!(out[0].reused && !out[1].reused);
+    let tree = d.tree().unwrap();
+    assert_eq!(tree.layers.len(), 3);
+    assert_eq!(tree.layers["c3"].parent.as_deref(), Some("c1"));
+    assert!(
+        tree.layers
+            .values()
+            .all(|l| !l.labels.contains_key(IMPORTING))
+    );
+    assert_eq!(tree.layers["c2"].labels["thinlayer.io/diff-id"], "diff-c2");
+
+    // A failing apply in the middle: nothing of this import stays.
+    let before = d.tree().unwrap();
+    let err = d
+        .import_image(
+            &image("three:1"),
+            &import_layers(&["c1", "c4", "c5"]),
+            None,
+            |i, _| {
+                if i == 2 {
+                    Err(Error::invalid("layer", "c5", "broken on purpose"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("broken on purpose"));
+    assert_eq!(d.tree().unwrap(), before);
+    w.check_invariants();
+}
+
+#[test]
+fn a_crashed_import_is_removed_by_the_next_command() {
+    let (w, d) = World::new();
+    d.import_image(&image("base:1"), &import_layers(&["b1"]), None, |_, _| {
+        Ok(())
+    })
+    .unwrap();
+    crate::failpoint::arm("import.after-apply");
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _ = d.import_image(
+            &image("app:1"),
+            &import_layers(&["b1", "a2", "a3"]),
+            None,
+            |_, _| Ok(()),
+        );
+    }));
+    assert!(r.is_err(), "the failpoint was hit");
+    let d = w.open();
+    let tree = d.tree().unwrap();
+    assert_eq!(tree.layers.keys().collect::<Vec<_>>(), ["b1"]);
+    assert!(!tree.images.contains_key("app:1"));
+    w.check_invariants();
 }

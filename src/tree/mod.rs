@@ -76,6 +76,10 @@ pub struct Image {
     pub name: String,
     pub top: String,
     pub created: u64,
+    /// The image's OCI config, when it came from an archive (for history,
+    /// inspect and export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// The whole tree.
@@ -273,6 +277,7 @@ mod tests {
                 name: "app:latest".into(),
                 top: "l2".into(),
                 created: 0,
+                config: None,
             },
         );
         t
@@ -334,6 +339,7 @@ mod tests {
                 name: "base:1".into(),
                 top: "l1".into(),
                 created: 0,
+                config: None,
             },
         );
         assert_eq!(t.unreferenced_below("app:latest"), vec!["l2".to_string()]);

@@ -1,0 +1,218 @@
+//! Operations on layer content: importing image layers, and mounting a layer
+//! beside its parent to compute its changes (diff, commit digests, export).
+//! The content itself is written and read by [`crate::layer`]; these hold the
+//! root's lock for the whole of their work.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Driver, Op};
+use crate::error::{Error, Result};
+use crate::tree::{ImageRef, Kind, Layer};
+use crate::units::ThinId;
+
+/// Label on the layers of an import in progress. The import holds the
+/// root's lock from start to end, so a layer still carrying it when another
+/// command takes the lock was left by a crashed import and is removed.
+pub const IMPORTING: &str = "thinlayer.io/importing";
+
+/// One layer of an image to import, bottom first.
+#[derive(Clone, Debug)]
+pub struct ImportLayer {
+    /// The layer's key: its OCI chain id, so a layer two images share is stored once.
+    pub key: String,
+    /// Recorded on the layer (diff id, blob digest, ...).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What became of one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportedLayer {
+    pub key: String,
+    pub thin_id: ThinId,
+    /// Already stored (by an earlier import of another image): nothing was written.
+    pub reused: bool,
+}
+
+impl Driver {
+    /// Imports an image: for each layer not already stored, a snapshot of the
+    /// layer below is made, mounted, filled by `apply(index, mount_path)` and
+    /// committed under its key; then `name` points at the top. A failure at
+    /// any step removes every layer this import made, so nothing is left.
+    pub fn import_image(
+        &self,
+        name: &ImageRef,
+        layers: &[ImportLayer],
+        config: Option<serde_json::Value>,
+        mut apply: impl FnMut(usize, &Path) -> Result<()>,
+    ) -> Result<Vec<ImportedLayer>> {
+        if layers.is_empty() {
+            return Err(Error::invalid(
+                "image",
+                &name.to_string(),
+                "it has no layers",
+            ));
+        }
+        let mut op = self.begin()?;
+        let mut made: Vec<String> = Vec::new();
+        let result = (|| {
+            let mut out = Vec::new();
+            let mut parent: Option<String> = None;
+            for (i, l) in layers.iter().enumerate() {
+                crate::tree::validate_key(&l.key)?;
+                if let Some(existing) = op.rec.tree.layers.get(&l.key) {
+                    if existing.kind != Kind::Committed || existing.parent != parent {
+                        return Err(Error::Inconsistent {
+                            pool: op.pool().name(),
+                            detail: format!(
+                                "layer {} exists but is not the committed child of {parent:?}",
+                                l.key
+                            ),
+                        });
+                    }
+                    out.push(ImportedLayer {
+                        key: l.key.clone(),
+                        thin_id: existing.thin_id,
+                        reused: true,
+                    });
+                    parent = Some(l.key.clone());
+                    continue;
+                }
+                let work = format!("{IMPORTING}/{}", l.key);
+                let mut labels = l.labels.clone();
+                labels.insert(IMPORTING.to_string(), "true".to_string());
+                let layer =
+                    op.create_layer(&work, parent.as_deref(), Kind::Active, None, labels, false)?;
+                made.push(work.clone());
+                let mount = op.mount(&work)?;
+                let applied = apply(i, &mount);
+                op.umount(&work)?;
+                applied?;
+                crate::failpoint::hit("import.after-apply");
+                op.commit(&work, &l.key)?;
+                made.pop();
+                made.push(l.key.clone());
+                out.push(ImportedLayer {
+                    key: l.key.clone(),
+                    thin_id: layer.thin_id,
+                    reused: false,
+                });
+                parent = Some(l.key.clone());
+            }
+            // Named, the layers are the image's: drop the in-progress marks.
+            for key in &made {
+                op.rec.tree.get_mut(key)?.labels.remove(IMPORTING);
+            }
+            op.tag(
+                &name.to_string(),
+                parent.as_deref().expect("at least one layer"),
+                config,
+            )?;
+            Ok(out)
+        })();
+        if result.is_err() {
+            op.remove_made(&made);
+        }
+        result
+    }
+
+    /// Mounts `key` and its parent (read-only, `None` for a layer on the
+    /// empty base) and runs `f(parent, layer)`; both are unmounted after.
+    pub fn with_layer_and_parent<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&Path>, &Path) -> Result<T>,
+    ) -> Result<T> {
+        let mut op = self.begin()?;
+        let layer = op.rec.tree.get(key)?.clone();
+        let parent_mount = match &layer.parent {
+            Some(p) => Some(op.mount(p)?),
+            None => None,
+        };
+        let result = op.mount(key).and_then(|m| {
+            let r = f(parent_mount.as_deref(), &m);
+            op.umount(key).and(r)
+        });
+        if let Some(p) = &layer.parent {
+            let down = op.umount(p);
+            return result.and_then(|r| down.map(|()| r));
+        }
+        result
+    }
+
+    /// Sets labels on a layer.
+    pub fn label_layer(&self, key: &str, labels: BTreeMap<String, String>) -> Result<Layer> {
+        let mut op = self.begin()?;
+        let l = op.rec.tree.get_mut(key)?;
+        l.labels.extend(labels);
+        let l = l.clone();
+        op.save()?;
+        Ok(l)
+    }
+
+    /// The committed layers of an image, bottom first.
+    pub fn image_layers(&self, image: &ImageRef) -> Result<(crate::tree::Image, Vec<Layer>)> {
+        let op = self.begin()?;
+        let img = op.image(image)?.clone();
+        let mut chain: Vec<Layer> = op
+            .rec
+            .tree
+            .ancestry(&img.top)?
+            .into_iter()
+            .cloned()
+            .collect();
+        chain.reverse();
+        Ok((img, chain))
+    }
+}
+
+impl Op<'_> {
+    /// Removes layers an unfinished import made, newest first; a failure
+    /// here is logged, the reconciler retries.
+    fn remove_made(&mut self, made: &[String]) {
+        for key in made.iter().rev() {
+            let cleaned = (|| {
+                while self.rec.tree.get(key)?.mounts > 0 {
+                    self.umount(key)?;
+                }
+                self.remove_layer(key)
+            })();
+            if let Err(e) = cleaned {
+                tracing::error!(layer = key, error = %e, "could not remove a layer of a failed import");
+            }
+        }
+    }
+
+    /// Removes what a crashed import left: layers still marked as importing.
+    pub(super) fn remove_crashed_imports(&mut self) -> Result<()> {
+        let mut left: Vec<(u64, String)> = self
+            .rec
+            .tree
+            .layers
+            .values()
+            .filter(|l| l.labels.contains_key(IMPORTING))
+            .map(|l| (u64::from(l.thin_id.get()), l.key.clone()))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        // Children were made after their parents: newest (highest id) first
+        // is not guaranteed after id wrap-around, so order by depth instead.
+        left.sort_by_key(|(_, k)| {
+            std::cmp::Reverse(self.rec.tree.ancestry(k).map(|a| a.len()).unwrap_or(0))
+        });
+        for (_, key) in left {
+            if !self.rec.tree.children(&key).is_empty() {
+                continue;
+            }
+            tracing::warn!(layer = key, "removing a layer of an interrupted import");
+            while self.rec.tree.get(&key)?.mounts > 0 {
+                self.umount(&key)?;
+            }
+            self.remove_layer(&key)?;
+        }
+        Ok(())
+    }
+}
