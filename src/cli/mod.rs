@@ -2,9 +2,11 @@
 //! is the [`crate::driver`]'s.
 
 mod container;
+mod diff;
 mod image;
 mod output;
 mod pool;
+mod progress;
 mod ps;
 
 use std::path::PathBuf;
@@ -65,9 +67,11 @@ pub enum Command {
     /// Create, mount, commit and remove containers.
     #[command(subcommand)]
     Container(container::ContainerCmd),
-    /// List and remove images.
+    /// Import, export, inspect, list and remove images.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Write a container's changes against its image as an OCI layer tar.
+    Diff(diff::DiffArgs),
     /// List containers, with their sizes given -s.
     Ps(ps::PsArgs),
     /// Show the layer tree with thin device ids.
@@ -178,6 +182,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Pool(c) => pool::run(ctx, c),
         Command::Container(c) => container::run(ctx, c),
         Command::Image(c) => image::run(ctx, c),
+        Command::Diff(a) => diff::diff(ctx, a),
         Command::Ps(a) => ps::ps(ctx, a),
         Command::Tree => ps::tree(ctx),
     }

@@ -118,28 +118,29 @@ impl Driver {
         result
     }
 
-    /// Mounts `key` and its parent (read-only, `None` for a layer on the
-    /// empty base) and runs `f(parent, layer)`; both are unmounted after.
+    /// Mounts `key` and, read-only, its parent (the empty base for a layer
+    /// without one, so the base's own entries such as `lost+found` are not
+    /// taken for changes), runs `f(parent, layer)`, and unmounts both.
     pub fn with_layer_and_parent<T>(
         &self,
         key: &str,
-        f: impl FnOnce(Option<&Path>, &Path) -> Result<T>,
+        f: impl FnOnce(&Path, &Path) -> Result<T>,
     ) -> Result<T> {
         let mut op = self.begin()?;
         let layer = op.rec.tree.get(key)?.clone();
         let parent_mount = match &layer.parent {
-            Some(p) => Some(op.mount(p)?),
-            None => None,
+            Some(p) => op.mount(p)?,
+            None => op.mount_base()?,
         };
         let result = op.mount(key).and_then(|m| {
-            let r = f(parent_mount.as_deref(), &m);
+            let r = f(&parent_mount, &m);
             op.umount(key).and(r)
         });
-        if let Some(p) = &layer.parent {
-            let down = op.umount(p);
-            return result.and_then(|r| down.map(|()| r));
-        }
-        result
+        let down = match &layer.parent {
+            Some(p) => op.umount(p),
+            None => op.umount_base(),
+        };
+        result.and_then(|r| down.map(|()| r))
     }
 
     /// Sets labels on a layer.
@@ -169,6 +170,45 @@ impl Driver {
 }
 
 impl Op<'_> {
+    fn base_mount_path(&self) -> std::path::PathBuf {
+        self.driver.store.root().join(super::MOUNT_DIR).join("base")
+    }
+
+    /// Mounts the base device read-only (never written after its mkfs).
+    /// Not reference counted: one user at a time, under the root's lock; the
+    /// reconciler removes a mount a crash left.
+    fn mount_base(&mut self) -> Result<std::path::PathBuf> {
+        let id = self
+            .rec
+            .tree
+            .base
+            .ok_or_else(|| Error::not_found("base layer", "(pool not initialised)"))?;
+        let pool = self.pool();
+        let (dev, _) =
+            crate::thin::Thins { pool: &pool }.activate(id, self.rec.pool.base_size, true)?;
+        let target = self.base_mount_path();
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Error::io("create mount point", &target, e))?;
+        let fs = self.rec.pool.filesystem;
+        self.kernel().mount(&crate::kernel::MountRequest {
+            source: &dev,
+            target: &target,
+            fstype: fs.name(),
+            read_only: true,
+            data: fs.mount_options(true),
+        })?;
+        Ok(target)
+    }
+
+    fn umount_base(&mut self) -> Result<()> {
+        let target = self.base_mount_path();
+        self.kernel().umount(&target, false)?;
+        let _ = std::fs::remove_dir(&target);
+        let id = self.rec.tree.base.expect("mounted above");
+        let pool = self.pool();
+        crate::thin::Thins { pool: &pool }.deactivate(id)
+    }
+
     /// Removes layers an unfinished import made, newest first; a failure
     /// here is logged, the reconciler retries.
     fn remove_made(&mut self, made: &[String]) {

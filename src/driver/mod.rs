@@ -426,13 +426,53 @@ impl Op<'_> {
         let thins = Thins { pool: &pool };
         let (dev, _) = thins.activate(id, self.rec.pool.base_size, false)?;
         let (program, args) = self.rec.pool.filesystem.mkfs();
-        let made = self.kernel().mkfs(&dev, program, &args);
+        let made = self
+            .kernel()
+            .mkfs(&dev, program, &args)
+            .and_then(|()| self.settle_base_times(&dev));
         let down = thins.deactivate(id);
         made?;
         down?;
         failpoint::hit("base.after-mkfs");
         self.rec.base_ready = true;
         self.save()
+    }
+
+    /// Sets the times of the fresh filesystem's own entries (its root and
+    /// ext4's `lost+found`) to the epoch, so that every pool's base, and so
+    /// every image imported onto it, holds the same tree.
+    fn settle_base_times(&self, dev: &Path) -> Result<()> {
+        let target = self.driver.store.root().join(MOUNT_DIR).join("base");
+        fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
+        let fs = self.rec.pool.filesystem;
+        self.kernel().mount(&MountRequest {
+            source: dev,
+            target: &target,
+            fstype: fs.name(),
+            read_only: false,
+            data: fs.mount_options(false),
+        })?;
+        let epoch = nix::sys::time::TimeSpec::new(0, 0);
+        let mut set = Ok(());
+        for p in [target.join("lost+found"), target.clone()] {
+            if p.exists() {
+                set = set.and(
+                    nix::sys::stat::utimensat(
+                        nix::fcntl::AT_FDCWD,
+                        &p,
+                        &epoch,
+                        &epoch,
+                        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                    )
+                    .map_err(|e| {
+                        Error::kernel("set times of", p.display().to_string(), Some(e), e.desc())
+                    }),
+                );
+            }
+        }
+        let down = self.kernel().umount(&target, false);
+        let _ = fs::remove_dir(&target);
+        set.and(down)
     }
 
     /// Refuses new layers when the pool is not writable or nearly full.

@@ -8,6 +8,7 @@
 //! its directory, mounts under it. Any leak fails the test, and is cleaned up
 //! by force so the next test starts clean.
 
+use std::cell::RefCell;
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ pub struct Fixture {
     pub root: PathBuf,
     pub prefix: String,
     pub kernel: Arc<Linux>,
+    /// Further roots made with [`Fixture::with_another_root`]: torn down and
+    /// checked for leaks with this one.
+    others: RefCell<Vec<Fixture>>,
 }
 
 /// Runs `body` in a fresh fixture named `name`.
@@ -65,7 +69,25 @@ impl Fixture {
             dir,
             root,
             kernel,
+            others: RefCell::new(Vec::new()),
         }
+    }
+
+    /// A second root in the same test directory (e.g. to import what this
+    /// one exported). Runs `body` with it; the fixture tears it down.
+    pub fn with_another_root(&self, name: &str, body: impl FnOnce(&Fixture)) {
+        let root = self.dir.join(name);
+        let other = Fixture {
+            prefix: thinlayer::pool::prefix_for(&root),
+            dir: self.dir.clone(),
+            root,
+            kernel: self.kernel.clone(),
+            others: RefCell::new(Vec::new()),
+        };
+        // Registered first, so a panic in `body` still tears it down.
+        self.others.borrow_mut().push(other);
+        let others = self.others.borrow();
+        body(others.last().expect("just pushed"));
     }
 
     /// Runs the thinlayer binary on this fixture's root.
@@ -123,6 +145,9 @@ impl Fixture {
     }
 
     fn teardown(&self) {
+        for other in self.others.borrow().iter() {
+            other.teardown();
+        }
         if self.root.join("state.json").exists() {
             let out = self.cli(&["pool", "destroy"]);
             assert!(
@@ -136,8 +161,11 @@ impl Fixture {
     /// What is left of this test in the kernel.
     pub fn leaks(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let prefixes: Vec<String> = std::iter::once(self.prefix.clone())
+            .chain(self.others.borrow().iter().map(|o| o.prefix.clone()))
+            .collect();
         for name in self.kernel.dm_list().unwrap_or_default() {
-            if name.starts_with(&self.prefix) {
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
                 out.push(format!("device-mapper device {name}"));
             }
         }

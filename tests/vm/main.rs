@@ -7,6 +7,7 @@ mod fixture;
 
 mod cli;
 mod crash;
+mod images;
 mod kernel;
 mod pool;
 mod scenario;

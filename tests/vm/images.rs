@@ -1,0 +1,467 @@
+//! Images: import of OCI layouts and `docker save` archives, layers shared
+//! between images, a diff round trip, export, and hostile archives.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+use thinlayer::image::build::{
+    Faults, LayerBuilder, flip_byte, write_docker_save, write_oci_archive, write_oci_archive_with,
+};
+use thinlayer::image::{Compression, ImageArchive};
+use thinlayer::layer::compare_trees;
+
+use crate::fixture::{self, Fixture};
+
+const MIB: usize = 1 << 20;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed))
+        .collect()
+}
+
+/// A three-layer image: a base tree; a layer that changes, deletes (a
+/// whiteout) and makes a directory opaque; a layer with every entry type.
+fn app_layers() -> Vec<Vec<u8>> {
+    let mut l1 = LayerBuilder::new();
+    l1.dir("etc", 0o755);
+    l1.file("etc/os-release", b"NAME=test\n", 0o644);
+    l1.dir("usr", 0o755);
+    l1.dir("usr/lib", 0o755);
+    l1.file("usr/lib/big.bin", &pattern(4 * MIB, 1), 0o644);
+    l1.file("usr/lib/gone.txt", b"deleted by layer 2\n", 0o644);
+    l1.dir("var", 0o755);
+    l1.dir("var/cache", 0o755);
+    l1.file("var/cache/old-1", b"old\n", 0o644);
+    l1.file("var/cache/old-2", b"old\n", 0o644);
+    let mut l2 = LayerBuilder::new();
+    l2.whiteout("usr/lib/gone.txt");
+    l2.opaque("var/cache");
+    l2.file("var/cache/new", b"new\n", 0o600);
+    l2.file("etc/os-release", b"NAME=test\nVERSION=2\n", 0o644);
+    let mut l3 = LayerBuilder::new();
+    l3.dir("app", 0o755);
+    l3.xattr("user.origin", b"test");
+    l3.file_owned(
+        "app/run",
+        b"#!/bin/sh\necho hi\n",
+        0o4755,
+        1000,
+        1000,
+        1_600_000_000,
+    );
+    l3.symlink("app/lib", "/usr/lib");
+    l3.hardlink("app/run-again", "app/run");
+    l3.fifo("app/pipe");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+fn status(fx: &Fixture) -> serde_json::Value {
+    fx.json(&["pool", "status"])
+}
+
+fn small_pool(fx: &Fixture) {
+    fx.ok(&[
+        "pool",
+        "init",
+        "--data-size",
+        "2G",
+        "--metadata-size",
+        "32M",
+        "--base-size",
+        "512M",
+    ]);
+}
+
+fn mounted(fx: &Fixture, name: &str) -> PathBuf {
+    PathBuf::from(fx.ok(&["container", "mount", name]).trim())
+}
+
+fn check_app_tree(root: &Path) {
+    assert_eq!(
+        fs::read(root.join("etc/os-release")).unwrap(),
+        b"NAME=test\nVERSION=2\n"
+    );
+    assert_eq!(
+        fs::read(root.join("usr/lib/big.bin")).unwrap(),
+        pattern(4 * MIB, 1)
+    );
+    assert!(!root.join("usr/lib/gone.txt").exists(), "whiteout honoured");
+    let cache: Vec<_> = fs::read_dir(root.join("var/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(cache, ["new"], "opaque directory");
+    use std::os::unix::fs::MetadataExt;
+    let run = fs::symlink_metadata(root.join("app/run")).unwrap();
+    assert_eq!(
+        (run.uid(), run.gid(), run.mode() & 0o7777),
+        (1000, 1000, 0o4755)
+    );
+    assert_eq!(run.mtime(), 1_600_000_000);
+    assert_eq!(
+        run.ino(),
+        fs::symlink_metadata(root.join("app/run-again"))
+            .unwrap()
+            .ino(),
+        "hard link"
+    );
+    assert_eq!(
+        fs::read_link(root.join("app/lib")).unwrap(),
+        Path::new("/usr/lib")
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(root.join("app/pipe"))
+            .unwrap()
+            .file_type()
+    ));
+}
+
+#[test]
+fn imports_oci_layouts_and_docker_save_archives() {
+    fixture::run("import", |fx| {
+        small_pool(fx);
+        let layers = app_layers();
+        let oci_tar = fx.dir.join("app-oci.tar");
+        let oci_dir = fx.dir.join("app-oci");
+        let docker = fx.dir.join("app-docker.tar");
+        write_oci_archive(&oci_tar, "app:1", &layers, Compression::Gzip, true).unwrap();
+        write_oci_archive(&oci_dir, "app:zstd", &layers, Compression::Zstd, false).unwrap();
+        write_docker_save(&docker, "app:docker", &layers).unwrap();
+
+        let out = fx.json(&["image", "import", oci_tar.to_str().unwrap()]);
+        assert_eq!(out[0]["name"], "app:1");
+        assert!(
+            out[0]["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["reused"] == false)
+        );
+        // The same layers in other formats: stored once, nothing applied again.
+        let used = status(fx)["data_used"].as_u64().unwrap();
+        for (path, name) in [(&oci_dir, "app:zstd"), (&docker, "app:docker")] {
+            let out = fx.json(&["image", "import", path.to_str().unwrap()]);
+            assert_eq!(out[0]["name"], name);
+            assert!(
+                out[0]["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["reused"] == true),
+                "{out}"
+            );
+        }
+        assert_eq!(status(fx)["data_used"].as_u64().unwrap(), used);
+        let ls = fx.json(&["image", "ls"]);
+        let tops: Vec<_> = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["thin_id"].clone())
+            .collect();
+        assert!(
+            tops.windows(2).all(|w| w[0] == w[1]),
+            "one top layer for all three: {ls}"
+        );
+
+        let inspect = fx.json(&["image", "inspect", "app:1"]);
+        let ilayers = inspect["layers"].as_array().unwrap();
+        assert_eq!(ilayers.len(), 3);
+        assert!(
+            ilayers
+                .iter()
+                .all(|l| l["diff_id"].as_str().unwrap().starts_with("sha256:"))
+        );
+        assert!(
+            ilayers[0]["size"].as_u64().unwrap() >= 4 * MIB as u64,
+            "{inspect}"
+        );
+        let history = fx.ok(&["image", "history", "app:1"]);
+        assert!(history.contains("CREATED BY"), "{history}");
+
+        fx.ok(&["container", "create", "app:docker", "c"]);
+        check_app_tree(&mounted(fx, "c"));
+        fx.ok(&["container", "umount", "c"]);
+        let e = fx.fails(&["image", "rm", "app:docker"], 5);
+        assert!(e.contains("used by"), "{e}");
+        fx.ok(&["container", "rm", "c"]);
+        for n in ["app:1", "app:zstd", "app:docker"] {
+            fx.ok(&["image", "rm", n]);
+        }
+        assert_eq!(status(fx)["thin_devices"], 1);
+    });
+}
+
+#[test]
+fn a_layer_two_images_share_is_stored_once() {
+    fixture::run("shared", |fx| {
+        small_pool(fx);
+        let mut base = LayerBuilder::new();
+        base.file("big", &pattern(16 * MIB, 7), 0o644);
+        let base = base.finish();
+        let mut a = LayerBuilder::new();
+        a.file("a", &pattern(MIB, 1), 0o644);
+        let mut b = LayerBuilder::new();
+        b.file("b", &pattern(MIB, 2), 0o644);
+        let (pa, pb) = (fx.dir.join("a.tar"), fx.dir.join("b.tar"));
+        write_oci_archive(
+            &pa,
+            "a:1",
+            &[base.clone(), a.finish()],
+            Compression::Gzip,
+            true,
+        )
+        .unwrap();
+        write_oci_archive(&pb, "b:1", &[base, b.finish()], Compression::Gzip, true).unwrap();
+        let before = status(fx)["data_used"].as_u64().unwrap();
+        fx.ok(&["image", "import", pa.to_str().unwrap()]);
+        let after_a = status(fx)["data_used"].as_u64().unwrap();
+        fx.ok(&["image", "import", pb.to_str().unwrap()]);
+        let after_b = status(fx)["data_used"].as_u64().unwrap();
+        assert!(
+            after_a - before >= 17 * MIB as u64,
+            "image a took {}",
+            after_a - before
+        );
+        assert!(
+            after_b - after_a < 4 * MIB as u64,
+            "image b took {} more: its 16 MiB base was stored again",
+            after_b - after_a
+        );
+        let ia = fx.json(&["image", "inspect", "a:1"]);
+        let ib = fx.json(&["image", "inspect", "b:1"]);
+        assert_eq!(
+            ia["layers"][0]["thin_id"], ib["layers"][0]["thin_id"],
+            "same thin device for the shared layer"
+        );
+        assert_ne!(ia["layers"][1]["thin_id"], ib["layers"][1]["thin_id"]);
+        let tree = fx.ok(&["tree"]);
+        println!("{tree}");
+    });
+}
+
+/// import → container → changes → diff → import that layer on the same
+/// parent under another root: the two trees are identical.
+#[test]
+fn a_diff_round_trips_through_another_root() {
+    fixture::run("roundtrip", |fx| {
+        small_pool(fx);
+        let layers = app_layers();
+        let archive = fx.dir.join("app.tar");
+        write_oci_archive(&archive, "app:1", &layers, Compression::Gzip, true).unwrap();
+        fx.ok(&["image", "import", archive.to_str().unwrap()]);
+        fx.ok(&["container", "create", "app:1", "work"]);
+        let m = mounted(fx, "work");
+        // Add, modify, delete, replace.
+        fs::write(m.join("etc/added"), b"added\n").unwrap();
+        fs::write(m.join("etc/os-release"), b"NAME=changed\n").unwrap();
+        fs::remove_file(m.join("usr/lib/big.bin")).unwrap();
+        fs::remove_dir_all(m.join("var/cache")).unwrap();
+        fs::create_dir(m.join("var/cache")).unwrap();
+        fs::write(m.join("var/cache/fresh"), b"fresh\n").unwrap();
+        fs::remove_dir_all(m.join("app")).unwrap();
+        fs::write(m.join("app"), b"a file where a directory was\n").unwrap();
+        fs::remove_file(m.join("etc/os-release")).unwrap();
+        fs::create_dir(m.join("etc/os-release")).unwrap();
+        std::os::unix::fs::symlink("../etc/added", m.join("usr/link")).unwrap();
+        fs::hard_link(m.join("etc/added"), m.join("usr/added-again")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(m.join("usr/lib"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(m.join("etc/added"), Some(42), Some(43)).unwrap();
+        xattr_set(&m.join("etc/added"), "user.note", b"v1");
+        fx.ok(&["container", "umount", "work"]);
+
+        let diff = fx.dir.join("work.tar");
+        fx.ok(&["diff", "work", "-o", diff.to_str().unwrap()]);
+
+        // Another root: the original image, then the diff on top of it.
+        let mut all = layers.clone();
+        all.push(fs::read(&diff).unwrap());
+        let archive2 = fx.dir.join("app2.tar");
+        write_oci_archive(&archive2, "app:2", &all, Compression::None, true).unwrap();
+        fx.with_another_root("other", |fx2| {
+            fx2.ok(&[
+                "pool",
+                "init",
+                "--data-size",
+                "2G",
+                "--metadata-size",
+                "32M",
+                "--base-size",
+                "512M",
+            ]);
+            fx2.ok(&["image", "import", archive2.to_str().unwrap()]);
+            fx2.ok(&["container", "create", "app:2", "again"]);
+            let m2 = mounted(fx2, "again");
+            let m1 = mounted(fx, "work");
+            compare_trees(&m1, &m2).unwrap_or_else(|e| panic!("trees differ: {e}"));
+            fx.ok(&["container", "umount", "work"]);
+            fx2.ok(&["container", "umount", "again"]);
+
+            // Export writes the image back; importing it elsewhere gives the same tree.
+            let exported = fx.dir.join("export.tar");
+            fx.ok(&["image", "export", "app:1", "-o", exported.to_str().unwrap()]);
+            fx2.ok(&[
+                "image",
+                "import",
+                exported.to_str().unwrap(),
+                "--name",
+                "back:1",
+            ]);
+            fx2.ok(&["container", "create", "back:1", "back"]);
+            fx.ok(&["container", "create", "app:1", "orig"]);
+            let (a, b) = (mounted(fx, "orig"), mounted(fx2, "back"));
+            compare_trees(&a, &b).unwrap_or_else(|e| panic!("exported image differs: {e}"));
+        });
+    });
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a live buffer of value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn hostile_archives_are_refused_and_change_nothing() {
+    fixture::run("hostile", |fx| {
+        small_pool(fx);
+        let good = app_layers();
+        let archive = fx.dir.join("ok.tar");
+        write_oci_archive(&archive, "ok:1", &good[..1], Compression::Gzip, true).unwrap();
+        fx.ok(&["image", "import", archive.to_str().unwrap()]);
+        let sentinel = fx.dir.join("outside");
+        fs::create_dir_all(&sentinel).unwrap();
+        let before = (
+            fx.json(&["tree"]),
+            status(fx)["data_used"].clone(),
+            status(fx)["thin_devices"].clone(),
+        );
+
+        let raw = |name: &str| {
+            let mut l = LayerBuilder::new();
+            l.raw_entry(name.as_bytes(), EntryType::Regular, 0o644, b"x", None);
+            l.finish()
+        };
+        let escape = format!("../../../../../..{}/pwned", sentinel.display());
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("traversal", raw(&escape), "pwned"),
+            (
+                "absolute",
+                raw(&format!("{}/pwned", sentinel.display())),
+                "pwned",
+            ),
+            (
+                "symlink-escape",
+                {
+                    let mut l = LayerBuilder::new();
+                    l.symlink("evil", &sentinel.display().to_string());
+                    l.file("evil/pwned", b"x", 0o644);
+                    l.finish()
+                },
+                "evil/pwned",
+            ),
+            (
+                "symlink-climb",
+                {
+                    let mut l = LayerBuilder::new();
+                    l.symlink("up", "../../../../../../../../..");
+                    let name = format!("up{}/pwned", sentinel.display());
+                    l.raw_entry(name.as_bytes(), EntryType::Regular, 0o644, b"x", None);
+                    l.finish()
+                },
+                "up",
+            ),
+            (
+                "hardlink-escape",
+                {
+                    let mut l = LayerBuilder::new();
+                    l.hardlink("passwd", "/etc/passwd");
+                    l.finish()
+                },
+                "passwd",
+            ),
+        ];
+        for (what, layer, needle) in cases {
+            let path = fx.dir.join(format!("{what}.tar"));
+            let mut layers = good[..1].to_vec();
+            layers.push(layer);
+            write_oci_archive(
+                &path,
+                &format!("{what}:1"),
+                &layers,
+                Compression::Gzip,
+                true,
+            )
+            .unwrap();
+            let e = fx.fails(&["image", "import", path.to_str().unwrap()], 9);
+            assert!(e.contains(needle), "{what}: {e}");
+            assert_eq!(
+                fs::read_dir(&sentinel).unwrap().count(),
+                0,
+                "{what} wrote outside its layer"
+            );
+            let now = (
+                fx.json(&["tree"]),
+                status(fx)["data_used"].clone(),
+                status(fx)["thin_devices"].clone(),
+            );
+            assert_eq!(now, before, "{what} changed the pool");
+        }
+
+        // Bad digests and a truncated archive.
+        let full = fx.dir.join("full.tar");
+        write_oci_archive(&full, "full:1", &good, Compression::Gzip, true).unwrap();
+        let bytes = fs::read(&full).unwrap();
+        let cut = fx.dir.join("cut.tar");
+        fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = fx.fails(&["image", "import", cut.to_str().unwrap()], 9);
+        assert!(e.contains("cut.tar"), "{e}");
+        let bad_diff = fx.dir.join("bad-diff.tar");
+        let faults = Faults {
+            wrong_diff_id: Some(1),
+            ..Faults::default()
+        };
+        write_oci_archive_with(&bad_diff, "bad:1", &good, Compression::Gzip, true, &faults)
+            .unwrap();
+        let bad_blob = fx.dir.join("bad-blob.tar");
+        fs::copy(&full, &bad_blob).unwrap();
+        let member = ImageArchive::open(&bad_blob).unwrap().images()[0].layers[2]
+            .path
+            .clone();
+        flip_byte(&bad_blob, &member).unwrap();
+        for (what, corrupt) in [("wrong diff id", bad_diff), ("flipped blob byte", bad_blob)] {
+            let e = fx.fails(&["image", "import", corrupt.to_str().unwrap()], 9);
+            assert!(
+                e.contains("digest") || e.contains("image archive"),
+                "{what}: {e}"
+            );
+            let now = (
+                fx.json(&["tree"]),
+                status(fx)["data_used"].clone(),
+                status(fx)["thin_devices"].clone(),
+            );
+            assert_eq!(now, before, "{what} changed the pool");
+        }
+    });
+}
