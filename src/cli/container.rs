@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{Ctx, output};
+use crate::image::DigestWriter;
 use crate::tree::ImageRef;
 
 #[derive(Subcommand, Debug)]
@@ -26,7 +27,14 @@ pub enum ContainerCmd {
     Rm(RmArgs),
     /// Turn a container into a read-only image layer named IMAGE[:TAG]. The
     /// container is consumed; create new containers from the image.
-    Commit { name: String, image: String },
+    Commit {
+        name: String,
+        image: String,
+        /// Also compute the layer's content digest (the sha256 of its changes
+        /// as an OCI layer tar, its diff id) and record it on the layer.
+        #[arg(long)]
+        digest: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -82,11 +90,31 @@ pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
                 println!("{}", a.name);
             }
         }
-        ContainerCmd::Commit { name, image } => {
+        ContainerCmd::Commit {
+            name,
+            image,
+            digest,
+        } => {
             let image = ImageRef::parse(&image)?;
-            let layer = driver
+            let mut layer = driver
                 .commit(&name, &image)
                 .with_context(|| format!("cannot commit container {name}"))?;
+            if digest {
+                let diff_id = driver
+                    .with_layer_and_parent(&layer.key, |lower, upper| {
+                        let mut w = DigestWriter::new(std::io::sink());
+                        crate::layer::write_diff(Some(lower), upper, &mut w)?;
+                        Ok(w.finish().1)
+                    })
+                    .with_context(|| format!("cannot compute the content digest of {image}"))?;
+                layer = driver.label_layer(
+                    &layer.key,
+                    std::collections::BTreeMap::from([(
+                        super::image::DIFF_ID.to_string(),
+                        diff_id.to_string(),
+                    )]),
+                )?;
+            }
             if ctx.json {
                 return output::json(&layer);
             }

@@ -465,3 +465,48 @@ fn hostile_archives_are_refused_and_change_nothing() {
         }
     });
 }
+
+#[test]
+fn commit_records_the_layer_digest_and_a_killed_import_leaves_nothing() {
+    fixture::run("digest", |fx| {
+        small_pool(fx);
+        fx.ok(&["container", "create", "scratch", "c"]);
+        let m = mounted(fx, "c");
+        fs::write(m.join("hello"), b"hello\n").unwrap();
+        fx.ok(&["container", "umount", "c"]);
+        let layer = fx.json(&["container", "commit", "--digest", "c", "img:1"]);
+        let recorded = layer["labels"]["thinlayer.io/diff-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let key = layer["key"].as_str().unwrap().to_string();
+        let tar = fx.dir.join("layer.tar");
+        fx.ok(&["diff", &key, "-o", tar.to_str().unwrap()]);
+        let actual = thinlayer::image::Digest::of_bytes(&fs::read(&tar).unwrap());
+        assert_eq!(recorded, actual.to_string());
+        let inspect = fx.json(&["image", "inspect", "img:1"]);
+        assert_eq!(inspect["layers"][0]["diff_id"], recorded.as_str());
+
+        // An import killed right after applying a layer: the next command
+        // removes what it made, and the pool is as before.
+        let before = (fx.json(&["tree"]), status(fx)["data_used"].clone());
+        let archive = fx.dir.join("app.tar");
+        write_oci_archive(&archive, "app:1", &app_layers(), Compression::Gzip, true).unwrap();
+        let out = fx.cli_env(
+            &["image", "import", archive.to_str().unwrap()],
+            &[("THINLAYER_FAILPOINT", "import.after-apply")],
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (fx.json(&["tree"]), status(fx)["data_used"].clone()),
+            before
+        );
+        fx.ok(&["image", "import", archive.to_str().unwrap()]);
+    });
+}
