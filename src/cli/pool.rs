@@ -23,6 +23,24 @@ pub enum PoolCmd {
     Activate,
     /// Show data and metadata use, block size, transaction id and mode.
     Status,
+    /// Give the pool more space: extends the sparse files (loop mode) or
+    /// rereads grown block devices, and reloads the pool, which leaves
+    /// out-of-data-space mode. A pool never shrinks.
+    Grow {
+        /// New size of the data file.
+        #[arg(long)]
+        data_size: Option<Bytes>,
+        /// New size of the metadata file (at most 16G).
+        #[arg(long)]
+        metadata_size: Option<Bytes>,
+    },
+    /// Take the pool offline, check its metadata with thin_check and bring
+    /// it back. Refused while containers are mounted.
+    Check,
+    /// Rebuild damaged metadata with thin_repair (loop-file pools): the
+    /// repaired copy replaces the metadata file, the damaged one is kept
+    /// beside it. Refused while containers are mounted.
+    Repair,
     /// Remove every container, image and mount, the pool's devices and files,
     /// and the records. An existing pool given at init is left in place, with
     /// every thin device thinlayer made in it deleted.
@@ -71,6 +89,47 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             Ok(())
         }
         PoolCmd::Status => status(ctx),
+        PoolCmd::Grow {
+            data_size,
+            metadata_size,
+        } => {
+            let st = ctx
+                .open()?
+                .grow(data_size, metadata_size)
+                .context("cannot grow the pool")?;
+            if ctx.json {
+                return output::json(&st);
+            }
+            println!(
+                "pool {}: {} data, {} metadata, {}",
+                st.name,
+                st.data_total,
+                st.metadata_total,
+                st.mode.as_str()
+            );
+            Ok(())
+        }
+        PoolCmd::Check => {
+            Driver::open_offline(&ctx.root, ctx.kernel.clone())?
+                .check()
+                .context("pool check failed")?;
+            if !ctx.json {
+                println!("pool metadata at {} is sound", ctx.root.display());
+            }
+            Ok(())
+        }
+        PoolCmd::Repair => {
+            let kept = Driver::open_offline(&ctx.root, ctx.kernel.clone())?
+                .repair()
+                .context("pool repair failed")?;
+            if !ctx.json {
+                println!(
+                    "pool repaired; the damaged metadata is kept as {}",
+                    kept.display()
+                );
+            }
+            Ok(())
+        }
         PoolCmd::Destroy => {
             ctx.open()?.destroy().context("cannot destroy the pool")?;
             if !ctx.json {

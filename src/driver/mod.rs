@@ -7,6 +7,7 @@
 //! threads and processes share a root safely.
 
 mod content;
+mod maintenance;
 mod reconcile;
 mod sizes;
 
@@ -134,6 +135,22 @@ impl Driver {
         Ok(driver)
     }
 
+    /// A handle that does not bring the pool up: for `check` and `repair`,
+    /// which work on a pool that may not come up.
+    pub fn open_offline(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
+        kernel.check()?;
+        let driver = Driver {
+            store: Store::new(root),
+            kernel,
+        };
+        if !driver.store.exists() {
+            return Err(Error::NotInitialized {
+                root: root.to_path_buf(),
+            });
+        }
+        Ok(driver)
+    }
+
     pub fn root(&self) -> &Path {
         self.store.root()
     }
@@ -150,6 +167,18 @@ impl Driver {
         };
         op.reconcile()?;
         Ok(op)
+    }
+
+    /// Takes the lock and reads the records, and nothing more: for work on a
+    /// pool that may not come up (check, repair).
+    fn begin_unreconciled(&self) -> Result<Op<'_>> {
+        let lock = self.store.lock()?;
+        let rec = self.store.load()?;
+        Ok(Op {
+            driver: self,
+            rec,
+            _lock: lock,
+        })
     }
 
     /// The pool's state as the kernel reports it.

@@ -319,19 +319,107 @@ impl Pool<'_> {
     }
 
     fn load(&self, b: &Backing) -> Result<()> {
-        let table = [Target::new(
-            b.data_len,
+        let table = self.table(b.metadata, b.data, b.data_len);
+        self.kernel.dm_create(&self.name(), &table, false)?;
+        Ok(())
+    }
+
+    fn table(&self, metadata: DevNum, data: DevNum, data_len: Sectors) -> [Target; 1] {
+        [Target::new(
+            data_len,
             "thin-pool",
             format!(
-                "{} {} {} {} 2 skip_block_zeroing error_if_no_space",
-                b.metadata,
-                b.data,
+                "{metadata} {data} {} {} 2 skip_block_zeroing error_if_no_space",
                 self.config.block_size.sectors().0,
                 self.config.low_water_blocks
             ),
-        )];
-        self.kernel.dm_create(&self.name(), &table, false)?;
-        Ok(())
+        )]
+    }
+
+    /// Grows the pool: the sparse files (loop source) are extended and their
+    /// loops told; then the table is reloaded with the new data size and the
+    /// pool suspended and resumed, on which the kernel takes the new data and
+    /// metadata sizes, and leaves out-of-data-space mode. Given block devices
+    /// are reread (grow them first, e.g. with lvextend). Nothing ever shrinks.
+    pub fn grow(&self, data: Option<Bytes>, metadata: Option<Bytes>) -> Result<()> {
+        let (data_path, meta_path) = match &self.config.source {
+            PoolSource::LoopFiles { data, metadata } => (data, metadata),
+            PoolSource::Devices { data, metadata } => (data, metadata),
+            PoolSource::Existing { pool } => {
+                return Err(Error::invalid(
+                    "pool",
+                    pool,
+                    "thinlayer does not manage this pool's space; grow it with the tool that made it",
+                ));
+            }
+        };
+        let loops = self.kernel.loop_list()?;
+        if let PoolSource::LoopFiles { .. } = &self.config.source {
+            for (file, size) in [(meta_path, metadata), (data_path, data)] {
+                let Some(size) = size else { continue };
+                let current = file_len(file)?;
+                if size.0 < current {
+                    return Err(Error::invalid(
+                        "size",
+                        &size.0.to_string(),
+                        &format!(
+                            "{} is {current} bytes; a pool never shrinks",
+                            file.display()
+                        ),
+                    ));
+                }
+                if size.0 > current {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(file)
+                        .map_err(|e| Error::io("open", file, e))?;
+                    f.set_len(size.0)
+                        .map_err(|e| Error::io("extend", file, e))?;
+                    let dev = loops
+                        .iter()
+                        .find(|l| &l.backing_file == file)
+                        .ok_or_else(|| {
+                            Error::not_found("loop device of", file.display().to_string())
+                        })?;
+                    self.kernel.loop_refresh_size(&dev.device)?;
+                }
+            }
+        } else if data.is_some() || metadata.is_some() {
+            return Err(Error::invalid(
+                "size",
+                "",
+                "the pool is on block devices: grow the devices, then run `pool grow` without sizes",
+            ));
+        }
+        let name = self.name();
+        let live = self.kernel.dm_table(&name)?;
+        let fields: Vec<&str> = live
+            .first()
+            .map(|t| t.params.split(' ').collect())
+            .unwrap_or_default();
+        let parse = |s: &str| -> Option<DevNum> {
+            let (a, b) = s.split_once(':')?;
+            Some(DevNum {
+                major: a.parse().ok()?,
+                minor: b.parse().ok()?,
+            })
+        };
+        let (Some(meta_dev), Some(data_dev)) = (
+            fields.first().and_then(|f| parse(f)),
+            fields.get(1).and_then(|f| parse(f)),
+        ) else {
+            return Err(Error::not_found("thin pool table", name));
+        };
+        let data_len = match &self.config.source {
+            PoolSource::LoopFiles { data, .. } => file_len(data)?,
+            _ => block_len(data_path)?,
+        };
+        self.kernel.dm_load(
+            &name,
+            &self.table(meta_dev, data_dev, Sectors(data_len / 512)),
+        )?;
+        self.kernel.dm_suspend(&name, true)?;
+        self.kernel.dm_resume(&name)
     }
 
     fn open_backing(&self) -> Result<Backing> {

@@ -225,6 +225,24 @@ fn a_full_pool_fails_writes_promptly_and_refuses_new_layers() {
             e.contains("out of data space") || e.contains("no new layers"),
             "{e}"
         );
+        // Growing the pool brings it back to read-write, with the data kept.
+        let e = fx.fails(&["pool", "grow", "--data-size", "64M"], 2);
+        assert!(e.contains("never shrinks"), "{e}");
+        let st = fx.json(&[
+            "pool",
+            "grow",
+            "--data-size",
+            "512M",
+            "--metadata-size",
+            "8M",
+        ]);
+        assert_eq!(st["mode"], "read_write", "{st}");
+        assert_eq!(st["data_total"], 512u64 << 20);
+        assert_eq!(st["metadata_total"], 8u64 << 20);
+        fx.ok(&["container", "create", "scratch", "more"]);
+        let m2 = fx.ok(&["container", "mount", "more"]);
+        write_file(&Path::new(m2.trim()).join("after"), 8 << 20, 1);
+        fx.ok(&["container", "rm", "-f", "more"]);
         fx.ok(&["container", "rm", "-f", "hog"]);
     });
 }

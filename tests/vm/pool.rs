@@ -219,3 +219,42 @@ fn views_are_read_only() {
         d.remove("view", false).unwrap();
     });
 }
+
+#[test]
+fn check_and_repair_run_offline() {
+    fixture::run("repair", |fx| {
+        fx.ok(&[
+            "pool",
+            "init",
+            "--data-size",
+            "1G",
+            "--metadata-size",
+            "16M",
+            "--base-size",
+            "256M",
+        ]);
+        fx.ok(&["container", "create", "scratch", "c"]);
+        let m = fx.ok(&["container", "mount", "c"]);
+        write_file(&Path::new(m.trim()).join("f"), 1 << 20, 4);
+        let e = fx.fails(&["pool", "check"], 5);
+        assert!(e.contains("mounted"), "{e}");
+        fx.ok(&["container", "umount", "c"]);
+        fx.ok(&["pool", "check"]);
+        let out = fx.ok(&["pool", "repair"]);
+        assert!(out.contains("damaged metadata is kept"), "{out}");
+        let kept: Vec<_> = fs::read_dir(&fx.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("metadata.damaged-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        // Everything is still there after the repair.
+        let m = fx.ok(&["container", "mount", "c"]);
+        assert_eq!(
+            fs::read(Path::new(m.trim()).join("f")).unwrap().len(),
+            1 << 20
+        );
+        fx.ok(&["container", "umount", "c"]);
+        assert_eq!(fx.json(&["pool", "status"])["thin_devices"], 2);
+    });
+}
