@@ -94,6 +94,11 @@ fn twenty_containers_from_a_three_layer_image() {
                 c["name"]
             );
             // Same image for all: virtual minus size is the image's share, the same ± fs overhead.
+            println!(
+                "{}: wrote {written}, size {size} (+{} fs), virtual {virt}",
+                c["name"],
+                size - written
+            );
             let shared = virt - size;
             let first = *image_virtual.get_or_insert(shared);
             assert!(
