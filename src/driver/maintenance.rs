@@ -79,14 +79,7 @@ impl Op<'_> {
     /// Unmounts nothing: refuses while a layer is mounted, otherwise
     /// deactivates every thin device and the pool.
     fn take_offline(&mut self) -> Result<()> {
-        let mounted: Vec<String> = self
-            .rec
-            .tree
-            .layers
-            .values()
-            .filter(|l| l.mounts > 0)
-            .map(|l| l.key.clone())
-            .collect();
+        let mounted = self.rec.tree.mounted();
         if !mounted.is_empty() {
             return Err(Error::Busy {
                 kind: "pool",

@@ -121,16 +121,7 @@ impl Driver {
     /// Opens an existing root: activates the pool if needed and repairs
     /// whatever an interrupted command left.
     pub fn open(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
-        kernel.check()?;
-        let driver = Driver {
-            store: Store::new(root),
-            kernel,
-        };
-        if !driver.store.exists() {
-            return Err(Error::NotInitialized {
-                root: root.to_path_buf(),
-            });
-        }
+        let driver = Driver::open_offline(root, kernel)?;
         drop(driver.begin()?);
         Ok(driver)
     }
@@ -712,15 +703,7 @@ impl Op<'_> {
     }
 
     fn destroy(&mut self) -> Result<()> {
-        let mounted: Vec<String> = self
-            .rec
-            .tree
-            .layers
-            .values()
-            .filter(|l| l.mounts > 0)
-            .map(|l| l.key.clone())
-            .collect();
-        for key in mounted {
+        for key in self.rec.tree.mounted() {
             while self.rec.tree.get(&key)?.mounts > 0 {
                 self.umount(&key)?;
             }

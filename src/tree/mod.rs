@@ -113,6 +113,15 @@ impl Tree {
             .collect()
     }
 
+    /// Keys of the layers mounted through thinlayer.
+    pub fn mounted(&self) -> Vec<String> {
+        self.layers
+            .values()
+            .filter(|l| l.mounts > 0)
+            .map(|l| l.key.clone())
+            .collect()
+    }
+
     /// Every thin id in use, the base's included.
     pub fn thin_ids(&self) -> impl Iterator<Item = ThinId> + '_ {
         self.base

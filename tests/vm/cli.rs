@@ -8,18 +8,7 @@ use crate::fixture::{self, Fixture, write_file};
 
 /// A small pool: 1 GiB of data, 256 MiB layers.
 fn small_pool(fx: &Fixture, extra: &[&str]) {
-    let mut args = vec![
-        "pool",
-        "init",
-        "--data-size",
-        "1G",
-        "--metadata-size",
-        "16M",
-        "--base-size",
-        "256M",
-    ];
-    args.extend_from_slice(extra);
-    fx.ok(&args);
+    fx.init_pool("1G", "16M", Some("256M"), extra);
 }
 
 fn data_used(fx: &Fixture) -> u64 {
@@ -117,14 +106,7 @@ fn an_idle_container_costs_a_few_blocks() {
     fixture::run("idle", |fx| {
         // The default 10 GiB layers: ext4's lazy inode-table init would cost
         // thousands of blocks per mounted snapshot if it ran.
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "4G",
-            "--metadata-size",
-            "32M",
-        ]);
+        fx.init_pool("4G", "32M", None, &[]);
         let before = data_used(fx);
         for i in 0..5 {
             let name = format!("idle{i}");
@@ -146,18 +128,7 @@ fn an_idle_container_costs_a_few_blocks() {
 #[test]
 fn xfs_layers_mount_side_by_side() {
     fixture::run("xfs", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "2G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "512M",
-            "--fs",
-            "xfs",
-        ]);
+        fx.init_pool("2G", "16M", Some("512M"), &["--fs", "xfs"]);
         fx.ok(&["container", "create", "scratch", "x"]);
         let m = fx.ok(&["container", "mount", "x"]);
         write_file(&Path::new(m.trim()).join("f"), 1 << 20, 3);
@@ -192,16 +163,7 @@ fn xfs_layers_mount_side_by_side() {
 #[test]
 fn a_full_pool_fails_writes_promptly_and_refuses_new_layers() {
     fixture::run("full", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "96M",
-            "--metadata-size",
-            "4M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("96M", "4M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "hog"]);
         let m = fx.ok(&["container", "mount", "hog"]);
         let started = std::time::Instant::now();

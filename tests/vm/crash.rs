@@ -60,16 +60,7 @@ fn killed_at(fx: &Fixture, point: &str, args: &[&str]) {
 #[test]
 fn killed_commands_are_repaired_by_the_next_one() {
     fixture::run("crash", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "2G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("2G", "16M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "img"]);
         fx.ok(&["container", "commit", "img", "app"]);
         let steps = [

@@ -117,6 +117,23 @@ impl Fixture {
         String::from_utf8(out.stdout).expect("utf-8 output")
     }
 
+    /// `pool init` with these sizes (`base`: the default 10G when `None`).
+    pub fn init_pool(&self, data: &str, metadata: &str, base: Option<&str>, extra: &[&str]) {
+        let mut args = vec![
+            "pool",
+            "init",
+            "--data-size",
+            data,
+            "--metadata-size",
+            metadata,
+        ];
+        if let Some(b) = base {
+            args.extend(["--base-size", b]);
+        }
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
     /// Runs thinlayer with `--json` and parses its output.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];

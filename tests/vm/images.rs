@@ -62,16 +62,7 @@ fn status(fx: &Fixture) -> serde_json::Value {
 }
 
 fn small_pool(fx: &Fixture) {
-    fx.ok(&[
-        "pool",
-        "init",
-        "--data-size",
-        "2G",
-        "--metadata-size",
-        "32M",
-        "--base-size",
-        "512M",
-    ]);
+    fx.init_pool("2G", "32M", Some("512M"), &[]);
 }
 
 fn mounted(fx: &Fixture, name: &str) -> PathBuf {
@@ -282,16 +273,7 @@ fn a_diff_round_trips_through_another_root() {
         let archive2 = fx.dir.join("app2.tar");
         write_oci_archive(&archive2, "app:2", &all, Compression::None, true).unwrap();
         fx.with_another_root("other", |fx2| {
-            fx2.ok(&[
-                "pool",
-                "init",
-                "--data-size",
-                "2G",
-                "--metadata-size",
-                "32M",
-                "--base-size",
-                "512M",
-            ]);
+            fx2.init_pool("2G", "32M", Some("512M"), &[]);
             fx2.ok(&["image", "import", archive2.to_str().unwrap()]);
             fx2.ok(&["container", "create", "app:2", "again"]);
             let m2 = mounted(fx2, "again");

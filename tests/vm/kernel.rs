@@ -135,16 +135,7 @@ fn pool_thin_and_snapshot_through_the_library() {
 #[test]
 fn busy_devices_are_removed_deferred() {
     fixture::run("deferred", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "1G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("1G", "16M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "c"]);
         let ps = fx.json(&["ps"]);
         let id = ps[0]["thin_id"].as_u64().unwrap();

@@ -138,16 +138,7 @@ fn an_existing_pool_is_used_and_left_in_place() {
 #[test]
 fn damaged_metadata_refuses_activation() {
     fixture::run("check", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "1G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("1G", "16M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "c"]);
         fx.kernel
             .dm_remove(&format!("{}-pool", fx.prefix), false)
@@ -186,16 +177,7 @@ fn damaged_metadata_refuses_activation() {
 #[test]
 fn views_are_read_only() {
     fixture::run("view", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "1G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("1G", "16M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "a"]);
         let m = fx.ok(&["container", "mount", "a"]);
         write_file(&Path::new(m.trim()).join("f"), 4096, 1);
@@ -223,16 +205,7 @@ fn views_are_read_only() {
 #[test]
 fn check_and_repair_run_offline() {
     fixture::run("repair", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "1G",
-            "--metadata-size",
-            "16M",
-            "--base-size",
-            "256M",
-        ]);
+        fx.init_pool("1G", "16M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "c"]);
         let m = fx.ok(&["container", "mount", "c"]);
         write_file(&Path::new(m.trim()).join("f"), 1 << 20, 4);

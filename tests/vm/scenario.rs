@@ -16,14 +16,7 @@ const FS_OVERHEAD: u64 = 32 * BLOCK;
 #[test]
 fn twenty_containers_from_a_three_layer_image() {
     fixture::run("scenario", |fx| {
-        fx.ok(&[
-            "pool",
-            "init",
-            "--data-size",
-            "8G",
-            "--metadata-size",
-            "64M",
-        ]);
+        fx.init_pool("8G", "64M", None, &[]);
         let base_used = fx.json(&["pool", "status"])["data_used"].as_u64().unwrap();
 
         // Three layers by commits: scratch → app:1 → app:2 → app:3.
