@@ -16,6 +16,7 @@
 //! - [`image`]: OCI image layouts and `docker save` archives;
 //! - [`driver`]: the operations, which tie all of the above together, and
 //!   the reconciler that repairs what a crash left;
+//! - [`service`]: containerd's snapshotter API over the driver;
 //! - [`cli`]: the `thinlayer` command.
 
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod kernel;
 pub mod layer;
 pub mod pool;
 pub mod records;
+pub mod service;
 pub mod thin;
 pub mod tree;
 pub mod units;

@@ -8,6 +8,7 @@ mod output;
 mod pool;
 mod progress;
 mod ps;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,13 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Show the layer tree with thin device ids.
     Tree,
+    /// Serve containerd's snapshotter API on a unix socket.
+    ///
+    /// Add `[proxy_plugins.thinlayer]` with `type = "snapshot"` and
+    /// `address = "SOCKET"` to containerd's config, then use
+    /// `ctr --snapshotter thinlayer` (or the CRI plugin's `snapshotter`).
+    /// Runs until SIGTERM or SIGINT; `ps` and `tree` show containerd's snapshots.
+    Serve(serve::ServeArgs),
 }
 
 /// Exit codes, for scripts.
@@ -185,6 +193,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Diff(a) => diff::diff(ctx, a),
         Command::Ps(a) => ps::ps(ctx, a),
         Command::Tree => ps::tree(ctx),
+        Command::Serve(a) => serve::serve(ctx, a),
     }
 }
 

@@ -9,6 +9,7 @@
 mod content;
 mod maintenance;
 mod reconcile;
+mod service;
 mod sizes;
 
 use std::collections::BTreeMap;

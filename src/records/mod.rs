@@ -7,7 +7,8 @@
 //! devmapper snapshotter came to reuse names of live devices). Each save
 //! writes a temporary file, fsyncs it, keeps the previous version as
 //! `state.json.prev`, renames the new one over the old and fsyncs the
-//! directory. Saves are whole-file; at 10,000 layers the file is about 3 MB.
+//! directory. Saves are whole-file; at 10,000 layers the file is about 4 MB
+//! and a save with its fsync takes about 10 ms (`cargo bench --bench tree`).
 //!
 //! Consistency with the kernel comes from the pool's transaction id, which
 //! the kernel stores in the pool's own metadata and changes only through a

@@ -6,6 +6,7 @@
 mod fixture;
 
 mod cli;
+mod containerd;
 mod crash;
 mod images;
 mod kernel;

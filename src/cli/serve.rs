@@ -1,0 +1,98 @@
+//! `thinlayer serve`: containerd's snapshotter service on a unix socket.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use containerd_snapshots::tonic::transport::Server;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::Ctx;
+use crate::service::Snapshots;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The unix socket to listen on: containerd's
+    /// `[proxy_plugins.NAME] address`. A stale socket file there is
+    /// replaced; one another process still answers on is refused. Made
+    /// mode 0600 (only root may call it), removed on SIGTERM or SIGINT.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
+    // Opening the root brings the pool up and settles whatever a killed
+    // earlier server or command left, before any request is taken.
+    let driver = Arc::new(ctx.open()?);
+    let snapshots = Snapshots::new(driver)
+        .with_context(|| format!("cannot read the records of {}", ctx.root.display()))?;
+    let socket = std::path::absolute(&a.socket).unwrap_or(a.socket);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(snapshots, &socket, &ctx.root))
+}
+
+async fn run(snapshots: Snapshots, socket: &Path, root: &Path) -> anyhow::Result<()> {
+    let listener = bind(socket)?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    tracing::info!(socket = %socket.display(), root = %root.display(), "serving containerd snapshots");
+    let served = Server::builder()
+        .add_service(containerd_snapshots::server(Arc::new(snapshots)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = fs::remove_file(socket);
+    served.with_context(|| format!("serving on {} failed", socket.display()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds `socket` with mode 0600, replacing a stale socket file.
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    match fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                bail!(
+                    "{} is in use by a running server; stop it first",
+                    socket.display()
+                );
+            }
+            tracing::info!(socket = %socket.display(), "removing a stale socket");
+            fs::remove_file(socket)
+                .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", socket.display())),
+    }
+    if let Some(dir) = socket.parent() {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    // The socket is born without group or other access (umask), so that no
+    // one else can connect before the chmod below.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(socket);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,366 @@
+//! containerd's snapshotter API over the driver: `thinlayer serve` answers
+//! containerd as a proxy snapshotter plugin (`[proxy_plugins.NAME]`,
+//! `type = "snapshot"`) on a unix socket.
+//!
+//! Every containerd snapshot is a layer of the same tree the CLI works on,
+//! under the key containerd gives it (containerd's metadata store sends
+//! `NAMESPACE/ID/KEY`), so `thinlayer ps` and `thinlayer tree` show them.
+//! Active snapshots and views are *pinned*: their thin device stays live
+//! between calls, because containerd mounts it itself, from the mounts this
+//! service returns (`ext4` or `xfs` of `/dev/dm-N`).
+//!
+//! Each call runs the blocking driver operation on tokio's blocking pool;
+//! the driver serialises them through the root's lock, with CLI commands.
+//!
+//! Where thinlayer departs from containerd's reference snapshotters:
+//! - `list` returns only the snapshots containerd made (keys of the form
+//!   `NAMESPACE/ID/KEY`). containerd's garbage collector removes every
+//!   listed snapshot its own metadata does not know, which would take the
+//!   CLI's containers and image layers with it. Filters are ignored:
+//!   containerd's metadata store filters by itself.
+//! - `usage` gives the exact bytes of the pool blocks the snapshot maps
+//!   differently from its parent (whole pool blocks, flushed data only,
+//!   read from the pool's metadata); the inode count is not known at block
+//!   level and is reported as 0.
+//! - `clear` (containerd's Cleanup) has nothing to do: removal is synchronous.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::tonic::Status;
+use containerd_snapshots::{Info, Kind as CKind, Snapshotter, Usage};
+use nix::errno::Errno;
+
+use crate::Driver;
+use crate::error::Error;
+use crate::fs::FsKind;
+use crate::tree::{Kind, Layer};
+
+/// The snapshotter: a shared driver and the pool's filesystem.
+pub struct Snapshots {
+    driver: Arc<Driver>,
+    fs: FsKind,
+}
+
+/// Maps a driver error to the gRPC status containerd understands (it turns
+/// `NotFound`, `AlreadyExists` and `FailedPrecondition` into its own
+/// `errdefs` errors, which its callers test for); the message is the error's
+/// own text.
+pub fn status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::NotFound { .. } => Status::not_found(msg),
+        Error::Exists { .. } => Status::already_exists(msg),
+        Error::Busy { .. } | Error::HasChildren { .. } => Status::failed_precondition(msg),
+        Error::Invalid { .. } => Status::invalid_argument(msg),
+        Error::NoSpace { .. } | Error::PoolMode { .. } => Status::resource_exhausted(msg),
+        Error::Kernel {
+            errno: Some(Errno::EBUSY),
+            ..
+        } => Status::failed_precondition(msg),
+        Error::Kernel {
+            errno: Some(Errno::ENOSPC),
+            ..
+        } => Status::resource_exhausted(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+/// The mount containerd performs for a snapshot: the filesystem of the
+/// pool on the layer's device node, with thinlayer's mount options
+/// ([`FsKind::mount_options`]) and `ro` for read-only layers. `target` is
+/// empty: containerd chooses where.
+pub fn mount_for(fs: FsKind, device: &Path, read_only: bool) -> Mount {
+    let mut options: Vec<String> = fs
+        .mount_options(read_only)
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_string)
+        .collect();
+    if read_only {
+        options.insert(0, "ro".to_string());
+    }
+    Mount {
+        r#type: fs.name().to_string(),
+        source: device.display().to_string(),
+        target: String::new(),
+        options,
+    }
+}
+
+/// Whether `key` has the shape containerd's metadata store gives backend
+/// keys: `NAMESPACE/ID/KEY`, ID decimal.
+pub fn is_containerd_key(key: &str) -> bool {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(id), Some(rest)) => {
+            !ns.is_empty()
+                && !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !rest.is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// A layer as containerd's `Info`. thinlayer keeps no separate update
+/// time: `updated_at` is the creation time.
+pub fn info_of(l: &Layer) -> Info {
+    let at = UNIX_EPOCH + Duration::from_secs(l.created);
+    Info {
+        kind: match l.kind {
+            Kind::Active => CKind::Active,
+            Kind::View => CKind::View,
+            Kind::Committed => CKind::Committed,
+        },
+        name: l.key.clone(),
+        parent: l.parent.clone().unwrap_or_default(),
+        labels: l.labels.clone().into_iter().collect(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Applies containerd's Update field paths to `labels`: none, or `labels`,
+/// replaces them all with `new`; `labels.KEY` sets KEY to its value in
+/// `new`, or removes it when `new` has none. Any other field is immutable.
+pub fn update_labels(
+    labels: &mut BTreeMap<String, String>,
+    new: &HashMap<String, String>,
+    fieldpaths: &[String],
+) -> crate::Result<()> {
+    if fieldpaths.is_empty() {
+        *labels = new.clone().into_iter().collect();
+        return Ok(());
+    }
+    for path in fieldpaths {
+        if path == "labels" {
+            *labels = new.clone().into_iter().collect();
+        } else if let Some(k) = path.strip_prefix("labels.") {
+            match new.get(k) {
+                Some(v) => {
+                    labels.insert(k.to_string(), v.clone());
+                }
+                None => {
+                    labels.remove(k);
+                }
+            }
+        } else {
+            return Err(Error::invalid(
+                "field path",
+                path,
+                "only labels (`labels` or `labels.KEY`) of a snapshot can be updated",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parent_of(parent: &str) -> Option<String> {
+    (!parent.is_empty()).then(|| parent.to_string())
+}
+
+impl Snapshots {
+    /// Serves `driver`'s root. Reads the pool's filesystem (blocking).
+    pub fn new(driver: Arc<Driver>) -> crate::Result<Snapshots> {
+        let fs = driver.records()?.pool.filesystem;
+        Ok(Snapshots { driver, fs })
+    }
+
+    /// Runs a driver operation on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Driver) -> crate::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let driver = self.driver.clone();
+        let out = tokio::task::spawn_blocking(move || f(&driver))
+            .await
+            .map_err(|e| Status::internal(format!("{what}: the driver task failed: {e}")))?;
+        out.map_err(|e| {
+            tracing::info!(call = what, error = %e, "refused");
+            status(e)
+        })
+    }
+
+    async fn create(
+        &self,
+        what: &'static str,
+        kind: Kind,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        tracing::debug!(call = what, key, parent, "request");
+        let fs = self.fs;
+        self.run(what, move |d| {
+            let parent = parent_of(&parent);
+            let (l, dev) =
+                d.create_snapshot(&key, parent.as_deref(), kind, labels.into_iter().collect())?;
+            tracing::info!(call = what, key, thin_id = %l.thin_id, device = %dev.display(), "created");
+            Ok(vec![mount_for(fs, &dev, kind.read_only())])
+        })
+        .await
+    }
+}
+
+#[containerd_snapshots::tonic::async_trait]
+impl Snapshotter for Snapshots {
+    type Error = Status;
+
+    /// Stat: the info of an active, view or committed snapshot, by key or
+    /// name (one namespace in thinlayer). NotFound when there is none.
+    async fn stat(&self, key: String) -> Result<Info, Status> {
+        self.run("stat", move |d| Ok(info_of(d.tree()?.get(&key)?)))
+            .await
+    }
+
+    /// Update: only labels are mutable. `fieldpaths` empty or `labels`
+    /// replaces them all; `labels.KEY` sets or removes one. Any other path
+    /// is InvalidArgument. Returns the snapshot's info after the change.
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info, Status> {
+        tracing::debug!(key = info.name, ?fieldpaths, "update");
+        self.run("update", move |d| {
+            let paths = fieldpaths.unwrap_or_default();
+            let l = d.edit_labels(&info.name, |labels| {
+                update_labels(labels, &info.labels, &paths)
+            })?;
+            Ok(info_of(&l))
+        })
+        .await
+    }
+
+    /// Usage: what the snapshot itself uses, its parents' excluded: the
+    /// exact bytes of the pool blocks it maps differently from its parent.
+    /// Inodes are not counted at block level: always 0.
+    async fn usage(&self, key: String) -> Result<Usage, Status> {
+        self.run("usage", move |d| {
+            let sizes = d.sizes()?;
+            let s = sizes
+                .get(&key)
+                .ok_or_else(|| Error::not_found("snapshot", key.clone()))?;
+            Ok(Usage {
+                inodes: 0,
+                size: i64::try_from(s.size.0).unwrap_or(i64::MAX),
+            })
+        })
+        .await
+    }
+
+    /// Mounts: the mounts of an active snapshot or a view (again, e.g. after
+    /// a restart: the device is made live if it is not). A committed
+    /// snapshot has none: FailedPrecondition.
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>, Status> {
+        let fs = self.fs;
+        let (kind, dev) = self
+            .run("mounts", move |d| {
+                let kind = d.tree()?.get(&key)?.kind;
+                if kind == Kind::Committed {
+                    return Ok((kind, None));
+                }
+                Ok((kind, Some(d.activate_layer(&key)?)))
+            })
+            .await?;
+        match dev {
+            Some(dev) => Ok(vec![mount_for(fs, &dev, kind.read_only())]),
+            None => Err(Status::failed_precondition(
+                "a committed snapshot has no mounts; prepare or view a child of it",
+            )),
+        }
+    }
+
+    /// Prepare: a writable (active) snapshot `key` on the committed snapshot
+    /// `parent` ("" is the empty base), to be mounted from the returned
+    /// mounts and later committed or removed. AlreadyExists if `key` is
+    /// taken; NotFound if `parent` is missing; InvalidArgument if it is not
+    /// committed.
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        self.create("prepare", Kind::Active, key, parent, labels)
+            .await
+    }
+
+    /// View: as Prepare, but read-only (mounted `ro`); it cannot be
+    /// committed, only removed.
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        self.create("view", Kind::View, key, parent, labels).await
+    }
+
+    /// Commit: the active snapshot `key` becomes the committed snapshot
+    /// `name`, with the same parent and `labels`; `key` is gone afterwards.
+    /// Whoever mounted it must have unmounted it (FailedPrecondition while
+    /// its device is open). AlreadyExists if `name` is taken.
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Status> {
+        tracing::debug!(name, key, "commit");
+        self.run("commit", move |d| {
+            let l = d.commit_snapshot(&key, &name, labels.into_iter().collect())?;
+            tracing::info!(key, name, thin_id = %l.thin_id, "committed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove: an active, view or committed snapshot and its device.
+    /// FailedPrecondition while other snapshots are built on it, or while its
+    /// device is still mounted.
+    async fn remove(&self, key: String) -> Result<(), Status> {
+        tracing::debug!(key, "remove");
+        self.run("remove", move |d| {
+            d.remove(&key, false)?;
+            tracing::info!(key, "removed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Cleanup: thinlayer frees a snapshot's blocks when it is removed;
+    /// there is nothing deferred to clean.
+    async fn clear(&self) -> Result<(), Status> {
+        Ok(())
+    }
+
+    type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
+
+    /// List (containerd's Walk): the snapshots containerd made; see the
+    /// module documentation for why thinlayer's own layers are left out.
+    /// Filters are ignored: containerd's metadata store applies its own.
+    async fn list(
+        &self,
+        _snapshotter: String,
+        _filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Status> {
+        let infos = self
+            .run("list", |d| {
+                Ok(d.tree()?
+                    .layers
+                    .values()
+                    .filter(|l| is_containerd_key(&l.key))
+                    .map(info_of)
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(tokio_stream::iter(
+            infos.into_iter().map(Ok).collect::<Vec<_>>(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

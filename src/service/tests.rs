@@ -1,0 +1,268 @@
+//! The service against the simulated kernel: containerd's call sequences
+//! (unpack: prepare, commit; run: prepare on the image, remove), the error
+//! codes containerd tests for, labels, and what `list` shows.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_snapshots::tonic::Code;
+use tokio_stream::StreamExt;
+
+use super::*;
+use crate::kernel::Sim;
+use crate::pool::{PoolOptions, SourceOptions};
+use crate::testutil::TempDir;
+use crate::units::Bytes;
+
+fn service() -> (TempDir, Snapshots) {
+    let dir = TempDir::new("service");
+    let opts = PoolOptions {
+        source: SourceOptions::LoopFiles {
+            data_size: Bytes(1 << 30),
+            metadata_size: Bytes(16 << 20),
+        },
+        base_size: Bytes(1 << 30),
+        ..PoolOptions::default()
+    };
+    let d = Driver::init(dir.path(), Arc::new(Sim::new()), &opts).unwrap();
+    (dir, Snapshots::new(Arc::new(d)).unwrap())
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn errors_map_to_the_codes_containerd_tests_for() {
+    let code = |e: Error| status(e).code();
+    assert_eq!(code(Error::not_found("layer", "x")), Code::NotFound);
+    assert_eq!(
+        code(Error::Exists {
+            kind: "layer",
+            name: "x".into()
+        }),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(Error::HasChildren {
+            name: "a".into(),
+            children: vec!["b".into()]
+        }),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(Error::Busy {
+            kind: "layer",
+            name: "a".into(),
+            why: "mounted".into()
+        }),
+        Code::FailedPrecondition
+    );
+    assert_eq!(code(Error::invalid("x", "y", "z")), Code::InvalidArgument);
+    assert_eq!(
+        code(Error::NoSpace {
+            what: "data",
+            detail: String::new()
+        }),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        code(Error::kernel("remove", "dev", Some(Errno::EBUSY), "busy")),
+        Code::FailedPrecondition
+    );
+    assert_eq!(code(Error::NotRoot), Code::Internal);
+    let s = status(Error::not_found("layer", "x"));
+    assert_eq!(s.message(), Error::not_found("layer", "x").to_string());
+}
+
+#[test]
+fn mounts_carry_the_filesystem_options_and_ro_for_views() {
+    let dev = Path::new("/dev/dm-7");
+    let m = mount_for(FsKind::Ext4, dev, false);
+    assert_eq!(
+        (m.r#type.as_str(), m.source.as_str(), m.target.as_str()),
+        ("ext4", "/dev/dm-7", "")
+    );
+    assert_eq!(m.options, ["noinit_itable"]);
+    assert_eq!(mount_for(FsKind::Ext4, dev, true).options, ["ro", "noload"]);
+    assert_eq!(mount_for(FsKind::Xfs, dev, false).options, ["nouuid"]);
+    assert_eq!(
+        mount_for(FsKind::Xfs, dev, true).options,
+        ["ro", "nouuid", "norecovery"]
+    );
+}
+
+#[test]
+fn containerd_keys_are_recognised() {
+    assert!(is_containerd_key("default/3/sha256:abc"));
+    assert!(is_containerd_key("k8s.io/12/extract-1 sha256:abc"));
+    assert!(!is_containerd_key("web1"));
+    assert!(!is_containerd_key("sha256:abc"));
+    assert!(!is_containerd_key("a/b/c"));
+    assert!(!is_containerd_key("default/3/"));
+}
+
+#[test]
+fn label_updates_follow_field_paths() {
+    let mut l: BTreeMap<String, String> = [("a", "1"), ("b", "2")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    let new = labels(&[("b", "3"), ("c", "4")]);
+    update_labels(&mut l, &new, &["labels.b".into(), "labels.a".into()]).unwrap();
+    assert_eq!(l, BTreeMap::from([("b".into(), "3".into())]));
+    update_labels(&mut l, &new, &[]).unwrap();
+    assert_eq!(l.len(), 2);
+    update_labels(&mut l, &HashMap::new(), &["labels".into()]).unwrap();
+    assert!(l.is_empty());
+    let e = update_labels(&mut l, &new, &["parent".into()]).unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn unpack_then_run_then_clean_up() {
+    let (_dir, s) = service();
+    // Unpack: prepare on the base, commit under the chain id.
+    let m = s
+        .prepare("default/1/extract-1".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].r#type, "ext4");
+    s.commit(
+        "default/2/sha256:l1".into(),
+        "default/1/extract-1".into(),
+        labels(&[("containerd.io/snapshot/x", "y")]),
+    )
+    .await
+    .unwrap();
+    let e = s.stat("default/1/extract-1".into()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "commit consumes the key");
+    let i = s.stat("default/2/sha256:l1".into()).await.unwrap();
+    assert_eq!(i.kind, CKind::Committed);
+    assert_eq!(i.parent, "");
+    assert_eq!(i.labels["containerd.io/snapshot/x"], "y");
+    let e = s.mounts("default/2/sha256:l1".into()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // Run: an active snapshot and a view on the image.
+    s.prepare(
+        "default/3/c1".into(),
+        "default/2/sha256:l1".into(),
+        HashMap::new(),
+    )
+    .await
+    .unwrap();
+    let e = s
+        .prepare(
+            "default/3/c1".into(),
+            "default/2/sha256:l1".into(),
+            HashMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let v = s
+        .view(
+            "default/4/v".into(),
+            "default/2/sha256:l1".into(),
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v[0].options[0], "ro");
+    assert_eq!(
+        s.mounts("default/4/v".into()).await.unwrap()[0].options,
+        v[0].options
+    );
+    let e = s
+        .commit("default/5/x".into(), "default/4/v".into(), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "a view cannot be committed"
+    );
+    let e = s
+        .prepare("default/6/d".into(), "default/3/c1".into(), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "parent not committed");
+    let e = s
+        .prepare(
+            "default/6/d".into(),
+            "default/9/none".into(),
+            HashMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // A CLI container on the same root is not listed.
+    s.driver.create_container("cli", None).unwrap();
+    let listed: Vec<String> = s
+        .list(String::new(), Vec::new())
+        .await
+        .unwrap()
+        .map(|i| i.unwrap().name)
+        .collect()
+        .await;
+    assert_eq!(
+        listed,
+        ["default/2/sha256:l1", "default/3/c1", "default/4/v"]
+    );
+    assert_eq!(s.usage("default/3/c1".into()).await.unwrap().inodes, 0);
+    assert_eq!(
+        s.usage("nope".into()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // Labels.
+    let mut info = s.stat("default/3/c1".into()).await.unwrap();
+    info.labels = labels(&[("k", "v")]);
+    let i = s.update(info, Some(vec!["labels.k".into()])).await.unwrap();
+    assert_eq!(i.labels, labels(&[("k", "v")]));
+    let i = s.stat("default/3/c1".into()).await.unwrap();
+    let e = s.update(i, Some(vec!["kind".into()])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Removal: children first.
+    let e = s.remove("default/2/sha256:l1".into()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    s.remove("default/3/c1".into()).await.unwrap();
+    s.remove("default/4/v".into()).await.unwrap();
+    s.remove("default/2/sha256:l1".into()).await.unwrap();
+    s.clear().await.unwrap();
+    let tree = s.driver.tree().unwrap();
+    assert_eq!(tree.layers.keys().collect::<Vec<_>>(), ["cli"]);
+}
+
+#[tokio::test]
+async fn a_commit_stopped_after_its_record_is_whole() {
+    let (_dir, s) = service();
+    s.prepare("default/1/a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
+    // Armed on the blocking thread that runs the commit: it panics there.
+    let d = s.driver.clone();
+    let crashed = tokio::task::spawn_blocking(move || {
+        crate::failpoint::arm("commit.after-record");
+        d.commit_snapshot(
+            "default/1/a",
+            "default/2/b",
+            [("k".to_string(), "v".to_string())].into(),
+        )
+    })
+    .await;
+    assert!(crashed.is_err(), "the failpoint stopped the commit");
+    // The driver keeps nothing in memory: this reads the records afresh.
+    let tree = s.driver.tree().unwrap();
+    assert!(!tree.layers.contains_key("default/1/a"));
+    let b = tree.get("default/2/b").unwrap();
+    assert_eq!((b.kind, b.pinned), (Kind::Committed, false));
+    assert_eq!(b.labels["k"], "v");
+}

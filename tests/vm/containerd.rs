@@ -1,0 +1,646 @@
+//! containerd on thinlayer: `thinlayer serve` as containerd's proxy
+//! snapshotter, driven with `ctr` (Debian's containerd 1.6 and runc), and
+//! the server killed at a failpoint in the middle of a Prepare and of a
+//! Commit, then restarted.
+//!
+//! Each test starts its own containerd (root on the scratch disk, state and
+//! sockets under a fresh directory in /run) and its own `thinlayer serve`.
+//! A guard stops both, kills shims they left and unmounts containerd's
+//! mounts even when the test panics, before the fixture destroys the pool.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use thinlayer::image::Compression;
+use thinlayer::image::build::{LayerBuilder, write_oci_archive};
+use thinlayer::kernel::Kernel;
+
+use crate::fixture::{self, Fixture};
+
+const IMAGE: &str = "localhost/tlbox:1";
+const IMAGE2: &str = "localhost/tlbox:2";
+/// How long a socket may take to appear, or a process to stop.
+const DEADLINE: Duration = Duration::from_secs(60);
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Layer 1: static busybox with a few applet links, `etc/greeting` and a
+/// file layer 2 deletes. Layer 2: the whiteout of `etc/removed` and a new
+/// file. Layer 3 (second image only): one more file.
+fn layers(third: bool) -> Vec<Vec<u8>> {
+    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed on the host");
+    let mut l1 = LayerBuilder::new();
+    l1.dir("bin", 0o755);
+    l1.file("bin/busybox", &busybox, 0o755);
+    for applet in ["sh", "cat", "ls", "echo", "test"] {
+        l1.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    l1.dir("etc", 0o755);
+    l1.file("etc/greeting", b"hello from thinlayer\n", 0o644);
+    l1.file("etc/removed", b"layer 2 deletes this\n", 0o644);
+    let mut l2 = LayerBuilder::new();
+    l2.whiteout("etc/removed");
+    l2.file("etc/added", b"added by layer 2\n", 0o644);
+    let mut out = vec![l1.finish(), l2.finish()];
+    if third {
+        let mut l3 = LayerBuilder::new();
+        l3.file("etc/third", b"layer 3\n", 0o644);
+        out.push(l3.finish());
+    }
+    out
+}
+
+fn small_pool(fx: &Fixture) {
+    fx.ok(&[
+        "pool",
+        "init",
+        "--data-size",
+        "2G",
+        "--metadata-size",
+        "32M",
+        "--base-size",
+        "512M",
+    ]);
+}
+
+/// A containerd and a `thinlayer serve` for one test; stopped and cleaned
+/// up when dropped.
+struct Cluster<'a> {
+    fx: &'a Fixture,
+    /// Under /run: containerd's state and both sockets.
+    run: PathBuf,
+    serve_sock: PathBuf,
+    cd_sock: PathBuf,
+    config: PathBuf,
+    serve: Option<Child>,
+    containerd: Option<Child>,
+    /// How many servers were started, to name their logs.
+    serves: u32,
+}
+
+impl<'a> Cluster<'a> {
+    fn new(fx: &'a Fixture, tag: &str) -> Cluster<'a> {
+        let run = PathBuf::from(format!("/run/tl-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).unwrap();
+        let serve_sock = run.join("thinlayer.sock");
+        let cd_sock = run.join("containerd.sock");
+        let config = fx.dir.join("containerd.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{cd_sock}"
+
+[ttrpc]
+  address = "{cd_sock}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[proxy_plugins]
+  [proxy_plugins.thinlayer]
+    type = "snapshot"
+    address = "{serve_sock}"
+"#,
+                root = fx.dir.join("containerd").display(),
+                state = run.join("state").display(),
+                cd_sock = cd_sock.display(),
+                opt = fx.dir.join("opt").display(),
+                serve_sock = serve_sock.display(),
+            ),
+        )
+        .unwrap();
+        Cluster {
+            fx,
+            run,
+            serve_sock,
+            cd_sock,
+            config,
+            serve: None,
+            containerd: None,
+            serves: 0,
+        }
+    }
+
+    /// Starts `thinlayer serve` (with `env`) and waits for its socket.
+    fn start_serve(&mut self, env: &[(&str, &str)]) {
+        assert!(self.serve.is_none(), "a server is running");
+        self.serves += 1;
+        let log = self.fx.dir.join(format!("serve-{}.log", self.serves));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
+        c.arg("--root")
+            .arg(&self.fx.root)
+            .arg("-vv")
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.serve_sock)
+            .stdin(Stdio::null());
+        log_to(&mut c, &log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        self.serve = Some(c.spawn().expect("start thinlayer serve"));
+        let sock = self.serve_sock.clone();
+        wait_socket(&sock, self.serve.as_mut().unwrap(), &log);
+        let mode = fs::metadata(&sock).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    /// Waits for the server to end by itself (killed at a failpoint).
+    fn serve_died(&mut self) -> ExitStatus {
+        let mut child = self.serve.take().expect("a server was started");
+        wait_timeout(&mut child, DEADLINE).expect("the server ends")
+    }
+
+    /// Stops the server with SIGTERM; it must exit 0 and remove its socket.
+    fn stop_serve(&mut self) {
+        let mut child = self.serve.take().expect("a server was started");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let st = wait_timeout(&mut child, DEADLINE).expect("the server stops on SIGTERM");
+        assert!(st.success(), "thinlayer serve exited with {st}");
+        assert!(!self.serve_sock.exists(), "the socket is removed on exit");
+    }
+
+    fn start_containerd(&mut self) {
+        let log = self.fx.dir.join("containerd.log");
+        let mut c = Command::new("containerd");
+        c.arg("--config")
+            .arg(&self.config)
+            .env("PATH", PATH)
+            .stdin(Stdio::null());
+        log_to(&mut c, &log);
+        self.containerd = Some(c.spawn().expect("start containerd"));
+        let sock = self.cd_sock.clone();
+        wait_socket(&sock, self.containerd.as_mut().unwrap(), &log);
+    }
+
+    fn stop_containerd(&mut self) {
+        let mut child = self.containerd.take().expect("containerd was started");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        if wait_timeout(&mut child, DEADLINE).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("containerd did not stop on SIGTERM");
+        }
+    }
+
+    /// Runs `ctr -a SOCKET ARGS` (at most 180 s).
+    fn ctr(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = Command::new("timeout")
+            .args(["-k", "5", "180", "ctr", "-a"])
+            .arg(&self.cd_sock)
+            .args(args)
+            .env("PATH", PATH)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr");
+        eprintln!(
+            "ctr {} -> {} in {:.1} s",
+            args.join(" "),
+            out.status,
+            started.elapsed().as_secs_f64()
+        );
+        out
+    }
+
+    /// Runs ctr and insists on success; returns stdout.
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed with {}:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn import(&self, archive: &Path) -> Output {
+        self.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "thinlayer",
+            archive.to_str().unwrap(),
+        ])
+    }
+
+    /// `ctr run` of `sh -c script` in container `id`; returns stdout.
+    fn run_sh(&self, image: &str, id: &str, rm: bool, script: &str) -> Output {
+        let mut args = vec!["run", "--snapshotter", "thinlayer"];
+        if rm {
+            args.push("--rm");
+        }
+        args.extend([image, id, "sh", "-c", script]);
+        self.ctr(&args)
+    }
+
+    /// Waits until containerd reaches the (restarted) server: its gRPC
+    /// client reconnects with a back-off. `snapshots usage` calls the
+    /// snapshotter for every snapshot.
+    fn wait_reconnected(&self) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let out = self.ctr(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "containerd does not reach the restarted server: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Mounts containerd made (rootfs of tasks under its state directory,
+    /// temporary mounts for unpacking) that are still there.
+    fn leftover_mounts(&self) -> Vec<PathBuf> {
+        self.fx
+            .kernel
+            .mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.target)
+            .filter(|t| {
+                t.starts_with(&self.run) || t.to_string_lossy().contains("containerd-mount")
+            })
+            .collect()
+    }
+
+    /// The pool's device-mapper devices other than the pool.
+    fn thin_devices(&self) -> Vec<String> {
+        let pool = format!("{}-pool", self.fx.prefix);
+        self.fx
+            .kernel
+            .dm_list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.fx.prefix) && *n != pool)
+            .collect()
+    }
+
+    fn print_logs(&self) {
+        let mut logs: Vec<PathBuf> = vec![self.fx.dir.join("containerd.log")];
+        logs.extend((1..=self.serves).map(|n| self.fx.dir.join(format!("serve-{n}.log"))));
+        for log in logs {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- {} (last 40 lines)\n{}", log.display(), tail.join("\n"));
+        }
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        if let Some(mut c) = self.containerd.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            if wait_timeout(&mut c, Duration::from_secs(20)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // Shims outlive containerd by design; ours name our socket.
+        kill_shims(&self.cd_sock);
+        if let Some(mut s) = self.serve.take() {
+            let _ = kill(Pid::from_raw(s.id() as i32), Signal::SIGTERM);
+            if wait_timeout(&mut s, Duration::from_secs(20)).is_none() {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
+        }
+        let mut left = self.leftover_mounts();
+        left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in left {
+            let _ = self.fx.kernel.umount(&m, true);
+        }
+        let _ = fs::remove_dir_all(&self.run);
+    }
+}
+
+/// Kills containerd-shim processes started for the containerd at `sock`.
+fn kill_shims(sock: &Path) {
+    let needle = sock.to_string_lossy().into_owned();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends a child's stdout and stderr to one log file.
+fn log_to(c: &mut Command, log: &Path) {
+    let f = fs::File::create(log).unwrap();
+    c.stdout(f.try_clone().unwrap()).stderr(f);
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait for child") {
+            return Some(st);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until something accepts connections on `sock`, failing early if
+/// `child` exits.
+fn wait_socket(sock: &Path, child: &mut Child, log: &Path) {
+    let started = Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            eprintln!(
+                "{} ready in {:.1} s",
+                sock.display(),
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "the server for {} exited with {st}:\n{}",
+                sock.display(),
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{} did not appear within {DEADLINE:?}:\n{}",
+            sock.display(),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `ctr snapshots usage`: KEY, SIZE (a number and a unit), INODES.
+fn usage_rows(out: &str) -> Vec<(String, String, i64)> {
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["KEY", "SIZE", "INODES"], "{out}");
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() >= 3, "usage row {l:?}");
+            (
+                f[0].to_string(),
+                f[1..f.len() - 1].join(" "),
+                f[f.len() - 1].parse().expect("inodes"),
+            )
+        })
+        .collect()
+}
+
+/// Every layer's parent is a committed layer of the tree (and the command
+/// itself fails if the records and the kernel disagree).
+fn check_tree(fx: &Fixture) -> serde_json::Value {
+    let tree = fx.json(&["tree"]);
+    let layers = tree["layers"].as_object().unwrap();
+    for (key, l) in layers {
+        if let Some(p) = l["parent"].as_str() {
+            assert_eq!(
+                layers.get(p).map(|p| p["kind"].clone()),
+                Some(serde_json::json!("committed")),
+                "parent of {key}: {tree}"
+            );
+        }
+    }
+    tree
+}
+
+#[test]
+fn containerd_runs_containers_on_thinlayer() {
+    fixture::run("containerd", |fx| {
+        small_pool(fx);
+        let archive = fx.dir.join("tlbox.tar");
+        write_oci_archive(&archive, IMAGE, &layers(false), Compression::Gzip, true).unwrap();
+        let mut cl = Cluster::new(fx, "cd");
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        let plugins = cl.ctr_ok(&["plugins", "ls"]);
+        assert!(
+            plugins
+                .lines()
+                .any(|l| l.contains("thinlayer") && l.contains("ok")),
+            "{plugins}"
+        );
+
+        let out = cl.import(&archive);
+        assert!(out.status.success(), "{}", text(&out));
+        let images = cl.ctr_ok(&["images", "ls", "-q"]);
+        assert!(images.lines().any(|l| l == IMAGE), "{images}");
+
+        let c1 = cl.run_sh(
+            IMAGE,
+            "c1",
+            false,
+            "echo one > /c1-file && cat /etc/greeting /etc/added && \
+             (test -e /etc/removed && echo REMOVED-VISIBLE || echo removed-gone) && cat /c1-file",
+        );
+        let c1 = text(&c1);
+        for want in [
+            "hello from thinlayer",
+            "added by layer 2",
+            "removed-gone",
+            "one",
+        ] {
+            assert!(c1.contains(want), "c1 printed {c1:?}");
+        }
+        assert!(!c1.contains("REMOVED-VISIBLE"), "{c1}");
+        let c2 = text(&cl.run_sh(
+            IMAGE,
+            "c2",
+            false,
+            "(test -e /c1-file && echo SEES-C1 || echo no-c1) && echo two > /c2-file && cat /c2-file",
+        ));
+        assert!(
+            c2.contains("no-c1") && c2.contains("two") && !c2.contains("SEES-C1"),
+            "c2 printed {c2:?}"
+        );
+        let c3 = text(&cl.run_sh(
+            IMAGE,
+            "c3",
+            true,
+            "echo three > /c3-file && cat /c3-file && ls /",
+        ));
+        assert!(
+            c3.contains("three") && !c3.contains("c1-file") && !c3.contains("c2-file"),
+            "c3 printed {c3:?}"
+        );
+
+        // c1 and c2 keep their snapshots (no --rm): containerd's usage and
+        // thinlayer's own view of the same tree.
+        let usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+        eprintln!("{usage}");
+        let rows = usage_rows(&usage);
+        for id in ["c1", "c2"] {
+            let row = rows
+                .iter()
+                .find(|r| r.0 == id)
+                .unwrap_or_else(|| panic!("{id} in {usage}"));
+            assert_eq!(row.2, 0, "inodes are not counted: {usage}");
+            let n: f64 = row.1.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(n > 0.0, "{id} wrote a file: {usage}");
+        }
+        assert_eq!(rows.len(), 4, "two image layers and c1, c2: {usage}");
+        let ps = fx.json(&["ps"]);
+        let names: Vec<&str> = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{ps}");
+        assert!(
+            names.iter().any(|n| n.ends_with("/c1")) && names.iter().any(|n| n.ends_with("/c2")),
+            "{ps}"
+        );
+        let tree = fx.ok(&["tree"]);
+        eprintln!("{tree}");
+        assert!(tree.contains("/c1") && tree.contains("sha256:"), "{tree}");
+        assert_eq!(check_tree(fx)["layers"].as_object().unwrap().len(), 4);
+
+        // Removing a parent that has children is refused.
+        let snaps = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+        let committed = snaps
+            .lines()
+            .find(|l| l.contains("Committed"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("a committed snapshot")
+            .to_string();
+        let out = cl.ctr(&["snapshots", "--snapshotter", "thinlayer", "rm", &committed]);
+        assert!(!out.status.success(), "{}", text(&out));
+
+        cl.ctr_ok(&["containers", "rm", "c1", "c2"]);
+        cl.ctr_ok(&["images", "rm", "--sync", IMAGE]);
+        let snaps = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+        assert_eq!(snaps.lines().count(), 1, "only the header is left: {snaps}");
+        assert!(
+            fx.json(&["tree"])["layers"].as_object().unwrap().is_empty(),
+            "containerd removed every snapshot"
+        );
+
+        cl.stop_containerd();
+        cl.stop_serve();
+        kill_shims(&cl.cd_sock);
+        assert_eq!(cl.thin_devices(), Vec::<String>::new());
+        assert_eq!(cl.leftover_mounts(), Vec::<PathBuf>::new());
+    });
+}
+
+#[test]
+fn serve_recovers_after_being_killed_in_prepare_and_commit() {
+    fixture::run("containerd-kill", |fx| {
+        small_pool(fx);
+        let archive = fx.dir.join("tlbox.tar");
+        write_oci_archive(&archive, IMAGE, &layers(false), Compression::Gzip, true).unwrap();
+        let archive2 = fx.dir.join("tlbox2.tar");
+        write_oci_archive(&archive2, IMAGE2, &layers(true), Compression::Gzip, true).unwrap();
+        let mut cl = Cluster::new(fx, "cdk");
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        let out = cl.import(&archive);
+        assert!(out.status.success(), "{}", text(&out));
+
+        // Killed in a Prepare, after the kernel made the thin device and
+        // before the transaction id confirmed it.
+        cl.stop_serve();
+        cl.start_serve(&[("THINLAYER_FAILPOINT", "create.after-message")]);
+        cl.wait_reconnected();
+        let out = cl.run_sh(IMAGE, "k1", true, "echo never");
+        assert!(!out.status.success(), "{}", text(&out));
+        assert_eq!(cl.serve_died().signal(), Some(9));
+        // The killed server's socket file is left; the next one replaces it.
+        assert!(cl.serve_sock.exists());
+        cl.start_serve(&[]);
+        cl.wait_reconnected();
+        check_tree(fx);
+        let out = cl.run_sh(IMAGE, "k1", true, "cat /etc/greeting");
+        assert!(
+            out.status.success() && text(&out).contains("hello from thinlayer"),
+            "{}",
+            text(&out)
+        );
+
+        // Killed in a Commit (unpacking layer 3), after the records were
+        // written and before containerd heard back.
+        cl.stop_serve();
+        cl.start_serve(&[("THINLAYER_FAILPOINT", "commit.after-record")]);
+        cl.wait_reconnected();
+        let out = cl.import(&archive2);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert_eq!(cl.serve_died().signal(), Some(9));
+        cl.start_serve(&[]);
+        cl.wait_reconnected();
+        check_tree(fx);
+        let out = cl.import(&archive2);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = cl.run_sh(IMAGE2, "k2", true, "cat /etc/third /etc/added");
+        assert!(
+            out.status.success() && text(&out).contains("layer 3"),
+            "{}",
+            text(&out)
+        );
+        eprintln!("{}", fx.ok(&["tree"]));
+        check_tree(fx);
+
+        // containerd's garbage collector removes what the killed calls
+        // left (the layer committed under a name containerd never stored).
+        cl.ctr_ok(&["images", "rm", "--sync", IMAGE, IMAGE2]);
+        let tree = check_tree(fx);
+        assert!(
+            tree["layers"].as_object().unwrap().is_empty(),
+            "every snapshot is gone: {tree}"
+        );
+        cl.stop_containerd();
+        cl.stop_serve();
+        kill_shims(&cl.cd_sock);
+        assert_eq!(cl.thin_devices(), Vec::<String>::new());
+        assert_eq!(cl.leftover_mounts(), Vec::<PathBuf>::new());
+    });
+}
