@@ -63,7 +63,9 @@ impl FromStr for Bytes {
     type Err = Error;
 
     /// Parses `4096`, `64k`, `64KiB`, `10G`, `1.5GiB`: powers of 1024, as
-    /// Docker's `dm.basesize` and LVM sizes do.
+    /// Docker's `dm.basesize` and LVM sizes do. Exact: no floating point; a
+    /// fraction must come out to whole bytes, and anything above 2^64 − 1
+    /// is refused.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(
@@ -77,10 +79,7 @@ impl FromStr for Bytes {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        if num.is_empty() {
-            return Err(bad());
-        }
-        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        let shift: u32 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 0,
             "k" | "kb" | "kib" => 10,
             "m" | "mb" | "mib" => 20,
@@ -88,12 +87,35 @@ impl FromStr for Bytes {
             "t" | "tb" | "tib" => 40,
             _ => return Err(bad()),
         };
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let bytes = value * (1u64 << shift) as f64;
-        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 || bytes.fract() != 0.0 {
+        let (int, frac) = match num.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (num, ""),
+        };
+        if int.is_empty()
+            || frac.contains('.')
+            || (num.contains('.') && frac.is_empty())
+            || frac.len() > 18
+        {
             return Err(bad());
         }
-        Ok(Bytes(bytes as u64))
+        let int: u128 = int.parse().map_err(|_| bad())?;
+        let whole = int
+            .checked_shl(shift)
+            .filter(|v| *v >> shift == int)
+            .ok_or_else(bad)?;
+        let fraction = if frac.is_empty() {
+            0
+        } else {
+            let digits: u128 = frac.parse().map_err(|_| bad())?;
+            let scaled = digits << shift;
+            let denom = 10u128.pow(frac.len() as u32);
+            if scaled % denom != 0 {
+                return Err(bad());
+            }
+            scaled / denom
+        };
+        let total = whole.checked_add(fraction).ok_or_else(bad)?;
+        u64::try_from(total).map(Bytes).map_err(|_| bad())
     }
 }
 
@@ -183,8 +205,19 @@ impl BlockSize {
 
 impl TryFrom<u64> for BlockSize {
     type Error = Error;
+    /// From a sector count (as records store it), checked before any
+    /// conversion to bytes, which could overflow.
     fn try_from(sectors: u64) -> Result<Self> {
-        BlockSize::from_bytes(Sectors(sectors).bytes())
+        if !(Self::MIN_SECTORS..=Self::MAX_SECTORS).contains(&sectors)
+            || !sectors.is_multiple_of(Self::MIN_SECTORS)
+        {
+            return Err(Error::invalid(
+                "block size",
+                &format!("{sectors} sectors"),
+                "the pool's block size must be a multiple of 64 KiB between 64 KiB and 1 GiB",
+            ));
+        }
+        Ok(BlockSize(Sectors(sectors)))
     }
 }
 
@@ -205,7 +238,27 @@ mod tests {
         assert_eq!("64KiB".parse::<Bytes>().unwrap(), Bytes(65536));
         assert_eq!("10G".parse::<Bytes>().unwrap(), Bytes(10 << 30));
         assert_eq!("1.5GiB".parse::<Bytes>().unwrap(), Bytes(3 << 29));
-        for bad in ["", "G", "-1", "1.2.3", "10X", "0.3"] {
+        assert_eq!(
+            "9007199254740993".parse::<Bytes>().unwrap(),
+            Bytes(9_007_199_254_740_993)
+        );
+        assert_eq!(
+            "18446744073709551615".parse::<Bytes>().unwrap(),
+            Bytes(u64::MAX)
+        );
+        assert_eq!("0.5K".parse::<Bytes>().unwrap(), Bytes(512));
+        for bad in [
+            "",
+            "G",
+            "-1",
+            "1.2.3",
+            "10X",
+            "0.3",
+            "1.",
+            ".5",
+            "18446744073709551616",
+            "16777216T",
+        ] {
             assert!(bad.parse::<Bytes>().is_err(), "{bad:?} must be refused");
         }
     }

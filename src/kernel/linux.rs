@@ -417,7 +417,14 @@ impl Kernel for Linux {
     }
 
     fn thin_check(&self, metadata: &Path) -> Result<()> {
-        run_tool("thin_check", &[&metadata.to_string_lossy()]).map(|_| ())
+        // As LVM does on activation: a sound check also clears the
+        // needs_check flag the kernel set after an error, without which the
+        // pool would come up read-only again.
+        run_tool(
+            "thin_check",
+            &["--clear-needs-check-flag", &metadata.to_string_lossy()],
+        )
+        .map(|_| ())
     }
 
     fn thin_repair(&self, metadata: &Path, into: &Path) -> Result<()> {

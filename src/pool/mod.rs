@@ -310,10 +310,19 @@ impl Pool<'_> {
         // LVM checks a thin pool's metadata on every activation; so do we.
         // The check also clears a needs_check flag the kernel set after an
         // error, once the metadata is found sound.
-        self.kernel.thin_check(&backing.metadata_path).map_err(|e| Error::CheckFailed {
-            pool: self.name(),
-            detail: format!("{e}; the pool was not activated. Run `thinlayer pool repair` with the pool offline"),
-        })?;
+        let hint = match &self.config.source {
+            PoolSource::LoopFiles { .. } => "run `thinlayer pool repair`".to_string(),
+            _ => format!(
+                "repair it with thin_repair (e.g. `thin_repair -i {} -o NEW_DEVICE`, then use NEW_DEVICE as the metadata device)",
+                backing.metadata_path.display()
+            ),
+        };
+        self.kernel
+            .thin_check(&backing.metadata_path)
+            .map_err(|e| Error::CheckFailed {
+                pool: self.name(),
+                detail: format!("{e}; the pool was not activated: {hint}"),
+            })?;
         self.load(&backing)?;
         Ok(true)
     }

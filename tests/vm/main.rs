@@ -8,6 +8,7 @@ mod fixture;
 mod cli;
 mod containerd;
 mod crash;
+mod faults;
 mod images;
 mod kernel;
 mod pool;
