@@ -109,7 +109,7 @@ impl FromStr for Bytes {
             let digits: u128 = frac.parse().map_err(|_| bad())?;
             let scaled = digits << shift;
             let denom = 10u128.pow(frac.len() as u32);
-            if scaled % denom != 0 {
+            if !scaled.is_multiple_of(denom) {
                 return Err(bad());
             }
             scaled / denom

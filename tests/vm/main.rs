@@ -5,6 +5,7 @@
 
 mod fixture;
 
+mod bench;
 mod cli;
 mod containerd;
 mod crash;
