@@ -170,10 +170,6 @@ impl Driver {
 }
 
 impl Op<'_> {
-    fn base_mount_path(&self) -> std::path::PathBuf {
-        self.driver.store.root().join(super::MOUNT_DIR).join("base")
-    }
-
     /// Mounts the base device read-only (never written after its mkfs).
     /// Not reference counted: one user at a time, under the root's lock; the
     /// reconciler removes a mount a crash left.
@@ -187,16 +183,7 @@ impl Op<'_> {
         let (dev, _) =
             crate::thin::Thins { pool: &pool }.activate(id, self.rec.pool.base_size, true)?;
         let target = self.base_mount_path();
-        std::fs::create_dir_all(&target)
-            .map_err(|e| Error::io("create mount point", &target, e))?;
-        let fs = self.rec.pool.filesystem;
-        self.kernel().mount(&crate::kernel::MountRequest {
-            source: &dev,
-            target: &target,
-            fstype: fs.name(),
-            read_only: true,
-            data: fs.mount_options(true),
-        })?;
+        self.mount_fs(&dev, &target, true)?;
         Ok(target)
     }
 

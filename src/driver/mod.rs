@@ -368,6 +368,25 @@ impl Op<'_> {
             .ok_or_else(|| Error::not_found("image", r.to_string()))
     }
 
+    /// Where the base device is mounted while it is read or prepared.
+    fn base_mount_path(&self) -> PathBuf {
+        self.driver.store.root().join(MOUNT_DIR).join("base")
+    }
+
+    /// Makes the mount point and mounts the pool's filesystem from `dev`
+    /// on it, with thinlayer's options for that filesystem.
+    fn mount_fs(&self, dev: &Path, target: &Path, read_only: bool) -> Result<()> {
+        fs::create_dir_all(target).map_err(|e| Error::io("create mount point", target, e))?;
+        let fs = self.rec.pool.filesystem;
+        self.kernel().mount(&MountRequest {
+            source: dev,
+            target,
+            fstype: fs.name(),
+            read_only,
+            data: fs.mount_options(read_only),
+        })
+    }
+
     fn mount_path(&self, l: &Layer) -> PathBuf {
         self.driver
             .store
@@ -463,16 +482,8 @@ impl Op<'_> {
     /// ext4's `lost+found`) to the epoch, so that every pool's base, and so
     /// every image imported onto it, holds the same tree.
     fn settle_base_times(&self, dev: &Path) -> Result<()> {
-        let target = self.driver.store.root().join(MOUNT_DIR).join("base");
-        fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
-        let fs = self.rec.pool.filesystem;
-        self.kernel().mount(&MountRequest {
-            source: dev,
-            target: &target,
-            fstype: fs.name(),
-            read_only: false,
-            data: fs.mount_options(false),
-        })?;
+        let target = self.base_mount_path();
+        self.mount_fs(dev, &target, false)?;
         let epoch = nix::sys::time::TimeSpec::new(0, 0);
         let mut set = Ok(());
         for p in [target.join("lost+found"), target.clone()] {
@@ -580,16 +591,7 @@ impl Op<'_> {
         let target = self.mount_path(&l);
         if l.mounts == 0 {
             let (dev, _) = self.activate(&l)?;
-            fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
-            let fs = self.rec.pool.filesystem;
-            let req = MountRequest {
-                source: &dev,
-                target: &target,
-                fstype: fs.name(),
-                read_only: l.kind.read_only(),
-                data: fs.mount_options(l.kind.read_only()),
-            };
-            if let Err(e) = self.kernel().mount(&req) {
+            if let Err(e) = self.mount_fs(&dev, &target, l.kind.read_only()) {
                 let _ = fs::remove_dir(&target);
                 if !l.pinned {
                     let _ = self.deactivate(&l);
