@@ -189,7 +189,7 @@ impl Op<'_> {
 
     fn umount_base(&mut self) -> Result<()> {
         let target = self.base_mount_path();
-        self.kernel().umount(&target, false)?;
+        self.umount_settled(&target)?;
         let _ = std::fs::remove_dir(&target);
         let id = self.rec.tree.base.expect("mounted above");
         let pool = self.pool();

@@ -387,6 +387,21 @@ impl Op<'_> {
         })
     }
 
+    /// Unmounts `target`, retrying EBUSY for up to a second: a process
+    /// forked elsewhere holds copies of every open file until it execs, so
+    /// a mount whose files were just closed can be busy for a moment.
+    fn umount_settled(&self, target: &Path) -> Result<()> {
+        for _ in 0..20 {
+            match self.kernel().umount(target, false) {
+                Err(e) if e.errno() == Some(nix::errno::Errno::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+        self.kernel().umount(target, false)
+    }
+
     fn mount_path(&self, l: &Layer) -> PathBuf {
         self.driver
             .store
@@ -502,7 +517,7 @@ impl Op<'_> {
                 );
             }
         }
-        let down = self.kernel().umount(&target, false);
+        let down = self.umount_settled(&target);
         let _ = fs::remove_dir(&target);
         set.and(down)
     }
@@ -612,7 +627,7 @@ impl Op<'_> {
         }
         if l.mounts == 1 {
             let target = self.mount_path(&l);
-            self.kernel().umount(&target, false).map_err(|e| {
+            self.umount_settled(&target).map_err(|e| {
                 if e.errno() == Some(nix::errno::Errno::EBUSY) {
                     Error::Busy {
                         kind: "layer",
