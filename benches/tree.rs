@@ -17,7 +17,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use thinlayer::Driver;
 use thinlayer::kernel::Sim;
 use thinlayer::pool::{PoolOptions, SourceOptions};
-use thinlayer::records::{Records, Store};
+use thinlayer::records::{Durability, Records, Store};
 use thinlayer::tree::{IdAllocator, Kind, Layer, Tree};
 use thinlayer::units::{Bytes, ThinId};
 
@@ -128,13 +128,16 @@ fn records(c: &mut Criterion) {
     let opts = PoolOptions::default();
     let mut rec = Records::new(thinlayer::pool::config_for(&dir, &opts));
     rec.tree = wide_tree();
-    store.save(&rec).expect("save");
+    store.save(&rec, Durability::Durable).expect("save");
     let size = std::fs::metadata(store.path())
         .map(|m| m.len())
         .unwrap_or(0);
     println!("state.json with {LAYERS} layers: {size} bytes");
-    c.bench_function("records/save (10k layers, fsync)", |b| {
-        b.iter(|| store.save(black_box(&rec)))
+    c.bench_function("records/save (10k layers, durable)", |b| {
+        b.iter(|| store.save(black_box(&rec), Durability::Durable))
+    });
+    c.bench_function("records/save (10k layers, atomic)", |b| {
+        b.iter(|| store.save(black_box(&rec), Durability::Atomic))
     });
     c.bench_function("records/load (10k layers)", |b| {
         b.iter(|| store.load().map(|r| r.tree.layers.len()))
@@ -164,7 +167,7 @@ fn driver_ops(c: &mut Criterion) {
     let mut tree = wide_tree();
     tree.base = rec.tree.base;
     rec.tree = tree;
-    store.save(&rec).expect("save");
+    store.save(&rec, Durability::Durable).expect("save");
     let mut n = 0u64;
     c.bench_function("driver/create+remove container (10k layers)", |b| {
         b.iter(|| {

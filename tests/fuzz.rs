@@ -25,7 +25,7 @@ use thinlayer::image::build::{
 use thinlayer::image::{Compression, ImageArchive};
 use thinlayer::layer::{apply_layer, compare_trees, write_diff};
 use thinlayer::pool::{PoolOptions, SourceOptions, config_for};
-use thinlayer::records::{Intent, Records, Store};
+use thinlayer::records::{Durability, Intent, Records, Store};
 use thinlayer::tree::{Image, ImageRef, Kind, Layer, validate_container_name, validate_key};
 use thinlayer::units::{BlockSize, Bytes, ThinId};
 
@@ -1200,7 +1200,7 @@ fn check_records(layers: u32, mutations: &[Mutation]) {
     let s = Scratch::new("records");
     let store = Store::new(s.path());
     let records = sample_records(s.path(), layers);
-    store.save(&records).unwrap();
+    store.save(&records, Durability::Durable).unwrap();
     assert_eq!(store.load().unwrap(), records, "save/load round trip");
     let mut bytes = fs::read(store.path()).unwrap();
     for m in mutations {
@@ -1289,10 +1289,13 @@ fn seed_records() {
     // A thin id past 24 bits is refused as corrupt, not accepted.
     let s = Scratch::new("records-seed");
     let store = Store::new(s.path());
-    store.save(&sample_records(s.path(), 1)).unwrap();
+    store
+        .save(&sample_records(s.path(), 1), Durability::Durable)
+        .unwrap();
     let text = fs::read_to_string(store.path()).unwrap();
-    let text = text.replacen("\"thin_id\": 2", "\"thin_id\": 16777216", 1);
-    fs::write(store.path(), &text).unwrap();
+    let edited = text.replacen("\"thin_id\":2", "\"thin_id\":16777216", 1);
+    assert_ne!(edited, text, "the records hold thin id 2");
+    fs::write(store.path(), &edited).unwrap();
     assert!(matches!(store.load(), Err(Error::CorruptRecords { .. })));
 }
 
@@ -1302,7 +1305,9 @@ fn seed_records() {
 fn records_with_a_huge_block_size_are_corrupt() {
     let s = Scratch::new("records-huge");
     let store = Store::new(s.path());
-    store.save(&sample_records(s.path(), 1)).unwrap();
+    store
+        .save(&sample_records(s.path(), 1), Durability::Durable)
+        .unwrap();
     let mut v: serde_json::Value =
         serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
     let mut wrong = Vec::new();

@@ -26,7 +26,7 @@ impl Driver {
         let mut op = self.begin_unreconciled()?;
         op.take_offline()?;
         op.pool().activate()?;
-        op.reconcile()
+        op.reconcile(true)
     }
 
     /// Rebuilds damaged pool metadata with `thin_repair` into a new file,
@@ -70,7 +70,7 @@ impl Driver {
             sync_dir(dir)?;
         }
         op.pool().activate()?;
-        op.reconcile()?;
+        op.reconcile(true)?;
         Ok(damaged)
     }
 }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::kernel::{Kernel, MountRequest};
 use crate::pool::{self, Pool, PoolMode, PoolOptions, PoolStatus};
-use crate::records::{Intent, Records, RootLock, Store};
+use crate::records::{Durability, Intent, Records, RootLock, Store};
 use crate::thin::Thins;
 use crate::tree::{Image, ImageRef, Kind, Layer, Tree, validate_container_name};
 use crate::units::ThinId;
@@ -45,7 +45,18 @@ pub struct Driver {
 struct Op<'a> {
     driver: &'a Driver,
     rec: Records,
-    _lock: RootLock,
+    lock: RootLock,
+}
+
+impl Drop for Op<'_> {
+    /// An operation that returns, with its result or a handled error, has
+    /// cleaned up after itself; one that panics has not, and one killed
+    /// never gets here: the next operation then checks everything.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.lock.set_busy(false);
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -94,16 +105,17 @@ impl Driver {
             return Err(e);
         }
         failpoint::hit("init.after-pool");
+        lock.set_busy(true);
         let mut op = Op {
             driver: &driver,
             rec: Records::new(config),
-            _lock: lock,
+            lock,
         };
         let made = (|| {
             // The pool's transaction id is ours from now on; a pool someone
             // else made (LVM) may have its own, which we adopt.
             op.rec.transaction = op.pool().kernel_status()?.transaction;
-            driver.store.save(&op.rec)?;
+            op.save()?;
             failpoint::hit("init.after-records");
             op.make_base()
         })();
@@ -152,12 +164,14 @@ impl Driver {
     fn begin(&self) -> Result<Op<'_>> {
         let lock = self.store.lock()?;
         let rec = self.store.load()?;
+        let interrupted = lock.interrupted();
+        lock.set_busy(true);
         let mut op = Op {
             driver: self,
             rec,
-            _lock: lock,
+            lock,
         };
-        op.reconcile()?;
+        op.reconcile(interrupted)?;
         Ok(op)
     }
 
@@ -166,10 +180,11 @@ impl Driver {
     fn begin_unreconciled(&self) -> Result<Op<'_>> {
         let lock = self.store.lock()?;
         let rec = self.store.load()?;
+        lock.set_busy(true);
         Ok(Op {
             driver: self,
             rec,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -187,12 +202,12 @@ impl Driver {
 
     /// The records as they stand.
     pub fn records(&self) -> Result<Records> {
-        Ok(self.begin()?.rec)
+        Ok(self.begin()?.rec.clone())
     }
 
     /// Every layer.
     pub fn tree(&self) -> Result<Tree> {
-        Ok(self.begin()?.rec.tree)
+        Ok(std::mem::take(&mut self.begin()?.rec.tree))
     }
 
     /// Creates a container from an image (`None`: from the empty base).
@@ -356,8 +371,15 @@ impl Op<'_> {
         }
     }
 
+    /// Saves the records durably.
     fn save(&self) -> Result<()> {
-        self.driver.store.save(&self.rec)
+        self.driver.store.save(&self.rec, Durability::Durable)
+    }
+
+    /// Saves the records atomically, without waiting for the directory:
+    /// for changes that a power cut may undo (see [`Durability::Atomic`]).
+    fn save_atomic(&self) -> Result<()> {
+        self.driver.store.save(&self.rec, Durability::Atomic)
     }
 
     fn image(&self, r: &ImageRef) -> Result<&Image> {
@@ -441,7 +463,9 @@ impl Op<'_> {
         failpoint::hit(&format!("{name}.after-transaction"));
         let intent = self.rec.pending.take().expect("set above");
         self.apply(intent);
-        self.save()?;
+        // Durable already: the intent on disk and the kernel's transaction
+        // id finish this record after a power cut.
+        self.save_atomic()?;
         failpoint::hit(&format!("{name}.after-record"));
         Ok(())
     }
@@ -616,7 +640,8 @@ impl Op<'_> {
             failpoint::hit("mount.after-mount");
         }
         self.rec.tree.get_mut(key)?.mounts += 1;
-        self.save()?;
+        // Mount counts do not outlive a reboot.
+        self.save_atomic()?;
         Ok(target)
     }
 
@@ -645,7 +670,7 @@ impl Op<'_> {
             }
         }
         self.rec.tree.get_mut(key)?.mounts -= 1;
-        self.save()
+        self.save_atomic()
     }
 
     fn commit(&mut self, key: &str, new_key: &str) -> Result<Layer> {

@@ -10,12 +10,13 @@
 //!    the tree does not are deleted; ids the tree has and the kernel lacks
 //!    are reported, never silently dropped;
 //! 5. device-mapper devices of this root that no layer needs are removed,
-//!    suspended ones resumed, and mounts under the root that no layer owns
-//!    are unmounted; mount counts of layers that are no longer mounted
-//!    (a reboot) are reset;
+//!    and mounts under the root that no layer owns are unmounted; mount
+//!    counts of layers that are no longer mounted (a reboot, an unmount by
+//!    hand) are reset; after a reboot or an operation that did not finish
+//!    (see [`crate::records::RootLock`]), devices left suspended are resumed;
 //! 6. layers of an image import that was killed are removed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 
 use super::Op;
@@ -25,7 +26,8 @@ use crate::thin::{self, Thins};
 use crate::units::ThinId;
 
 impl Op<'_> {
-    pub(super) fn reconcile(&mut self) -> Result<()> {
+    /// `interrupted`: the previous operation on this root did not finish.
+    pub(super) fn reconcile(&mut self, interrupted: bool) -> Result<()> {
         let activated = self.pool().activate()?;
         if activated {
             tracing::info!(pool = self.pool().name(), "pool activated");
@@ -39,7 +41,10 @@ impl Op<'_> {
         if activated || had_pending {
             self.remove_orphans()?;
         }
-        self.clean_devices()?;
+        if interrupted {
+            tracing::info!("the previous operation did not finish; checking every device");
+        }
+        self.clean_devices(activated || had_pending || interrupted)?;
         self.remove_crashed_imports()
     }
 
@@ -139,25 +144,40 @@ impl Op<'_> {
         Ok(())
     }
 
-    /// Removes devices and mounts of this root that no layer needs.
-    fn clean_devices(&mut self) -> Result<()> {
+    /// Removes devices and mounts of this root that no layer needs; `deep`
+    /// also resumes devices left suspended. Linear in the number of layers
+    /// and devices: it runs before every operation.
+    fn clean_devices(&mut self, deep: bool) -> Result<()> {
         let mnt = self.driver.store.root().join(super::MOUNT_DIR);
         let mounts = self.kernel().mounts()?;
+        let targets: HashSet<&std::path::Path> =
+            mounts.iter().map(|m| m.target.as_path()).collect();
         let mut changed = false;
 
-        let keys: Vec<String> = self.rec.tree.layers.keys().cloned().collect();
-        for key in &keys {
-            let l = &self.rec.tree.layers[key];
-            let path = self.mount_path(l);
-            if l.mounts > 0 && !mounts.iter().any(|m| m.target == path) {
-                tracing::info!(
-                    layer = key,
-                    "layer no longer mounted; resetting its mount count"
-                );
-                self.rec.tree.layers.get_mut(key).expect("listed").mounts = 0;
-                changed = true;
-            }
+        let stale: Vec<String> = self
+            .rec
+            .tree
+            .layers
+            .values()
+            .filter(|l| l.mounts > 0 && !targets.contains(self.mount_path(l).as_path()))
+            .map(|l| l.key.clone())
+            .collect();
+        for key in stale {
+            tracing::info!(
+                layer = key,
+                "layer no longer mounted; resetting its mount count"
+            );
+            self.rec.tree.get_mut(&key)?.mounts = 0;
+            changed = true;
         }
+        // Whether each thin id's layer needs its device, and its mounts.
+        let by_id: BTreeMap<u32, (bool, u32)> = self
+            .rec
+            .tree
+            .layers
+            .values()
+            .map(|l| (l.thin_id.get(), (l.mounts > 0 || l.pinned, l.mounts)))
+            .collect();
         for m in mounts
             .iter()
             .filter(|m| m.target.parent() == Some(mnt.as_path()))
@@ -167,9 +187,8 @@ impl Op<'_> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.parse::<u32>().ok())
-                .and_then(|id| ThinId::new(id).ok())
-                .and_then(|id| self.rec.tree.by_thin_id(id));
-            if owner.is_none_or(|l| l.mounts == 0) {
+                .and_then(|id| by_id.get(&id));
+            if owner.is_none_or(|&(_, mounts)| mounts == 0) {
                 tracing::warn!(target = %m.target.display(), "unmounting a mount no layer owns");
                 self.kernel().umount(&m.target, true)?;
                 let _ = fs::remove_dir(&m.target);
@@ -181,13 +200,9 @@ impl Op<'_> {
             let Some(id) = thin::parse_dm_name(&prefix, &name) else {
                 continue;
             };
-            let needed = self
-                .rec
-                .tree
-                .by_thin_id(id)
-                .is_some_and(|l| l.mounts > 0 || l.pinned);
+            let needed = by_id.get(&id.get()).is_some_and(|&(needed, _)| needed);
             if needed {
-                if self.kernel().dm_info(&name)?.is_some_and(|i| i.suspended) {
+                if deep && self.kernel().dm_info(&name)?.is_some_and(|i| i.suspended) {
                     tracing::warn!(device = name, "resuming a device left suspended");
                     self.kernel().dm_resume(&name)?;
                 }
@@ -197,7 +212,7 @@ impl Op<'_> {
             }
         }
         if changed {
-            self.save()?;
+            self.save_atomic()?;
         }
         Ok(())
     }

@@ -348,6 +348,32 @@ fn stale_devices_and_mounts_are_cleaned() {
 }
 
 #[test]
+fn an_operation_that_died_makes_the_next_one_check_every_device() {
+    let (w, d) = World::new();
+    d.create_container("a", None).unwrap();
+    d.create_container("b", None).unwrap();
+    d.mount("a").unwrap();
+    let rec = d.records().unwrap();
+    let dev = format!("{}-{}", rec.pool.prefix, rec.tree.layers["a"].thin_id);
+    // A process dies half-way through mounting `b`, after something
+    // (say, a snapshot of `a`'s device) had suspended `a`.
+    w.sim.dm_suspend(&dev, true).unwrap();
+    crate::failpoint::arm("mount.after-mount");
+    let died = catch_unwind(AssertUnwindSafe(|| d.mount("b")));
+    crate::failpoint::arm("disarmed");
+    assert!(died.is_err(), "the mount was to die at its failpoint");
+    d.status().unwrap();
+    let info = w.sim.dm_info(&dev).unwrap().expect("a is mounted");
+    assert!(
+        !info.suspended,
+        "the next operation resumes what the dead one left"
+    );
+    assert!(d.records().unwrap().tree.layers["b"].mounts == 0);
+    d.umount("a").unwrap();
+    w.check_invariants();
+}
+
+#[test]
 fn threads_share_one_handle() {
     let (w, d) = World::new();
     let d = Arc::new(d);
