@@ -166,9 +166,29 @@ fn a_full_pool_fails_writes_promptly_and_refuses_new_layers() {
         fx.init_pool("96M", "4M", Some("256M"), &[]);
         fx.ok(&["container", "create", "scratch", "hog"]);
         let m = fx.ok(&["container", "mount", "hog"]);
+        // Most of the pool first, untimed, so that the timed writer reaches
+        // the end of the pool soon: what is timed is how long a writer
+        // waits once the pool is full, not how fast the VM writes.
+        let pre = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=64", "conv=fsync"])
+            .arg(format!("of={}/most", m.trim()))
+            .output()
+            .unwrap();
+        assert!(pre.status.success(), "64 MiB fit in a 96 MiB pool: {pre:?}");
+        let st = fx.json(&["pool", "status"]);
+        assert_eq!(st["mode"], "read_write", "{st}");
+        // Direct I/O: each write reaches the pool before dd goes on, so the
+        // write that finds the pool full is the one that fails (buffered,
+        // the error would wait for writeback and the final fsync).
         let started = std::time::Instant::now();
         let out = Command::new("dd")
-            .args(["if=/dev/zero", "bs=1M", "count=200", "conv=fsync"])
+            .args([
+                "if=/dev/zero",
+                "bs=1M",
+                "count=200",
+                "oflag=direct",
+                "conv=fsync",
+            ])
             .arg(format!("of={}/fill", m.trim()))
             .output()
             .unwrap();
@@ -180,6 +200,14 @@ fn a_full_pool_fails_writes_promptly_and_refuses_new_layers() {
             started.elapsed() < std::time::Duration::from_secs(45),
             "the writer hung {:?} (queue_if_no_space?)",
             started.elapsed()
+        );
+        println!(
+            "the writer failed after {:?}: {}",
+            started.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
         );
         let st = fx.json(&["pool", "status"]);
         assert_eq!(st["mode"], "out_of_data_space", "{st}");
