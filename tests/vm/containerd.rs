@@ -515,7 +515,16 @@ fn containerd_runs_containers_on_thinlayer() {
 
         // c1 and c2 keep their snapshots (no --rm): containerd's usage and
         // thinlayer's own view of the same tree.
-        let usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+        // c3 ran with --rm: containerd's garbage collector removes its
+        // snapshot in the background, a moment later on a busy machine.
+        let mut usage = String::new();
+        for _ in 0..60 {
+            usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+            if !usage_rows(&usage).iter().any(|r| r.0 == "c3") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         eprintln!("{usage}");
         let rows = usage_rows(&usage);
         for id in ["c1", "c2"] {
