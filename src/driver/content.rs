@@ -86,12 +86,15 @@ impl Driver {
                 let layer =
                     op.create_layer(&work, parent.as_deref(), Kind::Active, None, labels, false)?;
                 made.push(work.clone());
+                crate::failpoint::hit("import.after-create");
                 let mount = op.mount(&work)?;
+                crate::failpoint::hit("import.after-mount");
                 let applied = apply(i, &mount);
                 op.umount(&work)?;
                 applied?;
                 crate::failpoint::hit("import.after-apply");
                 op.commit(&work, &l.key)?;
+                crate::failpoint::hit("import.after-commit");
                 made.pop();
                 made.push(l.key.clone());
                 out.push(ImportedLayer {
@@ -101,6 +104,7 @@ impl Driver {
                 });
                 parent = Some(l.key.clone());
             }
+            crate::failpoint::hit("import.after-layers");
             // Named, the layers are the image's: drop the in-progress marks.
             for key in &made {
                 op.rec.tree.get_mut(key)?.labels.remove(IMPORTING);
