@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use crate::tree::{ImageRef, Kind, Layer};
 use crate::units::ThinId;
 
-/// Label on the layers of an import in progress. The import holds the
-/// root's lock from start to end, so a layer still carrying it when another
-/// command takes the lock was left by a crashed import and is removed.
+/// Label on the layers of an import in progress, and on the layers an
+/// image removal is about to remove. Both hold the root's lock from start to
+/// end, so a layer still carrying it when another command takes the lock was
+/// left by a killed import or removal, and is removed.
 pub const IMPORTING: &str = "thinlayer.io/importing";
 
 /// One layer of an image to import, bottom first.

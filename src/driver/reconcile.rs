@@ -13,7 +13,7 @@
 //!    suspended ones resumed, and mounts under the root that no layer owns
 //!    are unmounted; mount counts of layers that are no longer mounted
 //!    (a reboot) are reset;
-//! 6. layers of an image import that was killed are removed.
+//! 6. layers of an image import or removal that was killed are removed.
 
 use std::collections::BTreeSet;
 use std::fs;
