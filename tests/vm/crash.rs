@@ -350,13 +350,7 @@ pub fn check_root(fx: &Fixture, what: &str) -> Records {
 
     let name = |l: &thinlayer::tree::Layer| thinlayer::thin::dm_name(&fx.prefix, l.thin_id);
     let pool = format!("{}-pool", fx.prefix);
-    let devices: BTreeSet<String> = fx
-        .kernel
-        .dm_list()
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with(&format!("{}-", fx.prefix)))
-        .collect();
+    let devices: BTreeSet<String> = fx.devices().into_iter().collect();
     let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0);
     let mut needed: BTreeSet<String> = mounted.clone().map(name).collect();
     needed.insert(pool.clone());
@@ -514,15 +508,7 @@ fn reboot(fx: &Fixture) {
             fx.kernel.umount(&m.target, false).unwrap();
         }
     }
-    let mut devices: Vec<String> = fx
-        .kernel
-        .dm_list()
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with(&fx.prefix))
-        .collect();
-    devices.sort_by_key(|n| n.ends_with("-pool"));
-    for d in devices {
+    for d in fx.devices() {
         fx.kernel.dm_remove(&d, false).unwrap();
     }
     let end = Instant::now() + Duration::from_secs(5);
@@ -604,11 +590,7 @@ fn orphan(fx: &Fixture, base: &Baseline, point: &str) {
     fx.kernel
         .dm_message(&format!("{}-pool", fx.prefix), "create_thin 4000")
         .unwrap();
-    reboot(fx);
-    killed_at(fx, point, &["pool", "activate"]);
-    fx.ok(&["ps"]);
-    let rec = base.recovered(fx, point, &[]);
-    keep_unmounted_then_remounted(fx, &rec, point);
+    pool_activate(fx, base, point);
 }
 
 fn container_create(fx: &Fixture, base: &Baseline, point: &str) {
