@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use crate::tree::{ImageRef, Kind, Layer};
 use crate::units::ThinId;
 
-/// Label on the layers of an import in progress. The import holds the
-/// root's lock from start to end, so a layer still carrying it when another
-/// command takes the lock was left by a crashed import and is removed.
+/// Label on the layers of an import in progress, and on the layers an
+/// image removal is about to remove. Both hold the root's lock from start to
+/// end, so a layer still carrying it when another command takes the lock was
+/// left by a killed import or removal, and is removed.
 pub const IMPORTING: &str = "thinlayer.io/importing";
 
 /// One layer of an image to import, bottom first.
@@ -86,12 +87,15 @@ impl Driver {
                 let layer =
                     op.create_layer(&work, parent.as_deref(), Kind::Active, None, labels, false)?;
                 made.push(work.clone());
+                crate::failpoint::hit("import.after-create");
                 let mount = op.mount(&work)?;
+                crate::failpoint::hit("import.after-mount");
                 let applied = apply(i, &mount);
                 op.umount(&work)?;
                 applied?;
                 crate::failpoint::hit("import.after-apply");
                 op.commit(&work, &l.key)?;
+                crate::failpoint::hit("import.after-commit");
                 made.pop();
                 made.push(l.key.clone());
                 out.push(ImportedLayer {
@@ -101,6 +105,7 @@ impl Driver {
                 });
                 parent = Some(l.key.clone());
             }
+            crate::failpoint::hit("import.after-layers");
             // Named, the layers are the image's: drop the in-progress marks.
             for key in &made {
                 op.rec.tree.get_mut(key)?.labels.remove(IMPORTING);

@@ -98,6 +98,11 @@ impl Driver {
             kernel: &*driver.kernel,
             config: &config,
         };
+        // Without records, nothing here holds a layer: a pool device or pool
+        // files are what an init killed before its records left. Take them
+        // down, so that init can simply be run again.
+        p.deactivate()?;
+        p.remove_files()?;
         if let Err(e) = p.create(opts) {
             // Nothing was recorded: take back what was made.
             let _ = p.deactivate();
@@ -136,6 +141,7 @@ impl Driver {
     pub fn open(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
         let driver = Driver::open_offline(root, kernel)?;
         drop(driver.begin()?);
+        failpoint::hit("activate.after-reconcile");
         Ok(driver)
     }
 
@@ -287,8 +293,20 @@ impl Driver {
             "commit-{:016x}",
             now() << 24 | u64::from(op.rec.tree.get(key)?.thin_id.get())
         );
+        // Named in memory first, so the commit's one record write carries
+        // the image too: a crash leaves the container or the image, never a
+        // layer without a name (`commit` saves nothing if it refuses).
+        op.rec.tree.images.insert(
+            image.clone(),
+            Image {
+                name: image.clone(),
+                top: new_key.clone(),
+                created: now(),
+                config: None,
+            },
+        );
         let layer = op.commit(key, &new_key)?;
-        op.tag(&image, &new_key, None)?;
+        failpoint::hit("commit.after-record");
         Ok(layer)
     }
 
@@ -318,8 +336,17 @@ impl Driver {
             op.rec.tree.images.remove(&name);
             return op.save();
         }
+        // Marked first, in one record write: if the removal is cut short,
+        // the next command removes the rest, as it does a killed import's.
+        for key in &doomed {
+            let l = op.rec.tree.get_mut(key)?;
+            l.labels.insert(IMPORTING.to_string(), "true".to_string());
+        }
+        op.save()?;
+        failpoint::hit("image-rm.after-mark");
         for key in doomed {
             op.remove_layer(&key)?;
+            failpoint::hit("image-rm.after-layer");
         }
         Ok(())
     }
@@ -611,6 +638,7 @@ impl Op<'_> {
         self.transact("create", intent, |t| t.snapshot(thin_id, origin))?;
         if pinned {
             self.activate(&layer)?;
+            failpoint::hit("create.after-activate");
         }
         Ok(layer)
     }
@@ -630,6 +658,7 @@ impl Op<'_> {
         let target = self.mount_path(&l);
         if l.mounts == 0 {
             let (dev, _) = self.activate(&l)?;
+            failpoint::hit("mount.after-activate");
             if let Err(e) = self.mount_fs(&dev, &target, l.kind.read_only()) {
                 let _ = fs::remove_dir(&target);
                 if !l.pinned {
@@ -667,6 +696,7 @@ impl Op<'_> {
             let _ = fs::remove_dir(&target);
             if !l.pinned {
                 self.deactivate(&l)?;
+                failpoint::hit("umount.after-deactivate");
             }
         }
         self.rec.tree.get_mut(key)?.mounts -= 1;
@@ -697,6 +727,7 @@ impl Op<'_> {
         }
         if l.pinned {
             self.deactivate(&l)?;
+            failpoint::hit("commit.after-deactivate");
         }
         let mut layer = self.rec.tree.layers.remove(key).expect("checked");
         layer.key = new_key.to_string();

@@ -14,7 +14,7 @@
 //!    counts of layers that are no longer mounted (a reboot, an unmount by
 //!    hand) are reset; after a reboot or an operation that did not finish
 //!    (see [`crate::records::RootLock`]), devices left suspended are resumed;
-//! 6. layers of an image import that was killed are removed.
+//! 6. layers of an image import or removal that was killed are removed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;

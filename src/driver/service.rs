@@ -69,6 +69,7 @@ impl Driver {
         edit(&mut l.labels)?;
         let l = l.clone();
         op.save()?;
+        failpoint::hit("labels.after-record");
         Ok(l)
     }
 }

@@ -285,6 +285,7 @@ impl Pool<'_> {
             ) => {
                 make_sparse(metadata, *metadata_size)?;
                 make_sparse(data, *data_size)?;
+                crate::failpoint::hit("init.after-files");
             }
             (PoolSource::Devices { metadata, .. }, _) => zero_start(metadata)?,
             (PoolSource::Existing { .. }, _) => {
@@ -293,6 +294,7 @@ impl Pool<'_> {
             _ => unreachable!("config_for pairs source and options"),
         }
         let backing = self.open_backing()?;
+        crate::failpoint::hit("init.after-loops");
         self.load(&backing)
     }
 
@@ -307,6 +309,7 @@ impl Pool<'_> {
             return Err(Error::not_found("thin pool device", self.name()));
         }
         let backing = self.open_backing()?;
+        crate::failpoint::hit("activate.after-loops");
         // LVM checks a thin pool's metadata on every activation; so do we.
         // The check also clears a needs_check flag the kernel set after an
         // error, once the metadata is found sound.
@@ -323,7 +326,9 @@ impl Pool<'_> {
                 pool: self.name(),
                 detail: format!("{e}; the pool was not activated: {hint}"),
             })?;
+        crate::failpoint::hit("activate.after-check");
         self.load(&backing)?;
+        crate::failpoint::hit("activate.after-load");
         Ok(true)
     }
 

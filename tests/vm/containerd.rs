@@ -8,6 +8,7 @@
 //! A guard stops both, kills shims they left and unmounts containerd's
 //! mounts even when the test panics, before the fixture destroys the pool.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,8 @@ use thinlayer::image::Compression;
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::kernel::Kernel;
 
-use crate::fixture::{self, Fixture};
+use crate::crash::{CONTAINERD_ROWS, check_content, check_root, layer_digest, open, records};
+use crate::fixture::{self, Fixture, write_file};
 
 const IMAGE: &str = "localhost/tlbox:1";
 const IMAGE2: &str = "localhost/tlbox:2";
@@ -84,6 +86,11 @@ struct Cluster<'a> {
 
 impl<'a> Cluster<'a> {
     fn new(fx: &'a Fixture, tag: &str) -> Cluster<'a> {
+        Cluster::with_config(fx, tag, "")
+    }
+
+    /// As [`Cluster::new`], with `extra` appended to containerd's config.
+    fn with_config(fx: &'a Fixture, tag: &str, extra: &str) -> Cluster<'a> {
         let run = PathBuf::from(format!("/run/tl-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&run);
         fs::create_dir_all(&run).unwrap();
@@ -111,7 +118,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   [proxy_plugins.thinlayer]
     type = "snapshot"
     address = "{serve_sock}"
-"#,
+{extra}"#,
                 root = fx.dir.join("containerd").display(),
                 state = run.join("state").display(),
                 cd_sock = cd_sock.display(),
@@ -159,10 +166,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
     }
 
-    /// Waits for the server to end by itself (killed at a failpoint).
-    fn serve_died(&mut self) -> ExitStatus {
+    /// Restarts the server armed to die at `point`, runs `call` (which must
+    /// make it reach the point), insists that it was killed there, then
+    /// starts a healthy server and waits until containerd reaches it.
+    fn kill_serve_at(&mut self, point: &str, call: impl FnOnce(&Self)) {
+        self.stop_serve();
+        self.start_serve(&[("THINLAYER_FAILPOINT", point)]);
+        self.wait_reconnected();
+        call(self);
         let mut child = self.serve.take().expect("a server was started");
-        wait_timeout(&mut child, DEADLINE).expect("the server ends")
+        let st = wait_timeout(&mut child, DEADLINE)
+            .unwrap_or_else(|| panic!("the server was not killed at {point}"));
+        assert_eq!(
+            st.signal(),
+            Some(9),
+            "the server was to be killed at {point}"
+        );
+        // The killed server's socket file is left; the next one replaces it.
+        assert!(self.serve_sock.exists());
+        self.start_serve(&[]);
+        self.wait_reconnected();
     }
 
     /// Stops the server with SIGTERM; it must exit 0 and remove its socket.
@@ -598,16 +621,10 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
 
         // Killed in a Prepare, after the kernel made the thin device and
         // before the transaction id confirmed it.
-        cl.stop_serve();
-        cl.start_serve(&[("THINLAYER_FAILPOINT", "create.after-message")]);
-        cl.wait_reconnected();
-        let out = cl.run_sh(IMAGE, "k1", true, "echo never");
-        assert!(!out.status.success(), "{}", text(&out));
-        assert_eq!(cl.serve_died().signal(), Some(9));
-        // The killed server's socket file is left; the next one replaces it.
-        assert!(cl.serve_sock.exists());
-        cl.start_serve(&[]);
-        cl.wait_reconnected();
+        cl.kill_serve_at("create.after-message", |cl| {
+            let out = cl.run_sh(IMAGE, "k1", true, "echo never");
+            assert!(!out.status.success(), "{}", text(&out));
+        });
         check_tree(fx);
         let out = cl.run_sh(IMAGE, "k1", true, "cat /etc/greeting");
         assert!(
@@ -618,14 +635,10 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
 
         // Killed in a Commit (unpacking layer 3), after the records were
         // written and before containerd heard back.
-        cl.stop_serve();
-        cl.start_serve(&[("THINLAYER_FAILPOINT", "commit.after-record")]);
-        cl.wait_reconnected();
-        let out = cl.import(&archive2);
-        assert!(!out.status.success(), "{}", text(&out));
-        assert_eq!(cl.serve_died().signal(), Some(9));
-        cl.start_serve(&[]);
-        cl.wait_reconnected();
+        cl.kill_serve_at("commit.after-record", |cl| {
+            let out = cl.import(&archive2);
+            assert!(!out.status.success(), "{}", text(&out));
+        });
         check_tree(fx);
         let out = cl.import(&archive2);
         assert!(out.status.success(), "{}", text(&out));
@@ -646,6 +659,224 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
             tree["layers"].as_object().unwrap().is_empty(),
             "every snapshot is gone: {tree}"
         );
+        cl.stop_containerd();
+        cl.stop_serve();
+        kill_shims(&cl.cd_sock);
+        assert_eq!(cl.thin_devices(), Vec::<String>::new());
+        assert_eq!(cl.leftover_mounts(), Vec::<PathBuf>::new());
+    });
+}
+
+/// containerd removes a snapshot from its own records at once and from the
+/// snapshotter in its garbage collection, which this runs after every
+/// removal, so a Remove reaches the server without an image removal.
+const EAGER_GC: &str = r#"
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
+  schedule_delay = "0s"
+"#;
+
+/// A label containerd passes on to the snapshotter.
+const LABEL: &str = "containerd.io/snapshot/tl-crash=yes";
+
+/// `ctr snapshots --snapshotter thinlayer ARGS`.
+fn snap(cl: &Cluster<'_>, args: &[&str]) -> Output {
+    let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
+    all.extend_from_slice(args);
+    cl.ctr(&all)
+}
+
+fn snap_ok(cl: &Cluster<'_>, args: &[&str]) {
+    let out = snap(cl, args);
+    assert!(
+        out.status.success(),
+        "ctr snapshots {args:?}: {}",
+        text(&out)
+    );
+}
+
+/// The names (the last part of the keys) of containerd's snapshots in
+/// thinlayer's records, sorted, with repeats.
+fn names_in_thinlayer(fx: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = records(fx)
+        .tree
+        .layers
+        .keys()
+        .filter(|k| thinlayer::service::is_containerd_key(k))
+        .map(|k| k.splitn(3, '/').nth(2).unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The thinlayer key of containerd's snapshot `name`.
+fn backend_key(fx: &Fixture, name: &str) -> String {
+    let keys: Vec<String> = records(fx)
+        .tree
+        .layers
+        .into_keys()
+        .filter(|k| k.ends_with(&format!("/{name}")))
+        .collect();
+    assert_eq!(keys.len(), 1, "one snapshot {name}: {keys:?}");
+    keys[0].clone()
+}
+
+/// Removes every snapshot but `base` from containerd's records.
+fn remove_all_but_base(cl: &Cluster<'_>) {
+    let out = snap(cl, &["ls"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if name != "base" {
+            snap_ok(cl, &["rm", name]);
+        }
+    }
+}
+
+/// Waits until thinlayer holds only containerd's `base`: the garbage
+/// collector removed what containerd does not know of.
+fn converged(fx: &Fixture, what: &str) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let names = names_in_thinlayer(fx);
+        if names == ["base"] {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: thinlayer still holds {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One call killed at one point: set up, kill, recover, check, redo, undo.
+fn containerd_point(
+    cl: &mut Cluster<'_>,
+    digests: &BTreeMap<String, String>,
+    call: &str,
+    point: &str,
+) {
+    let fx = cl.fx;
+    let args: &[&str] = match call {
+        "Prepare" => &["prepare", "victim", "base"],
+        "View" => &["view", "victim", "base"],
+        "Commit" => &["commit", "victim-c", "victim"],
+        "Update" => &["label", "victim", LABEL],
+        "Remove" => &["rm", "victim"],
+        other => panic!("no such call {other}"),
+    };
+    let needs_victim = !matches!(call, "Prepare" | "View");
+    if needs_victim {
+        snap_ok(cl, &["prepare", "victim", "base"]);
+    }
+    cl.kill_serve_at(point, |cl| {
+        let out = snap(cl, args);
+        // Remove is called by the garbage collector after `rm` succeeded.
+        if call != "Remove" {
+            assert!(!out.status.success(), "{point}: {}", text(&out));
+        }
+    });
+    let what = format!("{call} killed at {point}");
+    let rec = check_root(fx, &what);
+    check_content(fx, digests, &what);
+    let names = names_in_thinlayer(fx);
+    let has = |n: &str| names.iter().filter(|x| *x == n).count();
+    // Complete or absent, in thinlayer's records.
+    match call {
+        "Prepare" | "View" => {
+            let made = !matches!(point, "create.after-intent" | "create.after-message");
+            assert_eq!(has("victim"), usize::from(made), "{what}: {names:?}");
+        }
+        "Commit" => {
+            let done = point == "commit.after-record";
+            assert_eq!(
+                (has("victim-c"), has("victim")),
+                (usize::from(done), usize::from(!done)),
+                "{what}: {names:?}"
+            );
+        }
+        "Update" => {
+            let l = &rec.tree.layers[&backend_key(fx, "victim")];
+            assert!(
+                l.labels.contains_key(LABEL.split('=').next().unwrap()),
+                "{what}: {l:?}"
+            );
+        }
+        _ => assert_eq!(has("victim"), 0, "{what}: {names:?}"),
+    }
+    // Done again from a clean start, then undone.
+    if call == "Commit" {
+        // A Commit killed after thinlayer's record leaves containerd with
+        // the consumed active key: its listing skips it (the snapshotter
+        // no longer knows it), its removal clears it.
+        snap_ok(cl, &["rm", "victim"]);
+    }
+    remove_all_but_base(cl);
+    if needs_victim {
+        snap_ok(cl, &["prepare", "victim", "base"]);
+    }
+    snap_ok(cl, args);
+    if call == "Update" {
+        let l = &records(fx).tree.layers[&backend_key(fx, "victim")];
+        assert!(
+            l.labels.contains_key(LABEL.split('=').next().unwrap()),
+            "{what}: redone"
+        );
+    }
+    remove_all_but_base(cl);
+    converged(fx, &what);
+    check_root(fx, &what);
+}
+
+#[test]
+fn serve_killed_at_every_failpoint_of_every_call_recovers() {
+    fixture::run("containerd-crash", |fx| {
+        small_pool(fx);
+        let mut cl = Cluster::with_config(fx, "cdc", EAGER_GC);
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        // The parent of every snapshot below: committed, with content.
+        snap_ok(&cl, &["prepare", "base-a"]);
+        let key = backend_key(fx, "base-a");
+        let mnt = PathBuf::from(fx.ok(&["container", "mount", &key]).trim());
+        write_file(&mnt.join("data.bin"), 2 << 20, 3);
+        fx.ok(&["container", "umount", &key]);
+        snap_ok(&cl, &["commit", "base", "base-a"]);
+        let base = backend_key(fx, "base");
+        let digests = BTreeMap::from([(base.clone(), layer_digest(&open(fx), &base))]);
+
+        let started = Instant::now();
+        let mut ran = 0;
+        for (call, points) in CONTAINERD_ROWS {
+            for point in *points {
+                let t = Instant::now();
+                containerd_point(&mut cl, &digests, call, point);
+                ran += 1;
+                eprintln!(
+                    "{call}, serve killed at {point}: recovered ({:.1} s)",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        assert_eq!(
+            ran,
+            CONTAINERD_ROWS.iter().map(|r| r.1.len()).sum::<usize>()
+        );
+        println!(
+            "crash matrix (containerd): {ran} points × calls recovered in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        snap_ok(&cl, &["rm", "base"]);
+        let end = Instant::now() + DEADLINE;
+        while !names_in_thinlayer(fx).is_empty() {
+            assert!(Instant::now() < end, "base is removed");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         cl.stop_containerd();
         cl.stop_serve();
         kill_shims(&cl.cd_sock);

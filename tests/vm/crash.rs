@@ -1,17 +1,321 @@
-//! The command killed with SIGKILL at each step of create and remove
-//! (between intent, kernel message, transaction id and record), then the
-//! next command repairs the root by itself.
+//! The crash matrix: every mutating operation killed with SIGKILL at each of
+//! its failpoints, after which the next command must repair the root by
+//! itself. After every point:
+//! - the kernel's thin ids (thin_ls on a metadata snapshot) are the tree's;
+//! - the only device-mapper devices, loop devices and mounts of the root are
+//!   those the tree needs (the pool, mounted and pinned layers);
+//! - every committed layer still holds its content: the digest of its
+//!   changes as a layer tar is the one taken before the matrix;
+//! - the killed operation is complete or absent, and can be done again.
+//!
+//! [`failpoints_in_src`] reads every failpoint name out of the sources, and a
+//! test insists that the matrix (here and the containerd part in
+//! [`crate::containerd`]) kills at each of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use thinlayer::Driver;
+use thinlayer::image::build::{LayerBuilder, write_oci_archive};
+use thinlayer::image::{Compression, DigestWriter};
 use thinlayer::kernel::Kernel;
+use thinlayer::records::{Records, Store};
 
-use crate::fixture::{self, Fixture};
+use crate::fixture::{self, Fixture, write_file};
+
+/// One operation of the matrix: its failpoints, and how to run it killed at
+/// one of them, recover, check and bring the root back to the baseline.
+struct Row {
+    op: &'static str,
+    points: &'static [&'static str],
+    run: fn(&Fixture, &Baseline, &str),
+}
+
+const CREATE: &[&str] = &[
+    "create.after-intent",
+    "create.after-message",
+    "create.after-transaction",
+    "create.after-record",
+];
+const REMOVE: &[&str] = &[
+    "remove.after-intent",
+    "remove.after-message",
+    "remove.after-transaction",
+    "remove.after-record",
+];
+
+/// The command-line operations.
+const ROWS: &[Row] = &[
+    Row {
+        op: "pool init",
+        points: &[
+            "init.after-files",
+            "init.after-loops",
+            "init.after-pool",
+            "init.after-records",
+            "base.after-intent",
+            "base.after-message",
+            "base.after-transaction",
+            "base.after-record",
+            "base.after-mkfs",
+        ],
+        run: pool_init,
+    },
+    Row {
+        op: "pool activate",
+        points: &[
+            "activate.after-loops",
+            "activate.after-check",
+            "activate.after-load",
+            "activate.after-reconcile",
+        ],
+        run: pool_activate,
+    },
+    Row {
+        op: "pool activate with an orphan thin id",
+        points: &[
+            "orphan.after-intent",
+            "orphan.after-message",
+            "orphan.after-transaction",
+            "orphan.after-record",
+        ],
+        run: orphan,
+    },
+    Row {
+        op: "container create",
+        points: CREATE,
+        run: container_create,
+    },
+    Row {
+        op: "container mount",
+        points: &["mount.after-activate", "mount.after-mount"],
+        run: container_mount,
+    },
+    Row {
+        op: "container umount",
+        points: &["umount.after-umount", "umount.after-deactivate"],
+        run: container_umount,
+    },
+    Row {
+        op: "container commit",
+        points: &["commit.after-record"],
+        run: container_commit,
+    },
+    Row {
+        op: "container rm",
+        points: REMOVE,
+        run: container_rm,
+    },
+    Row {
+        op: "image import",
+        // Between these, the layer's create, mount and umount (killed in
+        // the rows above).
+        points: &[
+            "import.after-create",
+            "import.after-mount",
+            "import.after-apply",
+            "import.after-commit",
+            "import.after-layers",
+        ],
+        run: image_import,
+    },
+    Row {
+        op: "image rm",
+        points: &[
+            "image-rm.after-mark",
+            "remove.after-intent",
+            "remove.after-message",
+            "remove.after-transaction",
+            "remove.after-record",
+            "image-rm.after-layer",
+        ],
+        run: image_rm,
+    },
+];
+
+/// The containerd calls, killed in `thinlayer serve`
+/// ([`crate::containerd`] runs them).
+pub const CONTAINERD_ROWS: &[(&str, &[&str])] = &[
+    (
+        "Prepare",
+        &[
+            "create.after-intent",
+            "create.after-message",
+            "create.after-transaction",
+            "create.after-record",
+            "create.after-activate",
+        ],
+    ),
+    (
+        "View",
+        &[
+            "create.after-intent",
+            "create.after-message",
+            "create.after-transaction",
+            "create.after-record",
+            "create.after-activate",
+        ],
+    ),
+    (
+        "Commit",
+        &["commit.after-deactivate", "commit.after-record"],
+    ),
+    ("Update", &["labels.after-record"]),
+    ("Remove", REMOVE),
+];
+
+/// What the main root holds before the matrix, and holds again after each
+/// point: image `app` (a committed layer with files), image `box:1` (two
+/// imported layers), container `keep` mounted throughout.
+pub struct Baseline {
+    keys: BTreeSet<String>,
+    images: BTreeSet<String>,
+    /// Digest of every committed layer's changes.
+    digests: BTreeMap<String, String>,
+    import: PathBuf,
+    rmme: PathBuf,
+}
+
+fn builder_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut l = LayerBuilder::new();
+    for (path, data) in files {
+        l.file(path, data, 0o644);
+    }
+    l.finish()
+}
+
+#[test]
+fn every_operation_killed_at_every_failpoint_recovers() {
+    fixture::run("crash", |fx| {
+        let started = Instant::now();
+        let base = baseline(fx);
+        eprintln!(
+            "baseline: {} layers, {} committed, ready in {:.1} s",
+            base.keys.len(),
+            base.digests.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let mut ran = 0;
+        for row in ROWS {
+            for point in row.points {
+                let t = Instant::now();
+                (row.run)(fx, &base, point);
+                ran += 1;
+                eprintln!(
+                    "{}, killed at {point}: recovered ({:.1} s)",
+                    row.op,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        assert_eq!(ran, ROWS.iter().map(|r| r.points.len()).sum::<usize>());
+        println!(
+            "crash matrix: {ran} points × operations recovered in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    });
+}
+
+#[test]
+fn the_crash_matrix_covers_every_failpoint() {
+    let in_src = failpoints_in_src();
+    let covered: BTreeSet<String> = ROWS
+        .iter()
+        .flat_map(|r| r.points.iter())
+        .chain(CONTAINERD_ROWS.iter().flat_map(|r| r.1.iter()))
+        .map(|p| p.to_string())
+        .collect();
+    let missing: Vec<&String> = in_src.difference(&covered).collect();
+    assert!(
+        missing.is_empty(),
+        "failpoints no test kills at: {missing:?}"
+    );
+    let unknown: Vec<&String> = covered.difference(&in_src).collect();
+    assert!(
+        unknown.is_empty(),
+        "the matrix names no such failpoint: {unknown:?}"
+    );
+    let pairs = ROWS.iter().map(|r| r.points.len()).sum::<usize>()
+        + CONTAINERD_ROWS.iter().map(|r| r.1.len()).sum::<usize>();
+    println!(
+        "crash matrix: {} failpoints, {pairs} points × operations",
+        in_src.len()
+    );
+}
+
+/// Every failpoint name in `src/`: the literal names given to `hit`, and
+/// for the names `transact` makes (`{name}.after-...`), each of its suffixes
+/// with each operation name passed to `transact`. Any other form of call
+/// fails, so that no point escapes the count.
+pub fn failpoints_in_src() -> BTreeSet<String> {
+    let mut literal = BTreeSet::new();
+    let mut suffixes = BTreeSet::new();
+    let mut ops = BTreeSet::new();
+    let mut files = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if p.extension().is_none_or(|e| e != "rs") || p.ends_with("failpoint.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&p).unwrap();
+        let quoted = |rest: &str| rest[..rest.find('"').expect("closing quote")].to_string();
+        for (i, _) in text.match_indices("hit(") {
+            let rest = &text[i + 4..];
+            if let Some(r) = rest.strip_prefix('"') {
+                literal.insert(quoted(r));
+            } else if let Some(r) = rest.strip_prefix("&format!(\"{name}.") {
+                suffixes.insert(quoted(r));
+            } else {
+                panic!(
+                    "{}: a failpoint whose name this count cannot read: hit({}",
+                    p.display(),
+                    &rest[..rest.len().min(40)]
+                );
+            }
+        }
+        for (i, _) in text.match_indices("transact(\"") {
+            ops.insert(quoted(&text[i + 10..]));
+        }
+    }
+    assert!(!suffixes.is_empty() && !ops.is_empty(), "transact's points");
+    let mut all = literal;
+    for op in &ops {
+        for s in &suffixes {
+            all.insert(format!("{op}.{s}"));
+        }
+    }
+    all
+}
+
+/// Runs thinlayer with `THINLAYER_FAILPOINT=point` and insists that it was
+/// killed there (a point the command never reaches fails the test).
+pub fn killed_at(fx: &Fixture, point: &str, args: &[&str]) {
+    let out = fx.cli_env(args, &[("THINLAYER_FAILPOINT", point)]);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "thinlayer {args:?} was to be killed at {point}, ended with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The records as the last command left them (read, not repaired).
+pub fn records(fx: &Fixture) -> Records {
+    Store::new(&fx.root).load().expect("records")
+}
 
 /// The pool's thin ids as the kernel's metadata holds them (thin_ls on a
 /// metadata snapshot).
-fn kernel_thin_ids(fx: &Fixture) -> BTreeSet<u64> {
+pub fn kernel_thin_ids(fx: &Fixture) -> BTreeSet<u64> {
     let pool = format!("{}-pool", fx.prefix);
     let meta = fx
         .kernel
@@ -34,103 +338,341 @@ fn kernel_thin_ids(fx: &Fixture) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The tree's thin ids, from the records.
-fn tree_thin_ids(fx: &Fixture) -> BTreeSet<u64> {
-    let tree = fx.json(&["tree"]);
-    let mut ids: BTreeSet<u64> = tree["layers"]
-        .as_object()
-        .unwrap()
+/// The invariants of a root after the next command: nothing pending, the
+/// kernel's thin ids are the tree's, and the root's devices, loops and
+/// mounts are what its layers need. Returns the records.
+pub fn check_root(fx: &Fixture, what: &str) -> Records {
+    let rec = records(fx);
+    assert!(rec.pending.is_none(), "{what}: pending {:?}", rec.pending);
+    assert!(rec.base_ready, "{what}: the base is not finished");
+    let tree: BTreeSet<u64> = rec.tree.thin_ids().map(|i| u64::from(i.get())).collect();
+    assert_eq!(kernel_thin_ids(fx), tree, "{what}: kernel thin ids vs tree");
+
+    let name = |l: &thinlayer::tree::Layer| thinlayer::thin::dm_name(&fx.prefix, l.thin_id);
+    let pool = format!("{}-pool", fx.prefix);
+    let devices: BTreeSet<String> = fx.devices().into_iter().collect();
+    let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0);
+    let mut needed: BTreeSet<String> = mounted.clone().map(name).collect();
+    needed.insert(pool.clone());
+    // A pinned layer's device may be down (a Commit killed after taking it
+    // down): containerd's next Mounts brings it up again.
+    let allowed: BTreeSet<String> = rec
+        .tree
+        .layers
         .values()
-        .map(|l| l["thin_id"].as_u64().unwrap())
+        .filter(|l| l.pinned)
+        .map(name)
+        .chain(needed.iter().cloned())
         .collect();
-    ids.insert(tree["base"].as_u64().unwrap());
-    ids
-}
-
-fn killed_at(fx: &Fixture, point: &str, args: &[&str]) {
-    let out = fx.cli_env(args, &[("THINLAYER_FAILPOINT", point)]);
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "thinlayer {args:?} was to be killed at {point}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert!(
+        needed.is_subset(&devices) && devices.is_subset(&allowed),
+        "{what}: devices {devices:?}, needed {needed:?}, allowed {allowed:?}"
     );
+    let mounts: BTreeSet<PathBuf> = fx
+        .kernel
+        .mounts()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.target)
+        .filter(|t| t.starts_with(&fx.root))
+        .collect();
+    let want: BTreeSet<PathBuf> = mounted
+        .map(|l| fx.root.join("mnt").join(l.thin_id.to_string()))
+        .collect();
+    assert_eq!(mounts, want, "{what}: mounts");
+    let loops: BTreeSet<PathBuf> = fx
+        .kernel
+        .loop_list()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.backing_file)
+        .filter(|f| f.starts_with(&fx.root))
+        .collect();
+    let want: BTreeSet<PathBuf> = [fx.root.join("data"), fx.root.join("metadata")].into();
+    assert_eq!(loops, want, "{what}: loop devices");
+    rec
 }
 
-#[test]
-fn killed_commands_are_repaired_by_the_next_one() {
-    fixture::run("crash", |fx| {
-        fx.init_pool("2G", "16M", Some("256M"), &[]);
-        fx.ok(&["container", "create", "scratch", "img"]);
-        fx.ok(&["container", "commit", "img", "app"]);
-        let steps = [
-            "after-intent",
-            "after-message",
-            "after-transaction",
-            "after-record",
-        ];
-        let mut ran = 0;
-        for step in steps {
-            // Create, killed at `step`.
-            killed_at(
-                fx,
-                &format!("create.{step}"),
-                &["container", "create", "app", "victim"],
-            );
-            let ps = fx.json(&["ps"]);
-            let exists = ps.as_array().unwrap().iter().any(|c| c["name"] == "victim");
-            let kernel_done = step != "after-intent" && step != "after-message";
-            assert_eq!(
-                exists, kernel_done,
-                "create killed {step}: complete or absent"
-            );
-            assert_eq!(
-                kernel_thin_ids(fx),
-                tree_thin_ids(fx),
-                "create killed {step}"
-            );
-            if !exists {
-                fx.ok(&["container", "create", "app", "victim"]);
-            }
-            // Remove, killed at `step`: a delete always completes.
-            fx.ok(&["container", "mount", "victim"]);
-            fx.ok(&["container", "umount", "victim"]);
-            killed_at(
-                fx,
-                &format!("remove.{step}"),
-                &["container", "rm", "victim"],
-            );
-            let ps = fx.json(&["ps"]);
-            let exists = ps.as_array().unwrap().iter().any(|c| c["name"] == "victim");
-            assert!(
-                !exists,
-                "remove killed {step}: a started delete is finished by the next command"
-            );
-            assert_eq!(
-                kernel_thin_ids(fx),
-                tree_thin_ids(fx),
-                "remove killed {step}"
-            );
-            ran += 2;
+/// The digest of a layer's changes against its parent as a layer tar: reads
+/// every file the layer added or changed.
+pub fn layer_digest(d: &Driver, key: &str) -> String {
+    d.with_layer_and_parent(key, |lower, upper| {
+        let mut w = DigestWriter::new(std::io::sink());
+        thinlayer::layer::write_diff(Some(lower), upper, &mut w)?;
+        Ok(w.finish().1.to_string())
+    })
+    .unwrap_or_else(|e| panic!("content of {key}: {e}"))
+}
+
+/// Every committed layer of the baseline holds the content it had.
+pub fn check_content(fx: &Fixture, digests: &BTreeMap<String, String>, what: &str) {
+    let d = open(fx);
+    for (key, want) in digests {
+        assert_eq!(&layer_digest(&d, key), want, "{what}: content of {key}");
+    }
+}
+
+/// The root, opened in this process.
+pub fn open(fx: &Fixture) -> Driver {
+    let kernel: Arc<dyn Kernel> = fx.kernel.clone();
+    Driver::open(&fx.root, kernel).expect("open the root")
+}
+
+fn baseline(fx: &Fixture) -> Baseline {
+    fx.init_pool("2G", "16M", Some("256M"), &[]);
+    fx.ok(&["container", "create", "scratch", "img"]);
+    let mnt = PathBuf::from(fx.ok(&["container", "mount", "img"]).trim());
+    write_file(&mnt.join("data.bin"), 512 << 10, 7);
+    fs::create_dir(mnt.join("etc")).unwrap();
+    fs::write(mnt.join("etc/motd"), "committed content\n").unwrap();
+    fx.ok(&["container", "umount", "img"]);
+    fx.ok(&["container", "commit", "img", "app"]);
+
+    let archive = |name: &str, layers: Vec<Vec<u8>>| {
+        let path = fx.dir.join(format!("{}.tar", name.replace(':', "-")));
+        write_oci_archive(&path, name, &layers, Compression::Gzip, true).unwrap();
+        path
+    };
+    let box1 = builder_layer(&[("a", b"box layer one\n"), ("b", &[7u8; 70_000])]);
+    let box2 = builder_layer(&[("c", b"box layer two\n")]);
+    let boxed = archive("box:1", vec![box1.clone(), box2]);
+    fx.ok(&["image", "import", boxed.to_str().unwrap()]);
+    // Shares box's bottom layer, adds two: the killed layer has a parent.
+    let import = archive(
+        "imp:1",
+        vec![
+            box1,
+            builder_layer(&[("imp-1", b"first new layer\n")]),
+            builder_layer(&[("imp-2", b"second new layer\n")]),
+        ],
+    );
+    // Two layers of its own, both removed with it.
+    let rmme = archive(
+        "rmme:1",
+        vec![
+            builder_layer(&[("r1", b"removed one\n")]),
+            builder_layer(&[("r2", b"removed two\n")]),
+        ],
+    );
+    fx.ok(&["container", "create", "app", "keep"]);
+    fx.ok(&["container", "mount", "keep"]);
+
+    let rec = check_root(fx, "baseline");
+    let d = open(fx);
+    let digests: BTreeMap<String, String> = rec
+        .tree
+        .layers
+        .values()
+        .filter(|l| l.kind == thinlayer::tree::Kind::Committed)
+        .map(|l| (l.key.clone(), layer_digest(&d, &l.key)))
+        .collect();
+    assert_eq!(digests.len(), 3, "app's layer and box's two");
+    assert_eq!(
+        digests.values().collect::<BTreeSet<_>>().len(),
+        3,
+        "each layer has content of its own: {digests:?}"
+    );
+    Baseline {
+        keys: rec.tree.layers.keys().cloned().collect(),
+        images: rec.tree.images.keys().cloned().collect(),
+        digests,
+        import,
+        rmme,
+    }
+}
+
+impl Baseline {
+    /// After the next command: the root's invariants, the baseline's
+    /// content, and the layers being the baseline's plus `extra`.
+    fn recovered(&self, fx: &Fixture, what: &str, extra: &[&str]) -> Records {
+        let rec = check_root(fx, what);
+        let mut want = self.keys.clone();
+        want.extend(extra.iter().map(|k| k.to_string()));
+        let have: BTreeSet<String> = rec.tree.layers.keys().cloned().collect();
+        assert_eq!(have, want, "{what}: layers");
+        check_content(fx, &self.digests, what);
+        rec
+    }
+
+    fn images_are_the_baselines(&self, rec: &Records, what: &str) {
+        let have: BTreeSet<String> = rec.tree.images.keys().cloned().collect();
+        assert_eq!(have, self.images, "{what}: images");
+    }
+}
+
+/// What a reboot does to the root: mounts, devices and the pool gone, the
+/// loops detached.
+fn reboot(fx: &Fixture) {
+    for m in fx.kernel.mounts().unwrap() {
+        if m.target.starts_with(&fx.root) {
+            fx.kernel.umount(&m.target, false).unwrap();
         }
-        // Mount and umount killed after the kernel call.
-        fx.ok(&["container", "create", "app", "m"]);
-        killed_at(fx, "mount.after-mount", &["container", "mount", "m"]);
-        let ps = fx.json(&["ps"]);
+    }
+    for d in fx.devices() {
+        fx.kernel.dm_remove(&d, false).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while fx
+        .kernel
+        .loop_list()
+        .unwrap()
+        .iter()
+        .any(|l| l.backing_file.starts_with(&fx.root))
+    {
+        assert!(Instant::now() < end, "the pool's loops detach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn keep_unmounted_then_remounted(fx: &Fixture, rec: &Records, what: &str) {
+    assert_eq!(
+        rec.tree.layers["keep"].mounts, 0,
+        "{what}: a reboot unmounted keep"
+    );
+    fx.ok(&["container", "mount", "keep"]);
+}
+
+const INIT: &[&str] = &[
+    "pool",
+    "init",
+    "--data-size",
+    "1G",
+    "--metadata-size",
+    "8M",
+    "--base-size",
+    "128M",
+];
+
+/// A fresh root per point. Killed before its records are written, the root
+/// is not initialised: commands say so (exit 3) and init runs again from
+/// scratch. Killed after, the next command finishes the base device.
+fn pool_init(fx: &Fixture, _: &Baseline, point: &str) {
+    fx.with_another_root(&point.replace('.', "-"), |r| {
+        killed_at(r, point, INIT);
+        if r.root.join("state.json").exists() {
+            r.ok(&["ps"]);
+            let again = r.fails(INIT, 4);
+            assert!(again.contains("already"), "{point}: {again}");
+        } else {
+            let err = r.fails(&["ps"], 3);
+            assert!(err.contains("pool init"), "{point}: {err}");
+            r.ok(INIT);
+        }
+        let rec = check_root(r, point);
+        assert!(rec.tree.layers.is_empty() && rec.tree.base.is_some());
+        r.ok(&["pool", "destroy"]);
         assert!(
-            ps[0]["mount"].is_null(),
-            "a mount the records never took is undone: {ps}"
+            r.kernel
+                .dm_list()
+                .unwrap()
+                .iter()
+                .all(|n| !n.starts_with(&r.prefix)),
+            "{point}: devices after destroy"
         );
-        assert_eq!(
-            fx.leaks().iter().filter(|l| l.starts_with("mount")).count(),
-            0
+        assert!(
+            !r.root.join("data").exists(),
+            "{point}: files after destroy"
         );
-        fx.ok(&["container", "mount", "m"]);
-        killed_at(fx, "umount.after-umount", &["container", "umount", "m"]);
-        let ps = fx.json(&["ps"]);
-        assert!(ps[0]["mount"].is_null(), "{ps}");
-        fx.ok(&["container", "rm", "m"]);
-        ran += 2;
-        println!("{ran} kill points recovered");
     });
+}
+
+fn pool_activate(fx: &Fixture, base: &Baseline, point: &str) {
+    reboot(fx);
+    killed_at(fx, point, &["pool", "activate"]);
+    fx.ok(&["ps"]);
+    let rec = base.recovered(fx, point, &[]);
+    keep_unmounted_then_remounted(fx, &rec, point);
+}
+
+/// A thin id the records do not know (as an operation of another tool would
+/// leave), found on activation and deleted.
+fn orphan(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.kernel
+        .dm_message(&format!("{}-pool", fx.prefix), "create_thin 4000")
+        .unwrap();
+    pool_activate(fx, base, point);
+}
+
+fn container_create(fx: &Fixture, base: &Baseline, point: &str) {
+    let create = ["container", "create", "app", "victim"];
+    killed_at(fx, point, &create);
+    fx.ok(&["ps"]);
+    let done = matches!(point, "create.after-transaction" | "create.after-record");
+    base.recovered(fx, point, if done { &["victim"] } else { &[] });
+    if !done {
+        fx.ok(&create);
+    }
+    fx.ok(&["container", "rm", "victim"]);
+}
+
+fn container_mount(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.ok(&["container", "create", "app", "victim"]);
+    killed_at(fx, point, &["container", "mount", "victim"]);
+    fx.ok(&["ps"]);
+    let rec = base.recovered(fx, point, &["victim"]);
+    assert_eq!(rec.tree.layers["victim"].mounts, 0, "{point}: not mounted");
+    let mnt = PathBuf::from(fx.ok(&["container", "mount", "victim"]).trim());
+    assert!(mnt.join("etc/motd").exists(), "{point}: mounted again");
+    fx.ok(&["container", "rm", "--force", "victim"]);
+}
+
+fn container_umount(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.ok(&["container", "create", "app", "victim"]);
+    fx.ok(&["container", "mount", "victim"]);
+    killed_at(fx, point, &["container", "umount", "victim"]);
+    fx.ok(&["ps"]);
+    let rec = base.recovered(fx, point, &["victim"]);
+    assert_eq!(rec.tree.layers["victim"].mounts, 0, "{point}: unmounted");
+    fx.ok(&["container", "rm", "victim"]);
+}
+
+fn container_commit(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.ok(&["container", "create", "app", "victim"]);
+    killed_at(fx, point, &["container", "commit", "victim", "made"]);
+    fx.ok(&["ps"]);
+    let rec = check_root(fx, point);
+    // Complete: the container became the image's layer.
+    assert!(!rec.tree.layers.contains_key("victim"), "{point}");
+    let top = &rec.tree.images["made:latest"].top;
+    let app = rec.tree.images["app:latest"].top.as_str();
+    assert_eq!(rec.tree.layers[top].parent.as_deref(), Some(app), "{point}");
+    fx.ok(&["image", "rm", "made"]);
+    let rec = base.recovered(fx, point, &[]);
+    base.images_are_the_baselines(&rec, point);
+}
+
+fn container_rm(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.ok(&["container", "create", "app", "victim"]);
+    killed_at(fx, point, &["container", "rm", "victim"]);
+    fx.ok(&["ps"]);
+    // A started delete is finished by the next command.
+    base.recovered(fx, point, &[]);
+}
+
+fn image_import(fx: &Fixture, base: &Baseline, point: &str) {
+    let import = ["image", "import", base.import.to_str().unwrap()];
+    killed_at(fx, point, &import);
+    fx.ok(&["ps"]);
+    // Absent: every layer it made is removed, the shared one kept.
+    let rec = base.recovered(fx, point, &[]);
+    base.images_are_the_baselines(&rec, point);
+    fx.ok(&import);
+    let rec = check_root(fx, point);
+    assert_eq!(
+        rec.tree.layers.len(),
+        base.keys.len() + 2,
+        "{point}: redone"
+    );
+    fx.ok(&["image", "rm", "imp:1"]);
+    let rec = base.recovered(fx, point, &[]);
+    base.images_are_the_baselines(&rec, point);
+}
+
+fn image_rm(fx: &Fixture, base: &Baseline, point: &str) {
+    fx.ok(&["image", "import", base.rmme.to_str().unwrap()]);
+    killed_at(fx, point, &["image", "rm", "rmme:1"]);
+    fx.ok(&["ps"]);
+    // Complete: the name and both its layers are gone.
+    let rec = base.recovered(fx, point, &[]);
+    base.images_are_the_baselines(&rec, point);
 }

@@ -207,6 +207,19 @@ impl Fixture {
         out
     }
 
+    /// This root's device-mapper devices, thin devices before their pool.
+    pub fn devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = self
+            .kernel
+            .dm_list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        devices.sort_by_key(|n| n.ends_with("-pool"));
+        devices
+    }
+
     fn loops(&self) -> Vec<(PathBuf, PathBuf)> {
         self.kernel
             .loop_list()
@@ -230,16 +243,7 @@ impl Fixture {
         for m in mounts {
             let _ = self.kernel.umount(&m, true);
         }
-        let mut devices: Vec<String> = self
-            .kernel
-            .dm_list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect();
-        // Thin devices before their pool.
-        devices.sort_by_key(|n| n.ends_with("-pool"));
-        for d in devices {
+        for d in self.devices() {
             let _ = self.kernel.dm_resume(&d);
             let _ = self.kernel.dm_remove(&d, false);
         }
