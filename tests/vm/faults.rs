@@ -343,3 +343,193 @@ fn a_device_pool_failing_its_check_points_to_a_repair_that_works() {
         );
     });
 }
+
+/// Overwrites 4 KiB at every `step` bytes of `path` (a file shared with the
+/// image), then fsyncs: each write breaks the sharing of one pool block and
+/// of the metadata leaf that maps it. Returns the fsync's outcome and the
+/// time the whole pass took.
+fn scatter_writes(path: &Path, len: u64, step: u64, seed: u8) -> (std::io::Result<()>, Duration) {
+    use std::os::unix::fs::FileExt;
+    let started = Instant::now();
+    let r = (|| {
+        let f = fs::OpenOptions::new().write(true).open(path)?;
+        let buf = [seed; 4096];
+        for off in (0..len).step_by(step as usize) {
+            f.write_at(&buf, off)?;
+        }
+        f.sync_all()
+    })();
+    (r, started.elapsed())
+}
+
+/// Metadata space runs out: a pool with the smallest metadata thinlayer
+/// takes (2 MiB) and the smallest block (64 KiB); many containers of one
+/// image each overwrite scattered blocks of a shared file, so every one
+/// copies a share of the mapping tree. The guard refuses new containers
+/// while the pool is still read-write; then the kernel runs out of metadata
+/// space; `pool grow --metadata-size` brings it back.
+#[test]
+fn metadata_space_runs_out_and_grow_brings_the_pool_back() {
+    fixture::run("metafull", |fx| {
+        const BIG: u64 = 32 << 20;
+        fx.init_pool(
+            "4G",
+            "2M",
+            Some("256M"),
+            &["--block-size", "64K", "--min-free-percent", "25"],
+        );
+        let driver = thinlayer::Driver::open(
+            &fx.root,
+            fx.kernel.clone() as std::sync::Arc<dyn thinlayer::kernel::Kernel>,
+        )
+        .unwrap();
+        // The image: one 32 MiB file, 512 pool blocks.
+        fx.ok(&["container", "create", "scratch", "src"]);
+        let m = driver.mount("src").unwrap();
+        write_file(&m.join("big"), BIG as usize, 9);
+        driver.umount("src").unwrap();
+        fx.ok(&["container", "commit", "src", "img"]);
+        let image_hash = fixture::tree_hash(&driver.mount(&image_top(fx, "img")).unwrap());
+        driver.umount(&image_top(fx, "img")).unwrap();
+        // A container whose data must come through unharmed.
+        fx.ok(&["container", "create", "img", "keeper"]);
+        let m = driver.mount("keeper").unwrap();
+        write_file(&m.join("kept"), 1 << 20, 7);
+        let kept_hash = fixture::tree_hash(&m);
+        driver.umount("keeper").unwrap();
+
+        let meta = |fx: &Fixture| {
+            let st = fx.json(&["pool", "status"]);
+            let used = st["metadata_used"].as_u64().unwrap();
+            let total = st["metadata_total"].as_u64().unwrap();
+            (
+                used * 100 / total,
+                st["mode"].as_str().unwrap().to_string(),
+                st["needs_check"].as_bool().unwrap(),
+            )
+        };
+        // Containers each copying part of the mapping tree, until the guard
+        // refuses a new one.
+        let mut n = 0;
+        let refusal = loop {
+            let name = format!("c{n}");
+            let out = fx.cli(&["container", "create", "img", &name]);
+            if !out.status.success() {
+                break (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+            let m = driver.mount(&name).unwrap();
+            let (r, took) = scatter_writes(&m.join("big"), BIG, 256 << 10, n as u8);
+            r.unwrap_or_else(|e| panic!("{name}: write before the guard: {e} after {took:?}"));
+            n += 1;
+            assert!(n < 400, "the guard never refused: {:?}", meta(fx));
+        };
+        let (pct, mode, _) = meta(fx);
+        println!(
+            "guard refused container {n} at {pct}% metadata used, pool {mode}: {:?} {}",
+            refusal.0, refusal.1
+        );
+        assert_eq!(refusal.0, Some(6), "{}", refusal.1);
+        assert!(
+            refusal
+                .1
+                .contains("metadata blocks free, below the 25% kept in reserve"),
+            "{}",
+            refusal.1
+        );
+        assert_eq!(
+            mode, "read_write",
+            "the guard refuses before the pool is full"
+        );
+
+        // Mounted containers keep writing until metadata runs out.
+        let mut writer_error = None;
+        for i in 0..200 {
+            let name = format!("c{}", i % n);
+            let m = fx.root.join("mnt").join(
+                fx.json(&["tree"])["layers"][&name]["thin_id"]
+                    .as_u64()
+                    .unwrap()
+                    .to_string(),
+            );
+            // A fresh file each time: new blocks, new mappings.
+            let started = Instant::now();
+            let r = fs::File::create(m.join(format!("more{i}"))).and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&vec![i as u8; 4 << 20])?;
+                f.sync_all()
+            });
+            let (pct, mode, needs_check) = meta(fx);
+            if let Err(e) = r {
+                writer_error = Some((e, started.elapsed(), pct, mode.clone(), needs_check));
+                break;
+            }
+            if mode != "read_write" {
+                println!("pool went {mode} (needs_check {needs_check}) at {pct}% after write {i}");
+            }
+        }
+        let (err, took, pct, mode, needs_check) =
+            writer_error.expect("metadata never ran out in 200 writes of 4 MiB");
+        println!(
+            "writer failed after {took:?}: {err} (errno {:?}); pool {mode}, needs_check {needs_check}, metadata {pct}%",
+            err.raw_os_error()
+        );
+        assert!(took < Duration::from_secs(30), "the writer hung {took:?}");
+        let st = fx.json(&["pool", "status"]);
+        println!("pool status when out of metadata space: {st}");
+        let e = fx.fails(&["container", "create", "img", "refused"], 6);
+        println!("create with metadata exhausted: {e}");
+
+        // Grow the metadata; what the kernel makes of it.
+        for i in 0..n {
+            let _ = driver.umount(&format!("c{i}"));
+        }
+        let grown = fx.cli(&["--json", "pool", "grow", "--metadata-size", "16M"]);
+        println!(
+            "pool grow --metadata-size 16M: {} {}{}",
+            grown.status,
+            String::from_utf8_lossy(&grown.stdout),
+            String::from_utf8_lossy(&grown.stderr)
+        );
+        let after = meta(fx);
+        println!("after grow: {after:?}");
+        if after.1 != "read_write" {
+            let out = fx.cli(&["pool", "check"]);
+            println!(
+                "pool check: {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("after check: {:?}", meta(fx));
+        }
+        assert_eq!(meta(fx).1, "read_write");
+
+        // Committed layer and the other container intact; new containers work.
+        let top = image_top(fx, "img");
+        assert_eq!(fixture::tree_hash(&driver.mount(&top).unwrap()), image_hash);
+        driver.umount(&top).unwrap();
+        assert_eq!(
+            fixture::tree_hash(&driver.mount("keeper").unwrap()),
+            kept_hash
+        );
+        driver.umount("keeper").unwrap();
+        fx.ok(&["container", "create", "img", "after"]);
+        let m = driver.mount("after").unwrap();
+        let (r, _) = scatter_writes(&m.join("big"), BIG, 256 << 10, 1);
+        r.unwrap();
+        driver.umount("after").unwrap();
+        drop(driver);
+    });
+}
+
+/// The key of an image's top layer.
+fn image_top(fx: &Fixture, image: &str) -> String {
+    let tree = fx.json(&["tree"]);
+    let full = format!("{image}:latest");
+    tree["images"][&full]["top"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no image {full} in {tree}"))
+        .to_string()
+}
