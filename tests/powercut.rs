@@ -47,7 +47,7 @@ use thinlayer::kernel::Kernel;
 use fixture::{Fixture, kernel_thin_ids_of, tree_hash, tree_thin_ids_of, write_file};
 
 /// Delays from the start of the workload to the cut, one per cut.
-const CUTS_MS: [u64; 3] = [1500, 4000, 7000];
+const CUTS_MS: [u64; 3] = [2500, 5000, 8000];
 const BOOT: &str = "THINLAYER_POWERCUT_BOOT";
 /// What `vm-tests/run` exits with when the guest was reset as asked
 /// (`THINLAYER_VM_POWER_CUT=1`).
@@ -102,7 +102,11 @@ fn host() {
             out.status.code(),
             t.elapsed()
         );
-        for l in stdout.lines().filter(|l| l.starts_with("powercut: ")) {
+        // The first may follow libtest's "test NAME ... " on its line.
+        for l in stdout
+            .lines()
+            .filter_map(|l| l.find("powercut: ").map(|i| &l[i..]))
+        {
             println!("  {l}");
         }
         assert_eq!(
@@ -339,6 +343,7 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
         let (journal, stop, commands) = (journal.clone(), stop.clone(), commands.clone());
         let root = fx.root.clone();
         let d = d.clone();
+        let journal_path = journal_path.to_path_buf();
         std::thread::spawn(move || {
             let cli = |args: &[&str]| {
                 let out = fixture::cli_at(&root, args, &[]);
@@ -349,6 +354,15 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
                 );
                 commands.fetch_add(1, Ordering::Relaxed);
             };
+            // Churn images left by earlier boots, oldest first.
+            let mut live: Vec<String> = Vec::new();
+            for l in journal_lines(&journal_path) {
+                match (l[0].as_str(), l[1].starts_with("churn-")) {
+                    ("image", true) => live.push(l[1].clone()),
+                    ("rmimage", _) => live.retain(|i| *i != l[1]),
+                    _ => {}
+                }
+            }
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("churn-{boot}-{i}");
@@ -359,8 +373,9 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
                 d.umount(&name).unwrap();
                 cli(&["container", "commit", &name, &name]);
                 journal.append(&format!("image {name}:latest {hash}"));
-                if i >= 2 {
-                    let old = format!("churn-{boot}-{}:latest", i - 2);
+                live.push(format!("{name}:latest"));
+                if live.len() > 2 {
+                    let old = live.remove(0);
                     cli(&["image", "rm", &old]);
                     journal.append(&format!("rmimage {old}"));
                 }
