@@ -47,7 +47,7 @@ use thinlayer::kernel::Kernel;
 use fixture::{Fixture, kernel_thin_ids_of, tree_hash, tree_thin_ids_of, write_file};
 
 /// Delays from the start of the workload to the cut, one per cut.
-const CUTS_MS: [u64; 3] = [2500, 5000, 8000];
+const CUTS_MS: [u64; 3] = [3000, 6000, 10000];
 const BOOT: &str = "THINLAYER_POWERCUT_BOOT";
 /// What `vm-tests/run` exits with when the guest was reset as asked
 /// (`THINLAYER_VM_POWER_CUT=1`).
@@ -374,7 +374,8 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
                 cli(&["container", "commit", &name, &name]);
                 journal.append(&format!("image {name}:latest {hash}"));
                 live.push(format!("{name}:latest"));
-                if live.len() > 2 {
+                // The newest kept, the one before it removed (often from an earlier boot).
+                if live.len() > 1 {
                     let old = live.remove(0);
                     cli(&["image", "rm", &old]);
                     journal.append(&format!("rmimage {old}"));
