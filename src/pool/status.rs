@@ -18,6 +18,10 @@ pub enum PoolMode {
     ReadWrite,
     ReadOnly,
     OutOfDataSpace,
+    /// Read-only because metadata space ran out: the kernel prints `ro`
+    /// and counts its metadata reserve (a tenth) as used, so used equals
+    /// total. Growing the metadata brings the pool back to read-write.
+    OutOfMetadataSpace,
     Failed,
 }
 
@@ -27,6 +31,7 @@ impl PoolMode {
             PoolMode::ReadWrite => "rw",
             PoolMode::ReadOnly => "read-only",
             PoolMode::OutOfDataSpace => "out of data space",
+            PoolMode::OutOfMetadataSpace => "out of metadata space",
             PoolMode::Failed => "failed",
         }
     }
@@ -77,6 +82,7 @@ impl KernelPoolStatus {
         let (data_used, data_total) = pair(f[2])?;
         let mode = match f[4] {
             "rw" => PoolMode::ReadWrite,
+            "ro" if meta_total > 0 && meta_used >= meta_total => PoolMode::OutOfMetadataSpace,
             "ro" => PoolMode::ReadOnly,
             "out_of_data_space" => PoolMode::OutOfDataSpace,
             _ => return Err(bad()),
@@ -117,6 +123,16 @@ mod tests {
         .unwrap();
         assert_eq!(s.mode, PoolMode::OutOfDataSpace);
         assert!(s.needs_check && s.held_metadata_snapshot && !s.error_if_no_space);
+        let s = KernelPoolStatus::parse(
+            "161 512/512 3557/65536 - ro discard_passdown error_if_no_space - 128",
+        )
+        .unwrap();
+        assert_eq!(s.mode, PoolMode::OutOfMetadataSpace);
+        let s = KernelPoolStatus::parse(
+            "161 300/512 3557/65536 - ro discard_passdown error_if_no_space needs_check 128",
+        )
+        .unwrap();
+        assert_eq!(s.mode, PoolMode::ReadOnly);
         assert_eq!(
             KernelPoolStatus::parse("Fail").unwrap().mode,
             PoolMode::Failed

@@ -343,3 +343,214 @@ fn a_device_pool_failing_its_check_points_to_a_repair_that_works() {
         );
     });
 }
+
+/// Overwrites 4 KiB at every `step` bytes of `path` (a file shared with the
+/// image), then fsyncs: each write breaks the sharing of one pool block and
+/// of the metadata leaf that maps it. Returns the fsync's outcome and the
+/// time the whole pass took.
+fn scatter_writes(path: &Path, len: u64, step: u64, seed: u8) -> (std::io::Result<()>, Duration) {
+    use std::os::unix::fs::FileExt;
+    let started = Instant::now();
+    let r = (|| {
+        let f = fs::OpenOptions::new().write(true).open(path)?;
+        let buf = [seed; 4096];
+        for off in (0..len).step_by(step as usize) {
+            f.write_at(&buf, off)?;
+        }
+        f.sync_all()
+    })();
+    (r, started.elapsed())
+}
+
+/// Metadata space runs out: a pool with the smallest metadata thinlayer
+/// takes (2 MiB) and the smallest block (64 KiB); containers of one image
+/// each overwrite scattered blocks of a shared file, so that each copies a
+/// share of the mapping tree. The containers are made up front, while
+/// metadata is plentiful; then they write one after the other. Asserted,
+/// as the kernel (Debian 6.1) does it: the guard refuses new containers
+/// with a clear message while the pool is still read-write; when the
+/// kernel runs out (its own reserve is a tenth of the metadata), the pool
+/// turns read-only without `needs_check` (`pool status`: out of metadata
+/// space) and writers needing new blocks get EIO at once (no hang); the
+/// committed image and the other containers read back intact; `pool grow
+/// --metadata-size` alone brings the pool back to read-write (no check or
+/// repair), and new containers work again.
+#[test]
+fn metadata_space_runs_out_and_grow_brings_the_pool_back() {
+    use thinlayer::pool::PoolMode;
+    use thinlayer::tree::ImageRef;
+    const BIG: u64 = 128 << 20;
+    /// Every 4 MiB: each write lands in a different leaf of the mapping tree.
+    const STEP: u64 = 4 << 20;
+    const CONTAINERS: usize = 100;
+    fixture::run("metafull", |fx| {
+        fx.init_pool(
+            "4G",
+            "2M",
+            Some("256M"),
+            &["--block-size", "64K", "--min-free-percent", "25"],
+        );
+        let driver = thinlayer::Driver::open(
+            &fx.root,
+            fx.kernel.clone() as std::sync::Arc<dyn thinlayer::kernel::Kernel>,
+        )
+        .unwrap();
+        let meta = || {
+            let st = driver.status().unwrap();
+            (
+                st.metadata_used.0 * 100 / st.metadata_total.0,
+                st.mode,
+                st.needs_check,
+            )
+        };
+        // The image: one 128 MiB file, 2048 pool blocks.
+        fx.ok(&["container", "create", "scratch", "src"]);
+        let m = driver.mount("src").unwrap();
+        write_file(&m.join("big"), BIG as usize, 9);
+        driver.umount("src").unwrap();
+        fx.ok(&["container", "commit", "src", "img"]);
+        let top = image_top(fx, "img");
+        let image_hash = fixture::tree_hash(&driver.mount(&top).unwrap());
+        driver.umount(&top).unwrap();
+        // A container whose data must come through unharmed.
+        fx.ok(&["container", "create", "img", "keeper"]);
+        let m = driver.mount("keeper").unwrap();
+        write_file(&m.join("kept"), 1 << 20, 7);
+        let kept_hash = fixture::tree_hash(&m);
+        driver.umount("keeper").unwrap();
+        let intact = |when: &str| {
+            for (key, hash) in [(top.as_str(), &image_hash), ("keeper", &kept_hash)] {
+                let h = fixture::tree_hash(&driver.mount(key).unwrap());
+                driver.umount(key).unwrap();
+                assert_eq!(&h, hash, "{key} changed ({when})");
+            }
+        };
+        let img = ImageRef::parse("img").unwrap();
+        let names: Vec<String> = (0..CONTAINERS).map(|i| format!("c{i}")).collect();
+        for n in &names {
+            driver.create_container(n, Some(&img)).unwrap();
+        }
+        println!("{CONTAINERS} containers made; metadata {:?}", meta());
+
+        // Writers until the guard refuses a new container.
+        let mut next = 0;
+        let refusal = loop {
+            assert!(next < CONTAINERS, "the guard never refused: {:?}", meta());
+            let m = driver.mount(&names[next]).unwrap();
+            let (r, took) = scatter_writes(&m.join("big"), BIG, STEP, next as u8);
+            r.unwrap_or_else(|e| panic!("c{next}: a write before the guard: {e} after {took:?}"));
+            next += 1;
+            let out = fx.cli(&["container", "create", "img", "probe"]);
+            if out.status.success() {
+                driver.remove("probe", false).unwrap();
+            } else {
+                break (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+        };
+        let (pct, mode, _) = meta();
+        println!(
+            "guard refused a new container after {next} writers, {pct}% metadata used, pool {mode:?}: {}",
+            refusal.1.trim()
+        );
+        assert_eq!(refusal.0, Some(6), "{}", refusal.1);
+        assert!(
+            refusal
+                .1
+                .contains("metadata blocks free, below the 25% kept in reserve"),
+            "{}",
+            refusal.1
+        );
+        assert_eq!(
+            mode,
+            PoolMode::ReadWrite,
+            "the guard refuses before the pool is full"
+        );
+
+        // More writers, until the kernel runs out.
+        let (err, took) = loop {
+            assert!(next < CONTAINERS, "metadata never ran out: {:?}", meta());
+            let name = &names[next];
+            next += 1;
+            let started = Instant::now();
+            let m = match driver.mount(name) {
+                Ok(m) => m,
+                Err(e) => {
+                    println!("mounting {name} failed after {:?}: {e}", started.elapsed());
+                    break (std::io::Error::other(e.to_string()), started.elapsed());
+                }
+            };
+            let (r, took) = scatter_writes(&m.join("big"), BIG, STEP, next as u8);
+            if let Err(e) = r {
+                break (e, took);
+            }
+        };
+        let (pct, mode, needs_check) = meta();
+        println!(
+            "writer {next} failed after {took:?}: {err} (errno {:?}); pool {mode:?}, needs_check {needs_check}, metadata {pct}%",
+            err.raw_os_error()
+        );
+        assert!(took < Duration::from_secs(30), "the writer hung {took:?}");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        // A writer in a container mounted before: new blocks fail too.
+        let started = Instant::now();
+        let r = fs::File::create(driver.mount("c0").unwrap().join("late")).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&[1u8; 1 << 20])?;
+            f.sync_all()
+        });
+        println!("another writer: {r:?} after {:?}", started.elapsed());
+        assert!(
+            r.is_err(),
+            "a write needing new blocks succeeded with metadata exhausted"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+        driver.umount("c0").unwrap();
+        let st = fx.json(&["pool", "status"]);
+        println!("pool status, metadata exhausted: {st}");
+        assert_eq!(st["mode"], "out_of_metadata_space", "{st}");
+        assert_eq!(st["needs_check"], false, "{st}");
+        let e = fx.fails(&["container", "create", "img", "refused"], 6);
+        println!("create, metadata exhausted: {}", e.trim());
+        assert!(e.contains("is out of metadata space: no new layers"), "{e}");
+
+        // Reads are served: the committed image and the keeper intact.
+        intact("metadata exhausted");
+
+        // Grow the metadata.
+        let grown = fx.cli(&["--json", "pool", "grow", "--metadata-size", "16M"]);
+        println!(
+            "pool grow --metadata-size 16M: {} {}{}",
+            grown.status,
+            String::from_utf8_lossy(&grown.stdout).trim(),
+            String::from_utf8_lossy(&grown.stderr).trim()
+        );
+        assert!(grown.status.success());
+        // No check or repair needed: the kernel never flagged the metadata.
+        let after = meta();
+        println!("after grow: {after:?}");
+        assert_eq!((after.1, after.2), (PoolMode::ReadWrite, false));
+
+        // Everything committed before is intact; new containers work.
+        intact("after recovery");
+        fx.ok(&["container", "create", "img", "after"]);
+        let m = driver.mount("after").unwrap();
+        let (r, _) = scatter_writes(&m.join("big"), BIG, STEP, 1);
+        r.unwrap();
+        driver.umount("after").unwrap();
+        println!("after recovery: {:?}", meta());
+        drop(driver);
+    });
+}
+
+/// The key of an image's top layer.
+fn image_top(fx: &Fixture, image: &str) -> String {
+    let tree = fx.json(&["tree"]);
+    let full = format!("{image}:latest");
+    tree["images"][&full]["top"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no image {full} in {tree}"))
+        .to_string()
+}

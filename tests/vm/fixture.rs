@@ -9,6 +9,7 @@
 //! by force so the next test starts clean.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
@@ -30,7 +31,20 @@ pub struct Fixture {
 
 /// Runs `body` in a fresh fixture named `name`.
 pub fn run(name: &str, body: impl FnOnce(&Fixture)) {
-    let fx = Fixture::new(name);
+    run_with(Fixture::new(name), name, body);
+}
+
+/// Runs `body` in a fixture on `dir`, which is kept as it is: for a root
+/// that outlives one boot of the VM. Torn down and checked like any other.
+/// (Used by `tests/powercut.rs`, which includes this file.)
+#[allow(dead_code)]
+pub fn run_in(dir: &Path, body: impl FnOnce(&Fixture)) {
+    fs::create_dir_all(dir).expect("create test directory");
+    let name = dir.display().to_string();
+    run_with(Fixture::at(dir.to_path_buf()), &name, body);
+}
+
+fn run_with(fx: Fixture, name: &str, body: impl FnOnce(&Fixture)) {
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&fx)));
     let teardown = catch_unwind(AssertUnwindSafe(|| fx.teardown()));
     let leaks = fx.leaks();
@@ -48,11 +62,6 @@ pub fn run(name: &str, body: impl FnOnce(&Fixture)) {
 impl Fixture {
     fn new(name: &str) -> Fixture {
         static N: AtomicU32 = AtomicU32::new(0);
-        let kernel = Arc::new(Linux::new());
-        // Never skip: a device test without device-mapper is a failure.
-        kernel.check().unwrap_or_else(|e| {
-            panic!("device tests need device-mapper and root; run them through vm-tests/run: {e}")
-        });
         let scratch = std::env::var_os("SCRATCH")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/tmp"));
@@ -63,6 +72,16 @@ impl Fixture {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create test directory");
+        Fixture::at(dir)
+    }
+
+    /// The fixture of `dir` as it is, its root at `dir/root`.
+    fn at(dir: PathBuf) -> Fixture {
+        let kernel = Arc::new(Linux::new());
+        // Never skip: a device test without device-mapper is a failure.
+        kernel.check().unwrap_or_else(|e| {
+            panic!("device tests need device-mapper and root; run them through vm-tests/run: {e}")
+        });
         let root = dir.join("root");
         Fixture {
             prefix: thinlayer::pool::prefix_for(&root),
@@ -96,12 +115,7 @@ impl Fixture {
     }
 
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
-        c.arg("--root").arg(&self.root).args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().expect("run thinlayer")
+        cli_at(&self.root, args, env)
     }
 
     /// Runs thinlayer and insists on success; returns stdout.
@@ -253,6 +267,17 @@ impl Fixture {
     }
 }
 
+/// Runs the thinlayer binary on `root` (for threads, which cannot share a
+/// [`Fixture`]).
+pub fn cli_at(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
+    c.arg("--root").arg(root).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run thinlayer")
+}
+
 /// Writes `len` bytes of a pattern seeded by `seed` to `path`, and fsyncs.
 pub fn write_file(path: &Path, len: usize, seed: u8) {
     use std::io::Write;
@@ -267,4 +292,79 @@ pub fn write_file(path: &Path, len: usize, seed: u8) {
         left -= n;
     }
     f.sync_all().expect("fsync");
+}
+
+/// The pool's thin ids as the kernel's metadata holds them (thin_ls on a
+/// metadata snapshot, taken and released through the live pool).
+pub fn kernel_thin_ids_of(fx: &Fixture) -> BTreeSet<u64> {
+    let pool = format!("{}-pool", fx.prefix);
+    let meta = fx
+        .kernel
+        .loop_list()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.backing_file == fx.root.join("metadata"))
+        .expect("metadata loop")
+        .device;
+    fx.kernel
+        .dm_message(&pool, "reserve_metadata_snap")
+        .unwrap();
+    let ls = fx.kernel.thin_ls_snapshot(&meta);
+    fx.kernel
+        .dm_message(&pool, "release_metadata_snap")
+        .unwrap();
+    ls.unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The tree's thin ids, base included, as `thinlayer tree` reports them.
+pub fn tree_thin_ids_of(fx: &Fixture) -> BTreeSet<u64> {
+    let tree = fx.json(&["tree"]);
+    let mut ids: BTreeSet<u64> = tree["layers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|l| l["thin_id"].as_u64().unwrap())
+        .collect();
+    ids.insert(tree["base"].as_u64().unwrap());
+    ids
+}
+
+/// The sha256 of the regular files under `dir` (paths and contents, in
+/// path order; `lost+found` left out), as hex. (Used by `tests/powercut.rs`.)
+#[allow(dead_code)]
+pub fn tree_hash(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry"))
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if rel.as_os_str().is_empty() && name == "lost+found" {
+                continue;
+            }
+            let ty = e.file_type().expect("file type");
+            if ty.is_dir() {
+                walk(&e.path(), &rel.join(&name), out);
+            } else if ty.is_file() {
+                out.push(rel.join(&name));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, Path::new(""), &mut files);
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        let data = fs::read(dir.join(&f)).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
