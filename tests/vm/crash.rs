@@ -313,31 +313,6 @@ pub fn records(fx: &Fixture) -> Records {
     Store::new(&fx.root).load().expect("records")
 }
 
-/// The pool's thin ids as the kernel's metadata holds them (thin_ls on a
-/// metadata snapshot).
-pub fn kernel_thin_ids(fx: &Fixture) -> BTreeSet<u64> {
-    let pool = format!("{}-pool", fx.prefix);
-    let meta = fx
-        .kernel
-        .loop_list()
-        .unwrap()
-        .into_iter()
-        .find(|l| l.backing_file == fx.root.join("metadata"))
-        .expect("metadata loop")
-        .device;
-    fx.kernel
-        .dm_message(&pool, "reserve_metadata_snap")
-        .unwrap();
-    let ls = fx.kernel.thin_ls_snapshot(&meta);
-    fx.kernel
-        .dm_message(&pool, "release_metadata_snap")
-        .unwrap();
-    ls.unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
 /// The invariants of a root after the next command: nothing pending, the
 /// kernel's thin ids are the tree's, and the root's devices, loops and
 /// mounts are what its layers need. Returns the records.
@@ -346,7 +321,11 @@ pub fn check_root(fx: &Fixture, what: &str) -> Records {
     assert!(rec.pending.is_none(), "{what}: pending {:?}", rec.pending);
     assert!(rec.base_ready, "{what}: the base is not finished");
     let tree: BTreeSet<u64> = rec.tree.thin_ids().map(|i| u64::from(i.get())).collect();
-    assert_eq!(kernel_thin_ids(fx), tree, "{what}: kernel thin ids vs tree");
+    assert_eq!(
+        fixture::kernel_thin_ids_of(fx),
+        tree,
+        "{what}: kernel thin ids vs tree"
+    );
 
     let name = |l: &thinlayer::tree::Layer| thinlayer::thin::dm_name(&fx.prefix, l.thin_id);
     let pool = format!("{}-pool", fx.prefix);
