@@ -39,6 +39,7 @@ pub struct Config {
     pub cd_layers: usize,
     pub cd_files: usize,
     pub cd_file_size: u64,
+    pub cd_reps: usize,
     /// Density: numbers of idle containers.
     pub density: Vec<usize>,
     /// Throughput: the file (or device) size fio works on, its run time
@@ -94,6 +95,21 @@ impl Workload {
         }
     }
 
+    /// Runs the workload on one baseline.
+    fn runner(self) -> fn(&mut dyn Cow, &Config, &mut Results) -> Result<()> {
+        match self {
+            Workload::FirstWrite => first_write,
+            Workload::Latency => latency,
+            Workload::Depth => depth,
+            Workload::Sparse => sparse,
+            Workload::Churn => churn,
+            Workload::Containerd => containerd,
+            Workload::Density => density,
+            Workload::Throughput => throughput,
+            Workload::PageCache => page_cache,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Workload> {
         Workload::ALL.into_iter().find(|w| w.name() == s)
     }
@@ -113,18 +129,19 @@ impl Config {
             sizes: vec![4 << 10, 1 << 20, 64 << 20],
             counts: vec![1, 10],
             depths: vec![1, 16],
-            sparse_size: 64 << 20,
+            sparse_size: 32 << 20,
             sparse_permille: vec![1, 10, 100, 1000],
-            churn: 100,
+            churn: 50,
             churn_group: 10,
             churn_reps: 1,
             cd_layers: 4,
-            cd_files: 10,
+            cd_files: 5,
             cd_file_size: 1 << 20,
+            cd_reps: 2,
             density: vec![10],
-            fio_size: 32 << 20,
+            fio_size: 16 << 20,
             fio_seconds: 1,
-            fio_reps: 2,
+            fio_reps: 1,
             readers: vec![2],
             cache_file: 32 << 20,
             only: None,
@@ -146,6 +163,7 @@ impl Config {
             cd_layers: 16,
             cd_files: 10,
             cd_file_size: 1 << 20,
+            cd_reps: 5,
             density: vec![10, 100],
             fio_size: 1 << 30,
             fio_seconds: 5,
@@ -291,32 +309,10 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     let mut outcome = Ok(());
     for b in baselines.iter_mut() {
         let r = (|| {
-            if cfg.runs(Workload::FirstWrite) {
-                first_write(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Latency) {
-                latency(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Depth) {
-                depth(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Sparse) {
-                sparse(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Churn) {
-                churn(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Containerd) {
-                containerd(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Density) {
-                density(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Throughput) {
-                throughput(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::PageCache) {
-                page_cache(&mut **b, cfg, &mut res)?;
+            for w in Workload::ALL {
+                if cfg.runs(w) {
+                    (w.runner())(&mut **b, cfg, &mut res)?;
+                }
             }
             Ok(())
         })();
@@ -341,7 +337,12 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
 
 /// Writes `len` bytes of a non-zero pattern to `path` and fsyncs.
 pub fn write_file(path: &Path, len: u64) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    write_pattern(f, len)
+}
+
+/// Writes `len` bytes of a non-zero pattern from where `f` stands, fsyncs.
+fn write_pattern(mut f: File, len: u64) -> Result<()> {
     let chunk: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i as u8).wrapping_mul(31) | 1)
         .collect();
@@ -434,33 +435,58 @@ fn first_write(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
     for &size in &cfg.sizes {
         let image = format!("fw{size}");
         b.build_image(&image, 1, &mut |_, dir| write_file(&dir.join("f"), size))?;
-        let offset = (size / 2) & !4095;
-        let (samples, failed) = repeat(cfg.reps, |r| {
-            in_container(b, &format!("fw{size}-{r}"), &image, |b, m| {
-                let path = m.join("f");
-                let ((), s) = measure::measure(&b.device().clone(), true, || {
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    f.write_all_at(&[0xa5; 4096], offset)?;
-                    f.sync_all()?;
-                    Ok(())
-                })?;
-                Ok(s)
-            })
-        });
-        b.remove_image(&image)?;
-        let (times, bytes) = values(&samples);
-        res.push_metrics(
+        cold_writes(
+            b,
+            cfg.reps,
+            &image,
             FIRST_WRITE,
             size,
-            b.name(),
-            &failed,
-            vec![
-                ("time", Unit::Seconds, times),
-                ("bytes written", Unit::Bytes, bytes),
-            ],
+            &[size / 2 / 4096],
+            res,
         );
+        b.remove_image(&image)?;
     }
     Ok(())
+}
+
+/// Per repetition a new container of `image`, caches dropped, then 4 KiB
+/// writes at the 4 KiB blocks `blocks` of its file `f` and one fsync,
+/// measured: time and bytes written to the device.
+fn cold_writes(
+    b: &mut dyn Cow,
+    reps: usize,
+    image: &str,
+    workload: &'static str,
+    param: u64,
+    blocks: &[u64],
+    res: &mut Results,
+) {
+    let (samples, failed) = repeat(reps, |r| {
+        in_container(b, &format!("{image}-{r}"), image, |b, m| {
+            let path = m.join("f");
+            let ((), s) = measure::measure(&b.device().clone(), true, || {
+                let f = OpenOptions::new().write(true).open(&path)?;
+                let block = [0xa5; 4096];
+                for &o in blocks {
+                    f.write_all_at(&block, o * 4096)?;
+                }
+                f.sync_all()?;
+                Ok(())
+            })?;
+            Ok(s)
+        })
+    });
+    let (times, bytes) = values(&samples);
+    res.push_metrics(
+        workload,
+        param,
+        b.name(),
+        &failed,
+        vec![
+            ("time", Unit::Seconds, times),
+            ("bytes written", Unit::Bytes, bytes),
+        ],
+    );
 }
 
 /// (b) N containers of one image: create start to mounted, then teardown.
@@ -637,32 +663,7 @@ fn sparse(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
     let blocks = size / 4096;
     for &pm in &cfg.sparse_permille {
         let offsets = sample(blocks, (blocks * pm / 1000).max(1), SPARSE_SEED);
-        let (samples, failed) = repeat(cfg.reps, |r| {
-            in_container(b, &format!("sp{pm}-{r}"), image, |b, m| {
-                let path = m.join("f");
-                let ((), s) = measure::measure(&b.device().clone(), true, || {
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    let block = [0x5a; 4096];
-                    for &o in &offsets {
-                        f.write_all_at(&block, o * 4096)?;
-                    }
-                    f.sync_all()?;
-                    Ok(())
-                })?;
-                Ok(s)
-            })
-        });
-        let (times, bytes) = values(&samples);
-        res.push_metrics(
-            SPARSE,
-            pm,
-            b.name(),
-            &failed,
-            vec![
-                ("time", Unit::Seconds, times),
-                ("bytes written", Unit::Bytes, bytes),
-            ],
-        );
+        cold_writes(b, cfg.reps, image, SPARSE, pm, &offsets, res);
     }
     b.remove_image(image)
 }
@@ -728,7 +729,7 @@ fn containerd(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
         Ok(())
     };
     let dev = b.device().clone();
-    let (samples, failed) = repeat(cfg.reps, |r| {
+    let (samples, failed) = repeat(cfg.cd_reps, |r| {
         let img = |l: usize| format!("cd{r}-{l}");
         let ((), build) = measure::measure(&dev, false, || {
             b.build_image(&img(0), 1, &mut |_, d| fill(0, d))?;
@@ -842,24 +843,16 @@ pub const FIO_JOBS: [(&str, &str, &str); 4] = [
     ("random write", "randwrite", "4k"),
 ];
 
-/// Writes `len` bytes of a non-zero pattern over an existing file or
-/// device, from the start, and fsyncs.
+/// Writes `len` bytes of a non-zero pattern over a file (made if need
+/// be) or a device, from the start, and fsyncs.
 fn fill(path: &Path, len: u64) -> Result<()> {
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
         .with_context(|| format!("open {}", path.display()))?;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i as u8) ^ 0x3c | 1).collect();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n])?;
-        left -= n as u64;
-    }
-    f.sync_all()?;
-    Ok(())
+    write_pattern(f, len)
 }
 
 /// One fio job on `path`; its bandwidth in bytes per second.
