@@ -492,7 +492,7 @@ fn sections<'a>(cfg: &'a Config) -> Vec<Section<'a>> {
         },
         Section {
             title: "(g) Density".into(),
-            intro: "N containers of one image of a few small files, created and mounted, nothing written: space used per container — for thin the pool's data in use as the kernel reports it (pool status), for overlay the used blocks of its filesystem (statvfs), each as the difference from before the containers, after a sync. Then each container writes and fsyncs a 1 MiB file, measured again.".into(),
+            intro: "N containers of one image of a few small files, created and mounted, nothing written: space used per container — for thin the pool's data in use as the kernel reports it (pool status), for overlay the used blocks of its filesystem (statvfs), each as the difference from before the containers, after a sync and dropping the caches (which makes xfs free its preallocations of files no longer open). Then each container writes and fsyncs a 1 MiB file, measured again.".into(),
             workload: DENSITY,
             row: "containers",
             label: Box::new(count),
