@@ -32,12 +32,17 @@ pub trait Cow {
     /// Mounts a container; returns where.
     fn mount(&mut self, container: &str) -> Result<PathBuf>;
     fn umount(&mut self, container: &str) -> Result<()>;
-    /// Turns an unmounted container into image `image`. No workload of
-    /// this part commits yet; the device test checks it on both drivers.
-    #[allow(dead_code)]
+    /// Turns an unmounted container into image `image`.
     fn commit(&mut self, container: &str, image: &str) -> Result<()>;
     fn remove(&mut self, container: &str) -> Result<()>;
     fn remove_image(&mut self, image: &str) -> Result<()>;
+    /// Bytes of the backing store in use: for thin the pool's data in use
+    /// as the kernel reports it, for overlay the filesystem's used blocks
+    /// (statvfs).
+    fn used(&mut self) -> Result<u64>;
+    /// What containers left behind that nothing owns any more: devices,
+    /// mounts, directories; one line each.
+    fn leaks(&mut self) -> Result<Vec<String>>;
     /// Takes down every device, mount and file.
     fn destroy(self: Box<Self>) -> Result<()>;
 }
@@ -161,6 +166,52 @@ impl Cow for Thin {
         self.d()
             .remove_image(&r)
             .map_err(|e| anyhow!("remove image {image}: {e}"))
+    }
+
+    fn used(&mut self) -> Result<u64> {
+        let st = self.d().status().map_err(|e| anyhow!("pool status: {e}"))?;
+        Ok(st.data_used.0)
+    }
+
+    /// Device-mapper devices of the pool's prefix other than the pool and
+    /// the base device, loop devices over files of the pool's root other
+    /// than its data and metadata files, mounts under the root.
+    fn leaks(&mut self) -> Result<Vec<String>> {
+        let d = self.d();
+        let rec = d.records().map_err(|e| anyhow!("{e}"))?;
+        let root = d.root().to_path_buf();
+        let prefix = &rec.pool.prefix;
+        let pool = format!("{prefix}-pool");
+        let base = rec.tree.base.map(|id| thinlayer::thin::dm_name(prefix, id));
+        let kernel = Linux::new();
+        let mut out = Vec::new();
+        for name in kernel.dm_list().map_err(|e| anyhow!("{e}"))? {
+            if name.starts_with(prefix.as_str())
+                && name != pool
+                && base.as_deref() != Some(name.as_str())
+            {
+                out.push(format!("device-mapper device {name}"));
+            }
+        }
+        let owned: Vec<&PathBuf> = match &rec.pool.source {
+            PoolSource::LoopFiles { data, metadata } => vec![data, metadata],
+            _ => Vec::new(),
+        };
+        for l in kernel.loop_list().map_err(|e| anyhow!("{e}"))? {
+            if l.backing_file.starts_with(&root) && !owned.contains(&&l.backing_file) {
+                out.push(format!(
+                    "loop device {} over {}",
+                    l.device.display(),
+                    l.backing_file.display()
+                ));
+            }
+        }
+        for m in kernel.mounts().map_err(|e| anyhow!("{e}"))? {
+            if m.target.starts_with(&root) {
+                out.push(format!("mount on {}", m.target.display()));
+            }
+        }
+        Ok(out)
     }
 
     fn destroy(mut self: Box<Self>) -> Result<()> {

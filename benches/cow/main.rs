@@ -3,7 +3,9 @@
 //! `vm-tests/bench` (or `vm-tests/bench --quick`), which writes
 //! BENCHMARKS.md and its plots to the repository root.
 //!
-//! `cow [--quick] [--only first-write|latency|depth] [--counts N,...] [--out FILE] [--dir DIR]`
+//! `cow [--quick] [--only WORKLOAD] [--counts N,...] [--out FILE] [--dir DIR]`
+//! `--only`: one of first-write, latency, depth, sparse, churn, containerd,
+//! density, throughput, page-cache (benches/README.md describes each).
 //! `--counts`: the numbers of containers of the create-to-mounted workload.
 //! `--dir`: where pools, loop files and mounts go (default `$SCRATCH/cow`).
 
@@ -81,14 +83,15 @@ fn main() -> Result<()> {
             }
             "--only" => {
                 let w = args.next().context("--only needs a workload")?;
-                cfg.only = Some(
-                    workloads::Workload::parse(&w).with_context(|| format!("no workload {w:?}"))?,
-                );
+                cfg.only = Some(workloads::Workload::parse(&w).with_context(|| {
+                    format!("no workload {w:?}; one of {}", workloads::Workload::names())
+                })?);
             }
             // cargo bench passes --bench.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; usage: cow [--quick] [--only first-write|latency|depth] [--counts N,N,...] [--out FILE] [--dir DIR]"
+                "unknown argument {other:?}; usage: cow [--quick] [--only {}] [--counts N,N,...] [--out FILE] [--dir DIR]",
+                workloads::Workload::names()
             ),
         }
     }

@@ -286,6 +286,28 @@ impl Cow for Overlay {
         Ok(())
     }
 
+    fn used(&mut self) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.fs_mount)
+            .with_context(|| format!("statvfs {}", self.fs_mount.display()))?;
+        Ok((st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64)
+    }
+
+    /// Mounts under the filesystem other than its own, and container
+    /// directories left.
+    fn leaks(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for m in Linux::new().mounts().map_err(|e| anyhow!("{e}"))? {
+            if m.target.starts_with(&self.fs_mount) && m.target != self.fs_mount {
+                out.push(format!("mount on {}", m.target.display()));
+            }
+        }
+        let c = self.fs_mount.join("c");
+        for e in fs::read_dir(&c).with_context(|| format!("read {}", c.display()))? {
+            out.push(format!("directory {}", e?.path().display()));
+        }
+        Ok(out)
+    }
+
     fn destroy(self: Box<Self>) -> Result<()> {
         for (name, c) in &self.containers {
             if c.mounted {

@@ -8,9 +8,24 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::measure::Stats;
-use super::workloads::{Config, DEPTH, FIRST_WRITE, Figure, LATENCY, Results, Unit};
+use super::workloads::{
+    CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
+    RAW, Results, SPARSE, THROUGHPUT, Unit,
+};
 
 const BASELINES: [&str; 3] = ["thin", "overlay-ext4", "overlay-xfs-reflink"];
+/// The throughput workload's columns: the baselines and the raw device.
+const WITH_RAW: [&str; 4] = ["thin", "overlay-ext4", "overlay-xfs-reflink", RAW];
+
+/// A baseline's short name, in ratio headers.
+fn short_name(b: &str) -> &str {
+    match b {
+        "overlay-ext4" => "ext4",
+        "overlay-xfs-reflink" => "xfs",
+        RAW => "raw loop",
+        b => b,
+    }
+}
 
 fn size(b: u64) -> String {
     match b {
@@ -24,15 +39,16 @@ fn size(b: u64) -> String {
 fn show(v: f64, unit: Unit) -> String {
     match unit {
         Unit::Bytes => {
-            let v = v.round() as u64;
-            if v >= 1 << 20 {
-                format!("{:.1} MiB", v as f64 / f64::from(1 << 20))
+            if v.abs() >= f64::from(1 << 20) {
+                format!("{:.1} MiB", v / f64::from(1 << 20))
             } else {
-                format!("{:.0} KiB", v as f64 / 1024.0)
+                format!("{:.0} KiB", v / 1024.0)
             }
         }
         Unit::Seconds if v >= 1.0 => format!("{v:.2} s"),
         Unit::Seconds => format!("{:.1} ms", v * 1e3),
+        Unit::Rate => format!("{:.1} MiB/s", v / f64::from(1 << 20)),
+        Unit::Count => format!("{v:.0}"),
     }
 }
 
@@ -83,31 +99,27 @@ fn ratio_text(r: f64) -> String {
     }
 }
 
-/// A table: one row per parameter, one column per baseline, ratios of thin
-/// to each overlay.
-fn table(
-    out: &mut String,
-    res: &Results,
-    workload: &str,
-    metric: &str,
-    label: &dyn Fn(u64) -> String,
-    p: Option<f64>,
-) {
+/// A table: one row per parameter, one column per baseline of `cols`,
+/// ratios of thin (the first) to each other.
+fn table(out: &mut String, res: &Results, sec: &Section<'_>, metric: &str, p: Option<f64>) {
+    let names: Vec<String> = sec.cols.iter().map(|c| c.to_string()).collect();
+    let ratios: Vec<String> = sec.cols[1..]
+        .iter()
+        .map(|c| format!("thin / {}", short_name(c)))
+        .collect();
     let _ = writeln!(
         out,
-        "| {} | thin | overlay-ext4 | overlay-xfs-reflink | thin / ext4 | thin / xfs |\n|---|---|---|---|---|---|",
-        if workload == FIRST_WRITE {
-            "file"
-        } else if workload == LATENCY {
-            "containers"
-        } else {
-            "layers"
-        }
+        "| {} | {} | {} |\n|---{}|",
+        sec.row,
+        names.join(" | "),
+        ratios.join(" | "),
+        "|---".repeat(names.len() + ratios.len())
     );
-    for param in params(res, workload) {
-        let figs: Vec<Option<&Figure>> = BASELINES
+    for param in params(res, sec.workload) {
+        let figs: Vec<Option<&Figure>> = sec
+            .cols
             .iter()
-            .map(|b| res.find(workload, metric, param, b))
+            .map(|b| res.find(sec.workload, metric, param, b))
             .collect();
         if figs.iter().all(Option::is_none) {
             continue;
@@ -117,18 +129,30 @@ fn table(
             (Some(t), Some(o)) if pick(&o) > 0.0 => ratio_text(pick(&t) / pick(&o)),
             _ => "—".into(),
         };
+        let cells: Vec<String> = figs.iter().map(|f| cell(*f, p)).collect();
+        let rs: Vec<String> = (1..figs.len()).map(ratio).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
-            label(param),
-            cell(figs[0], p),
-            cell(figs[1], p),
-            cell(figs[2], p),
-            ratio(1),
-            ratio(2)
+            "| {} | {} | {} |",
+            (sec.label)(param),
+            cells.join(" | "),
+            rs.join(" | ")
         );
     }
     out.push('\n');
+}
+
+/// A part of the report: one workload, its tables.
+struct Section<'a> {
+    title: String,
+    intro: String,
+    workload: &'a str,
+    /// The first column's header, and a row's label from its parameter.
+    row: &'a str,
+    label: Box<dyn Fn(u64) -> String + 'a>,
+    cols: &'a [&'a str],
+    /// Heading, metric, percentile (none: median, min, max).
+    tables: Vec<(String, &'a str, Option<f64>)>,
 }
 
 /// Median of a figure, if it has values.
@@ -136,7 +160,7 @@ fn median(res: &Results, w: &str, m: &str, param: u64, b: &str) -> Option<f64> {
     stats(res.find(w, m, param, b)).map(|s| s.median())
 }
 
-fn targets(res: &Results) -> Vec<String> {
+fn targets(res: &Results, cfg: &Config) -> Vec<String> {
     let mut t = Vec::new();
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
     let g = 1u64 << 30;
@@ -207,6 +231,70 @@ fn targets(res: &Results) -> Vec<String> {
             "Bottom-layer read at depth 1000 within 1.2× of depth 1: not measured in this run."
                 .into(),
         ),
+    }
+    let groups = params(res, CHURN);
+    for b in BASELINES {
+        let m = |p: &u64| median(res, CHURN, "time per group", *p, b);
+        let first = groups.iter().find_map(|p| m(p).map(|v| (*p, v)));
+        let last = groups.iter().rev().find_map(|p| m(p).map(|v| (*p, v)));
+        match (first, last) {
+            (Some((p0, first)), Some((p1, last))) if p1 > p0 => {
+                let r = last / first;
+                t.push(format!(
+                    "Churn on {b}: time per group of {} containers flat within 1.2× (last / first): {} ({} / {} = {r:.2}×)",
+                    cfg.churn_group,
+                    verdict(r <= 1.2),
+                    show(last, Unit::Seconds),
+                    show(first, Unit::Seconds)
+                ));
+            }
+            _ => t.push(format!(
+                "Churn on {b}: time per group flat within 1.2×: not measured in this run."
+            )),
+        }
+    }
+    let cd = |b: &str| {
+        params(res, CONTAINERD)
+            .into_iter()
+            .find_map(|l| median(res, CONTAINERD, "total time", l, b).map(|v| (l, v)))
+    };
+    match (cd("thin"), cd("overlay-ext4")) {
+        (Some((l, thin)), Some((_, ext4))) => {
+            let r = thin / ext4;
+            let note = if l != 16 {
+                format!(" — measured with {l} layers; the shape of the target is 16")
+            } else {
+                String::new()
+            };
+            t.push(format!(
+                "containerd-shaped total time at most 1.5× overlay-ext4 (containerd's devmapper snapshotter: 2.7×): {} (thin / overlay-ext4 = {r:.2}×: {} / {}){note}",
+                verdict(r <= 1.5),
+                show(thin, Unit::Seconds),
+                show(ext4, Unit::Seconds)
+            ));
+        }
+        _ => t.push(
+            "containerd-shaped total time at most 1.5× overlay-ext4: not measured in this run."
+                .into(),
+        ),
+    }
+    let idle: Vec<(u64, f64)> = params(res, DENSITY)
+        .into_iter()
+        .filter_map(|n| median(res, DENSITY, "idle, per container", n, "thin").map(|v| (n, v)))
+        .collect();
+    if idle.is_empty() {
+        t.push("An idle container at most 256 KiB of pool data: not measured in this run.".into());
+    } else {
+        let ok = idle.iter().all(|&(_, v)| v <= 256.0 * 1024.0);
+        let parts: Vec<String> = idle
+            .iter()
+            .map(|&(n, v)| format!("N={n}: {} per container", show(v, Unit::Bytes)))
+            .collect();
+        t.push(format!(
+            "An idle container at most 256 KiB of pool data: {} ({})",
+            verdict(ok),
+            parts.join(", ")
+        ));
     }
     t
 }
@@ -320,6 +408,162 @@ fn plot(path: &Path, title: &str, x: &str, y: &str, data: &[Series]) -> Result<(
     Ok(())
 }
 
+/// The report's parts, in order.
+fn sections<'a>(cfg: &'a Config) -> Vec<Section<'a>> {
+    let count = |p: u64| p.to_string();
+    let med = |h: &str, m: &'a str| (h.to_string(), m, None);
+    let g = cfg.churn_group as u64;
+    vec![
+        Section {
+            title: "(a) First write".into(),
+            intro: "An image of one file; per run a new container is created and mounted, caches are dropped, then one 4 KiB write + fsync into the middle of the file is measured.".into(),
+            workload: FIRST_WRITE,
+            row: "file",
+            label: Box::new(size),
+            cols: &BASELINES,
+            tables: vec![
+                med("Time", "time"),
+                med("Bytes written to the device", "bytes written"),
+            ],
+        },
+        Section {
+            title: "(b) Create to mounted".into(),
+            intro: "N containers of one image, made one after another: time from the start of create to mounted, over all containers of all repetitions; then the time to unmount and remove all N.".into(),
+            workload: LATENCY,
+            row: "containers",
+            label: Box::new(count),
+            cols: &BASELINES,
+            tables: vec![
+                ("p50".into(), "create to mounted", Some(50.0)),
+                ("p99".into(), "create to mounted", Some(99.0)),
+                med("Median (min … max)", "create to mounted"),
+                med("Teardown of all N", "teardown of all"),
+            ],
+        },
+        Section {
+            title: "(c) Depth".into(),
+            intro: "Images of many layers, each adding one small file, the bottom one a 1 MiB file. Per run: a new container, its mount timed, caches dropped, the bottom file read whole. overlay's lower directories are named by a short path (`/tmp/oN/ID`), yet the kernel reads only one page of mount options and stacks at most 500 lower directories; a refused mount is shown as a failure.".into(),
+            workload: DEPTH,
+            row: "layers",
+            label: Box::new(count),
+            cols: &BASELINES,
+            tables: vec![
+                med("Mount", "mount"),
+                med("Cold read of the bottom layer's file (1 MiB)", "cold read of the bottom layer's file"),
+                med("Building the image (one run)", "build image"),
+            ],
+        },
+        Section {
+            title: "(d) Sparse updates".into(),
+            intro: format!("An image of one file of {}; per run a new container is created and mounted and caches are dropped, then 4 KiB writes at distinct random offsets (4 KiB aligned, from a seeded generator: the same offsets on every run and baseline) cover the given share of the file's 4 KiB blocks, followed by one fsync at the end; the writes and the fsync are measured.", size(cfg.sparse_size)),
+            workload: SPARSE,
+            row: "blocks written",
+            label: Box::new(|p| format!("{} %", short(p as f64 / 10.0))),
+            cols: &BASELINES,
+            tables: vec![
+                med("Time", "time"),
+                med("Bytes written to the device", "bytes written"),
+            ],
+        },
+        Section {
+            title: "(e) Churn".into(),
+            intro: format!("{} containers of one image made and removed one after another (create, mount, unmount, remove each), {} run(s); the time of each group of {g} containers. Then, after the image is removed too, what is left behind: for thin, device-mapper devices of the pool's prefix other than the pool and the base device, loop devices over files of the pool's root other than its data and metadata files, mounts under the root; for overlay, mounts under its filesystem and container directories.", cfg.churn, cfg.churn_reps),
+            workload: CHURN,
+            row: "containers",
+            label: Box::new(move |p| format!("{}–{p}", p.saturating_sub(g) + 1)),
+            cols: &BASELINES,
+            tables: vec![med(&format!("Time per group of {g}"), "time per group")],
+        },
+        Section {
+            title: "(f) containerd-shaped".into(),
+            intro: format!("The shape of containerd's snapshotter benchmark: an image of {} layers of {} files of {} each. The bottom layer is the driver's image build (for thin an import: a container on the empty base, filled, committed); every further layer is a container on the previous image, mounted, filled (each file written and fsynced), unmounted and committed. Then a container on top writes 4 bytes into the middle of every file, each write followed by an fsync of its file. Build and write measured apart; total = both. {} runs.", cfg.cd_layers, cfg.cd_files, size(cfg.cd_file_size), cfg.cd_reps),
+            workload: CONTAINERD,
+            row: "layers",
+            label: Box::new(count),
+            cols: &BASELINES,
+            tables: vec![
+                med("Total time", "total time"),
+                med("Total bytes written to the device", "total bytes written"),
+                med("Build time", "build time"),
+                med("Build bytes written", "build bytes written"),
+                med("Write time", "write time"),
+                med("Write bytes written", "write bytes written"),
+            ],
+        },
+        Section {
+            title: "(g) Density".into(),
+            intro: "N containers of one image of a few small files, created and mounted, nothing written: space used per container — for thin the pool's data in use as the kernel reports it (pool status), for overlay the used blocks of its filesystem (statvfs), each as the difference from before the containers, after a sync and dropping the caches (which makes xfs free its preallocations of files no longer open). Then each container writes and fsyncs a 1 MiB file, measured again.".into(),
+            workload: DENSITY,
+            row: "containers",
+            label: Box::new(count),
+            cols: &BASELINES,
+            tables: vec![
+                med("Idle, per container", "idle, per container"),
+                med("After writing 1 MiB each, per container", "after writing 1 MiB each, per container"),
+            ],
+        },
+        Section {
+            title: "(h) Throughput".into(),
+            intro: format!("fio (`--direct=1 --ioengine=psync --iodepth=1 --time_based --runtime={} --end_fsync=1`, {} runs) on a {} file a container wrote whole in its own layer (thin: ext4 on the container's thin device; overlay: the upper directory), against `{RAW}`: a loop device with direct I/O over a sparse file of the same size on the same scratch disk, written whole first. Bandwidth from fio's JSON output (`bw_bytes`).", cfg.fio_seconds, cfg.fio_reps, size(cfg.fio_size)),
+            workload: THROUGHPUT,
+            row: "job",
+            label: Box::new(|p| {
+                FIO_JOBS
+                    .get(p as usize)
+                    .map_or_else(|| p.to_string(), |(n, _, bs)| format!("{n}, {bs}"))
+            }),
+            cols: &WITH_RAW,
+            tables: vec![med("Bandwidth", "bandwidth")],
+        },
+        Section {
+            title: "(i) Page cache".into(),
+            intro: format!("N containers of one image each read the same {} file of it whole; the growth of `Cached:` in /proc/meminfo, caches dropped before. overlayfs reads the lower file itself, so its page cache is shared; each thin snapshot is a block device of its own with its own cache. The VM has {} of memory.", size(cfg.cache_file), meminfo_total()),
+            workload: PAGE_CACHE,
+            row: "readers",
+            label: Box::new(count),
+            cols: &BASELINES,
+            tables: vec![med("Page cache used", "page cache")],
+        },
+    ]
+}
+
+/// The machine's memory, for the report.
+fn meminfo_total() -> String {
+    super::workloads::meminfo("MemTotal")
+        .map_or_else(|_| "unknown".into(), |b| format!("{} MiB", b >> 20))
+}
+
+/// Copies of the page cache workload's file in the cache, per baseline.
+fn copies(res: &Results, cfg: &Config) -> Option<String> {
+    let parts: Vec<String> = params(res, PAGE_CACHE)
+        .into_iter()
+        .flat_map(|n| {
+            BASELINES.iter().filter_map(move |b| {
+                median(res, PAGE_CACHE, "page cache", n, b)
+                    .map(|v| format!("{b} {:.2} (N={n})", v / cfg.cache_file as f64))
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("Page cache used ÷ file size: {}.\n", parts.join(", ")))
+}
+
+/// What churn left behind, per baseline.
+fn leaks(res: &Results) -> Option<String> {
+    if res.leaks.is_empty() {
+        return None;
+    }
+    let mut s = "Left behind after churn:\n\n".to_string();
+    for (b, l) in &res.leaks {
+        if l.is_empty() {
+            let _ = writeln!(s, "- {b}: nothing");
+        } else {
+            let _ = writeln!(s, "- {b}: {} — {}", l.len(), l.join("; "));
+        }
+    }
+    s.push('\n');
+    Some(s)
+}
+
 /// Writes the report to `out` and the plots beside it.
 pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
     let dir = out
@@ -336,7 +580,7 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
         &'a str,
         Option<f64>,
     );
-    let plots: [Plot<'_>; 5] = [
+    let plots: [Plot<'_>; 10] = [
         (
             "cow-first-write-time.svg",
             "First 4 KiB write + fsync: time",
@@ -382,6 +626,51 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
             "cold read of the bottom layer's file",
             None,
         ),
+        (
+            "cow-sparse-time.svg",
+            "Sparse 4 KiB updates + fsync: time",
+            "thousandths of the file's blocks written",
+            "seconds",
+            SPARSE,
+            "time",
+            None,
+        ),
+        (
+            "cow-sparse-bytes.svg",
+            "Sparse 4 KiB updates + fsync: bytes written to the device",
+            "thousandths of the file's blocks written",
+            "bytes",
+            SPARSE,
+            "bytes written",
+            None,
+        ),
+        (
+            "cow-churn.svg",
+            "Churn: time per group of containers made and removed",
+            "containers made so far",
+            "seconds",
+            CHURN,
+            "time per group",
+            None,
+        ),
+        (
+            "cow-density-idle.svg",
+            "Space used per idle container",
+            "containers",
+            "bytes",
+            DENSITY,
+            "idle, per container",
+            None,
+        ),
+        (
+            "cow-density-written.svg",
+            "Space used per container after writing 1 MiB",
+            "containers",
+            "bytes",
+            DENSITY,
+            "after writing 1 MiB each, per container",
+            None,
+        ),
     ];
     let mut made = Vec::new();
     for (file, title, x, y, w, m, p) in plots {
@@ -395,8 +684,10 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
     let _ = writeln!(s, "# Copy-on-write benchmarks\n");
     let _ = writeln!(
         s,
-        "thinlayer (`thin`: block-level copy-on-write, one thin snapshot per layer) against file-level copy-on-write the way Docker's overlay2 does it (overlayfs, one directory per layer) on ext4 and on xfs with reflink. Generated by `vm-tests/bench{}`; {} mode, {} repetitions, {:.0} s in all.\n",
+        "thinlayer (`thin`: block-level copy-on-write, one thin snapshot per layer) against file-level copy-on-write the way Docker's overlay2 does it (overlayfs, one directory per layer) on ext4 and on xfs with reflink. Generated by `vm-tests/bench{}{}`; {} mode, {} repetitions (churn, containerd-shaped and throughput: as their parts say; create to mounted and density at 100 or more containers: fewer), {:.0} s in all.\n",
         if cfg.quick { " --quick" } else { "" },
+        cfg.only
+            .map_or(String::new(), |w| format!(" --only {}", w.name())),
         if cfg.quick {
             "quick (CI-sized)"
         } else {
@@ -407,87 +698,34 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
     );
     let _ = writeln!(
         s,
-        "Each cell: median (min … max) over the repetitions. Ratios: thin's median over the baseline's (p50 and p99 tables: over the same percentile); below 1 means thin is faster or writes less. Bytes written: the backing block device's sectors written (`/sys/block/DEV/stat`, field 7, × 512) before and after the step, after a sync — for thin the pool's data loop device, for overlay the loop device under its filesystem.\n"
+        "Each cell: median (min … max) over the repetitions. Ratios: thin's median over the baseline's (p50 and p99 tables: over the same percentile); below 1 means thin is faster or writes less (for bandwidth: above 1 means thin is faster). Bytes written: the backing block device's sectors written (`/sys/block/DEV/stat`, field 7, × 512) before and after the step, after a sync — for thin the pool's data loop device, for overlay the loop device under its filesystem.\n"
     );
     let _ = writeln!(s, "## Targets\n");
-    for t in targets(res) {
+    for t in targets(res, cfg) {
         let _ = writeln!(s, "- {t}");
     }
     let _ = writeln!(s, "\n## Set-up\n\n| | |\n|---|---|");
     for (k, v) in &res.setup {
         let _ = writeln!(s, "| {k} | {v} |");
     }
-    let _ = writeln!(
-        s,
-        "\n## (a) First write\n\nAn image of one file; per run a new container is created and mounted, caches are dropped, then one 4 KiB write + fsync into the middle of the file is measured.\n\n### Time\n"
-    );
-    table(&mut s, res, FIRST_WRITE, "time", &|p| size(p), None);
-    let _ = writeln!(s, "### Bytes written to the device\n");
-    table(
-        &mut s,
-        res,
-        FIRST_WRITE,
-        "bytes written",
-        &|p| size(p),
-        None,
-    );
-    let _ = writeln!(
-        s,
-        "## (b) Create to mounted\n\nN containers of one image, made one after another: time from the start of create to mounted, over all containers of all repetitions; then the time to unmount and remove all N.\n\n### p50\n"
-    );
-    table(
-        &mut s,
-        res,
-        LATENCY,
-        "create to mounted",
-        &|p| p.to_string(),
-        Some(50.0),
-    );
-    let _ = writeln!(s, "### p99\n");
-    table(
-        &mut s,
-        res,
-        LATENCY,
-        "create to mounted",
-        &|p| p.to_string(),
-        Some(99.0),
-    );
-    let _ = writeln!(s, "### Median (min … max)\n");
-    table(
-        &mut s,
-        res,
-        LATENCY,
-        "create to mounted",
-        &|p| p.to_string(),
-        None,
-    );
-    let _ = writeln!(s, "### Teardown of all N\n");
-    table(
-        &mut s,
-        res,
-        LATENCY,
-        "teardown of all",
-        &|p| p.to_string(),
-        None,
-    );
-    let _ = writeln!(
-        s,
-        "## (c) Depth\n\nImages of many layers, each adding one small file, the bottom one a 1 MiB file. Per run: a new container, its mount timed, caches dropped, the bottom file read whole. overlay's lower directories are named by a short path (`/tmp/oN/ID`), yet the kernel reads only one page of mount options and stacks at most 500 lower directories; a refused mount is shown as a failure.\n\n### Mount\n"
-    );
-    table(&mut s, res, DEPTH, "mount", &|p| p.to_string(), None);
-    let _ = writeln!(s, "### Cold read of the bottom layer's file (1 MiB)\n");
-    table(
-        &mut s,
-        res,
-        DEPTH,
-        "cold read of the bottom layer's file",
-        &|p| p.to_string(),
-        None,
-    );
-    let _ = writeln!(s, "### Building the image (one run)\n");
-    table(&mut s, res, DEPTH, "build image", &|p| p.to_string(), None);
+    for sec in sections(cfg) {
+        if params(res, sec.workload).is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "\n## {}\n\n{}\n", sec.title, sec.intro);
+        for (heading, metric, p) in &sec.tables {
+            let _ = writeln!(s, "### {heading}\n");
+            table(&mut s, res, &sec, metric, *p);
+        }
+        let extra = match sec.workload {
+            CHURN => leaks(res),
+            PAGE_CACHE => copies(res, cfg),
+            _ => None,
+        };
+        s.push_str(&extra.unwrap_or_default());
+    }
     if !made.is_empty() {
-        let _ = writeln!(s, "## Plots\n");
+        let _ = writeln!(s, "\n## Plots\n");
         for f in made {
             let _ = writeln!(s, "![{f}]({f})\n");
         }

@@ -3,10 +3,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+
+use thinlayer::kernel::{Kernel, Linux};
 
 use super::backend::{Cow, Thin};
 use super::measure::{self, Sample};
@@ -23,6 +26,30 @@ pub struct Config {
     pub counts: Vec<usize>,
     /// Depth: numbers of layers.
     pub depths: Vec<usize>,
+    /// Sparse updates: the file's size, and the shares of its 4 KiB blocks
+    /// written, in thousandths.
+    pub sparse_size: u64,
+    pub sparse_permille: Vec<u64>,
+    /// Churn: containers made and removed per run, and the size of the
+    /// groups each timed as one figure.
+    pub churn: usize,
+    pub churn_group: usize,
+    pub churn_reps: usize,
+    /// containerd-shaped: layers, files per layer, size of each file.
+    pub cd_layers: usize,
+    pub cd_files: usize,
+    pub cd_file_size: u64,
+    pub cd_reps: usize,
+    /// Density: numbers of idle containers.
+    pub density: Vec<usize>,
+    /// Throughput: the file (or device) size fio works on, its run time
+    /// per job in seconds, and repetitions.
+    pub fio_size: u64,
+    pub fio_seconds: u64,
+    pub fio_reps: usize,
+    /// Page cache: readers and the size of the file they read.
+    pub readers: Vec<usize>,
+    pub cache_file: u64,
     /// Which workloads run.
     pub only: Option<Workload>,
 }
@@ -32,16 +59,65 @@ pub enum Workload {
     FirstWrite,
     Latency,
     Depth,
+    Sparse,
+    Churn,
+    Containerd,
+    Density,
+    Throughput,
+    PageCache,
 }
 
 impl Workload {
-    pub fn parse(s: &str) -> Option<Workload> {
-        match s {
-            "first-write" => Some(Workload::FirstWrite),
-            "latency" => Some(Workload::Latency),
-            "depth" => Some(Workload::Depth),
-            _ => None,
+    pub const ALL: [Workload; 9] = [
+        Workload::FirstWrite,
+        Workload::Latency,
+        Workload::Depth,
+        Workload::Sparse,
+        Workload::Churn,
+        Workload::Containerd,
+        Workload::Density,
+        Workload::Throughput,
+        Workload::PageCache,
+    ];
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::FirstWrite => "first-write",
+            Workload::Latency => "latency",
+            Workload::Depth => "depth",
+            Workload::Sparse => "sparse",
+            Workload::Churn => "churn",
+            Workload::Containerd => "containerd",
+            Workload::Density => "density",
+            Workload::Throughput => "throughput",
+            Workload::PageCache => "page-cache",
         }
+    }
+
+    /// Runs the workload on one baseline.
+    fn runner(self) -> fn(&mut dyn Cow, &Config, &mut Results) -> Result<()> {
+        match self {
+            Workload::FirstWrite => first_write,
+            Workload::Latency => latency,
+            Workload::Depth => depth,
+            Workload::Sparse => sparse,
+            Workload::Churn => churn,
+            Workload::Containerd => containerd,
+            Workload::Density => density,
+            Workload::Throughput => throughput,
+            Workload::PageCache => page_cache,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    /// Every name, `a|b|c`.
+    pub fn names() -> String {
+        let n: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+        n.join("|")
     }
 }
 
@@ -53,6 +129,21 @@ impl Config {
             sizes: vec![4 << 10, 1 << 20, 64 << 20],
             counts: vec![1, 10],
             depths: vec![1, 16],
+            sparse_size: 32 << 20,
+            sparse_permille: vec![1, 10, 100, 1000],
+            churn: 30,
+            churn_group: 10,
+            churn_reps: 1,
+            cd_layers: 3,
+            cd_files: 4,
+            cd_file_size: 1 << 20,
+            cd_reps: 2,
+            density: vec![10],
+            fio_size: 16 << 20,
+            fio_seconds: 1,
+            fio_reps: 1,
+            readers: vec![2],
+            cache_file: 32 << 20,
             only: None,
         }
     }
@@ -64,6 +155,21 @@ impl Config {
             sizes: vec![4 << 10, 1 << 20, 64 << 20, 1 << 30],
             counts: vec![1, 10, 100, 1000],
             depths: vec![1, 16, 128, 500, 1000],
+            sparse_size: 1 << 30,
+            sparse_permille: vec![1, 10, 100, 1000],
+            churn: 1000,
+            churn_group: 100,
+            churn_reps: 2,
+            cd_layers: 16,
+            cd_files: 10,
+            cd_file_size: 1 << 20,
+            cd_reps: 5,
+            density: vec![10, 100],
+            fio_size: 1 << 30,
+            fio_seconds: 5,
+            fio_reps: 3,
+            readers: vec![4],
+            cache_file: 200 << 20,
             only: None,
         }
     }
@@ -77,6 +183,10 @@ impl Config {
 pub enum Unit {
     Seconds,
     Bytes,
+    /// Bytes per second.
+    Rate,
+    /// Things counted (leaked devices, ...).
+    Count,
 }
 
 /// One figure: the values of repeated runs of one step, or why it failed.
@@ -96,6 +206,9 @@ pub struct Results {
     pub figures: Vec<Figure>,
     /// What the run was made on, for the report.
     pub setup: Vec<(String, String)>,
+    /// What churn left behind, per baseline: one line per device, mount
+    /// or directory.
+    pub leaks: Vec<(String, Vec<String>)>,
     pub seconds: f64,
 }
 
@@ -118,6 +231,28 @@ impl Results {
         self.figures.push(f);
     }
 
+    /// One figure per metric of one step on `baseline`, every one failed
+    /// with `failed` if the step failed.
+    fn push_metrics(
+        &mut self,
+        workload: &'static str,
+        param: u64,
+        baseline: &str,
+        failed: &Option<String>,
+        metrics: Vec<(&'static str, Unit, Vec<f64>)>,
+    ) {
+        for (metric, unit, v) in metrics {
+            self.push(Figure {
+                workload,
+                metric,
+                unit,
+                param,
+                baseline: baseline.to_string(),
+                values: failed.clone().map_or(Ok(v), Err),
+            });
+        }
+    }
+
     pub fn find(
         &self,
         workload: &str,
@@ -137,6 +272,14 @@ impl Results {
 pub const FIRST_WRITE: &str = "first write";
 pub const LATENCY: &str = "create to mounted";
 pub const DEPTH: &str = "depth";
+pub const SPARSE: &str = "sparse updates";
+pub const CHURN: &str = "churn";
+pub const CONTAINERD: &str = "containerd-shaped";
+pub const DENSITY: &str = "density";
+pub const THROUGHPUT: &str = "throughput";
+pub const PAGE_CACHE: &str = "page cache";
+/// The throughput workload's reference: a loop device over a sparse file.
+pub const RAW: &str = "raw-loop";
 
 /// Runs every workload of `cfg` on the three baselines, all under `dir`.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
@@ -166,14 +309,10 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     let mut outcome = Ok(());
     for b in baselines.iter_mut() {
         let r = (|| {
-            if cfg.runs(Workload::FirstWrite) {
-                first_write(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Latency) {
-                latency(&mut **b, cfg, &mut res)?;
-            }
-            if cfg.runs(Workload::Depth) {
-                depth(&mut **b, cfg, &mut res)?;
+            for w in Workload::ALL {
+                if cfg.runs(w) {
+                    (w.runner())(&mut **b, cfg, &mut res)?;
+                }
             }
             Ok(())
         })();
@@ -188,6 +327,9 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
             outcome = outcome.and(Err(e.context(format!("tear down {name}"))));
         }
     }
+    if outcome.is_ok() && cfg.runs(Workload::Throughput) {
+        outcome = throughput_raw(dir, cfg, &mut res);
+    }
     outcome?;
     res.seconds = start.elapsed().as_secs_f64();
     Ok(res)
@@ -195,7 +337,12 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
 
 /// Writes `len` bytes of a non-zero pattern to `path` and fsyncs.
 pub fn write_file(path: &Path, len: u64) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    write_pattern(f, len)
+}
+
+/// Writes `len` bytes of a non-zero pattern from where `f` stands, fsyncs.
+fn write_pattern(mut f: File, len: u64) -> Result<()> {
     let chunk: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i as u8).wrapping_mul(31) | 1)
         .collect();
@@ -216,6 +363,67 @@ fn values(samples: &[Sample]) -> (Vec<f64>, Vec<f64>) {
     )
 }
 
+/// An image layer of a few small files.
+fn small_files(_: usize, dir: &Path) -> Result<()> {
+    fs::create_dir(dir.join("etc"))?;
+    for i in 0..8 {
+        fs::write(dir.join("etc").join(format!("f{i}")), format!("file {i}\n"))?;
+    }
+    Ok(())
+}
+
+/// Runs `step` for repetitions `0..reps`, stopping at the first failure.
+fn repeat<T>(reps: usize, mut step: impl FnMut(usize) -> Result<T>) -> (Vec<T>, Option<String>) {
+    let mut out = Vec::new();
+    for r in 0..reps {
+        match step(r) {
+            Ok(v) => out.push(v),
+            Err(e) => return (out, Some(format!("{e:#}"))),
+        }
+    }
+    (out, None)
+}
+
+/// Creates and mounts containers `names` of `image`, runs `f` on their
+/// mount points, then unmounts and removes them; after a failure, removes
+/// whatever was made.
+fn with_containers<T>(
+    b: &mut dyn Cow,
+    names: &[String],
+    image: &str,
+    f: impl FnOnce(&mut dyn Cow, &[PathBuf]) -> Result<T>,
+) -> Result<T> {
+    let run = (|| {
+        let mut mounts = Vec::new();
+        for c in names {
+            b.create(c, image)?;
+            mounts.push(b.mount(c)?);
+        }
+        let v = f(&mut *b, &mounts)?;
+        for c in names {
+            b.umount(c)?;
+            b.remove(c)?;
+        }
+        Ok(v)
+    })();
+    if run.is_err() {
+        for c in names {
+            discard(b, c);
+        }
+    }
+    run
+}
+
+/// [`with_containers`] of one container.
+fn in_container<T>(
+    b: &mut dyn Cow,
+    name: &str,
+    image: &str,
+    f: impl FnOnce(&mut dyn Cow, &Path) -> Result<T>,
+) -> Result<T> {
+    with_containers(b, &[name.to_string()], image, |b, m| f(b, &m[0]))
+}
+
 /// Removes a container whatever state a failed step left it in.
 fn discard(b: &mut dyn Cow, name: &str) {
     let _ = b.umount(name);
@@ -227,63 +435,64 @@ fn first_write(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
     for &size in &cfg.sizes {
         let image = format!("fw{size}");
         b.build_image(&image, 1, &mut |_, dir| write_file(&dir.join("f"), size))?;
-        let offset = (size / 2) & !4095;
-        let mut samples = Vec::new();
-        let mut failed = None;
-        for r in 0..cfg.reps {
-            let ctr = format!("fw{size}-{r}");
-            let step = (|| {
-                b.create(&ctr, &image)?;
-                let path = b.mount(&ctr)?.join("f");
-                let dev = b.device().clone();
-                let ((), s) = measure::measure(&dev, true, || {
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    f.write_all_at(&[0xa5; 4096], offset)?;
-                    f.sync_all()?;
-                    Ok(())
-                })?;
-                b.umount(&ctr)?;
-                b.remove(&ctr)?;
-                Ok::<_, anyhow::Error>(s)
-            })();
-            match step {
-                Ok(s) => samples.push(s),
-                Err(e) => {
-                    discard(b, &ctr);
-                    failed = Some(format!("{e:#}"));
-                    break;
-                }
-            }
-        }
+        cold_writes(
+            b,
+            cfg.reps,
+            &image,
+            FIRST_WRITE,
+            size,
+            &[size / 2 / 4096],
+            res,
+        );
         b.remove_image(&image)?;
-        let (times, bytes) = values(&samples);
-        for (metric, unit, v) in [
-            ("time", Unit::Seconds, times),
-            ("bytes written", Unit::Bytes, bytes),
-        ] {
-            res.push(Figure {
-                workload: FIRST_WRITE,
-                metric,
-                unit,
-                param: size,
-                baseline: b.name().to_string(),
-                values: failed.clone().map_or(Ok(v), Err),
-            });
-        }
     }
     Ok(())
+}
+
+/// Per repetition a new container of `image`, caches dropped, then 4 KiB
+/// writes at the 4 KiB blocks `blocks` of its file `f` and one fsync,
+/// measured: time and bytes written to the device.
+fn cold_writes(
+    b: &mut dyn Cow,
+    reps: usize,
+    image: &str,
+    workload: &'static str,
+    param: u64,
+    blocks: &[u64],
+    res: &mut Results,
+) {
+    let (samples, failed) = repeat(reps, |r| {
+        in_container(b, &format!("{image}-{r}"), image, |b, m| {
+            let path = m.join("f");
+            let ((), s) = measure::measure(&b.device().clone(), true, || {
+                let f = OpenOptions::new().write(true).open(&path)?;
+                let block = [0xa5; 4096];
+                for &o in blocks {
+                    f.write_all_at(&block, o * 4096)?;
+                }
+                f.sync_all()?;
+                Ok(())
+            })?;
+            Ok(s)
+        })
+    });
+    let (times, bytes) = values(&samples);
+    res.push_metrics(
+        workload,
+        param,
+        b.name(),
+        &failed,
+        vec![
+            ("time", Unit::Seconds, times),
+            ("bytes written", Unit::Bytes, bytes),
+        ],
+    );
 }
 
 /// (b) N containers of one image: create start to mounted, then teardown.
 fn latency(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
     let image = "lat";
-    b.build_image(image, 1, &mut |_, dir| {
-        fs::create_dir(dir.join("etc"))?;
-        for i in 0..8 {
-            fs::write(dir.join("etc").join(format!("f{i}")), format!("file {i}\n"))?;
-        }
-        Ok(())
-    })?;
+    b.build_image(image, 1, &mut small_files)?;
     for &n in &cfg.counts {
         let reps = if n >= 100 { cfg.reps.min(2) } else { cfg.reps };
         let mut up = Vec::new();
@@ -300,6 +509,16 @@ fn latency(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
                     Ok(_) => {
                         up.push(t);
                         made.push(ctr);
+                        if (i + 1) % 100 == 0 {
+                            let last = &up[up.len() - 100..];
+                            eprintln!(
+                                "cow: {LATENCY} {} N={n}: containers {}–{}: mean {:.1} ms",
+                                b.name(),
+                                i - 98,
+                                i + 1,
+                                last.iter().sum::<f64>() * 10.0
+                            );
+                        }
                     }
                     Err(e) => {
                         discard(b, &ctr);
@@ -320,16 +539,16 @@ fn latency(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
             })?;
             down.push(t.as_secs_f64());
         }
-        for (metric, v) in [("create to mounted", up), ("teardown of all", down)] {
-            res.push(Figure {
-                workload: LATENCY,
-                metric,
-                unit: Unit::Seconds,
-                param: n as u64,
-                baseline: b.name().to_string(),
-                values: failed.clone().map_or(Ok(v), Err),
-            });
-        }
+        res.push_metrics(
+            LATENCY,
+            n as u64,
+            b.name(),
+            &failed,
+            vec![
+                ("create to mounted", Unit::Seconds, up),
+                ("teardown of all", Unit::Seconds, down),
+            ],
+        );
     }
     b.remove_image(image)
 }
@@ -349,14 +568,13 @@ fn depth(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
                 }
             })
         })?;
-        res.push(Figure {
-            workload: DEPTH,
-            metric: "build image",
-            unit: Unit::Seconds,
-            param: d as u64,
-            baseline: b.name().to_string(),
-            values: Ok(vec![build.as_secs_f64()]),
-        });
+        res.push_metrics(
+            DEPTH,
+            d as u64,
+            b.name(),
+            &None,
+            vec![("build image", Unit::Seconds, vec![build.as_secs_f64()])],
+        );
         let (mut mounts, mut reads) = (Vec::new(), Vec::new());
         let mut failed = None;
         for r in 0..cfg.reps {
@@ -392,19 +610,411 @@ fn depth(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
             }
         }
         b.remove_image(&image)?;
-        for (metric, v) in [
-            ("mount", mounts),
-            ("cold read of the bottom layer's file", reads),
-        ] {
-            res.push(Figure {
-                workload: DEPTH,
-                metric,
-                unit: Unit::Seconds,
-                param: d as u64,
-                baseline: b.name().to_string(),
-                values: failed.clone().map_or(Ok(v), Err),
-            });
-        }
+        res.push_metrics(
+            DEPTH,
+            d as u64,
+            b.name(),
+            &failed,
+            vec![
+                ("mount", Unit::Seconds, mounts),
+                ("cold read of the bottom layer's file", Unit::Seconds, reads),
+            ],
+        );
     }
     Ok(())
+}
+
+/// splitmix64: the sparse workload's offsets, the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The seed of the sparse workload's offsets.
+pub const SPARSE_SEED: u64 = 0x7417_1a7e;
+
+/// `k` distinct numbers of `0..n`, in random order: the first `k` of a
+/// seeded Fisher–Yates shuffle.
+pub fn sample(n: u64, k: u64, seed: u64) -> Vec<u64> {
+    let mut all: Vec<u64> = (0..n).collect();
+    let mut rng = Rng(seed);
+    let k = k.min(n) as usize;
+    for i in 0..k {
+        let j = i + (rng.next() % (n - i as u64)) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all
+}
+
+/// 4 KiB writes of a file of the image (cold caches), the given share of
+/// its blocks, each at a distinct random offset, then one fsync.
+fn sparse(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let size = cfg.sparse_size;
+    let image = "sp";
+    b.build_image(image, 1, &mut |_, dir| write_file(&dir.join("f"), size))?;
+    let blocks = size / 4096;
+    for &pm in &cfg.sparse_permille {
+        let offsets = sample(blocks, (blocks * pm / 1000).max(1), SPARSE_SEED);
+        cold_writes(b, cfg.reps, image, SPARSE, pm, &offsets, res);
+    }
+    b.remove_image(image)
+}
+
+/// Containers made and removed one after another (create, mount, unmount,
+/// remove each), timed per group; then what was left behind.
+fn churn(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let image = "churn";
+    b.build_image(image, 1, &mut small_files)?;
+    let g = cfg.churn_group.max(1);
+    let groups = cfg.churn / g;
+    let mut times = vec![Vec::new(); groups];
+    let (_, failed) = repeat(cfg.churn_reps, |r| {
+        for (k, t) in times.iter_mut().enumerate() {
+            let start = Instant::now();
+            for i in k * g..(k + 1) * g {
+                in_container(b, &format!("ch{r}-{i}"), image, |_, _| Ok(()))?;
+            }
+            t.push(start.elapsed().as_secs_f64());
+            eprintln!(
+                "cow: {CHURN} {}: containers {}–{}: {:.2} s",
+                b.name(),
+                k * g + 1,
+                (k + 1) * g,
+                start.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    });
+    b.remove_image(image)?;
+    let leaks = b.leaks()?;
+    for (k, v) in times.into_iter().enumerate() {
+        res.push_metrics(
+            CHURN,
+            ((k + 1) * g) as u64,
+            b.name(),
+            &failed,
+            vec![("time per group", Unit::Seconds, v)],
+        );
+    }
+    res.push_metrics(
+        CHURN,
+        cfg.churn as u64,
+        b.name(),
+        &None,
+        vec![("left behind", Unit::Count, vec![leaks.len() as f64])],
+    );
+    res.leaks.push((b.name().to_string(), leaks));
+    Ok(())
+}
+
+/// containerd's snapshotter benchmark shape: an image of `cd_layers`
+/// layers of `cd_files` files, each layer a commit of a container on the
+/// previous image; then a container on top writes 4 bytes into the middle
+/// of every file, each write followed by an fsync of its file.
+fn containerd(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let (layers, files, fsize) = (cfg.cd_layers, cfg.cd_files, cfg.cd_file_size);
+    let name = |l: usize, f: usize| format!("l{l}f{f}");
+    let fill = |l: usize, dir: &Path| -> Result<()> {
+        for f in 0..files {
+            write_file(&dir.join(name(l, f)), fsize)?;
+        }
+        Ok(())
+    };
+    let dev = b.device().clone();
+    let (samples, failed) = repeat(cfg.cd_reps, |r| {
+        let img = |l: usize| format!("cd{r}-{l}");
+        let ((), build) = measure::measure(&dev, false, || {
+            b.build_image(&img(0), 1, &mut |_, d| fill(0, d))?;
+            for l in 1..layers {
+                let ctr = format!("cd{r}-b{l}");
+                let step = (|| {
+                    b.create(&ctr, &img(l - 1))?;
+                    fill(l, &b.mount(&ctr)?)?;
+                    b.umount(&ctr)?;
+                    b.commit(&ctr, &img(l))
+                })();
+                if step.is_err() {
+                    discard(b, &ctr);
+                }
+                step?;
+            }
+            Ok(())
+        })?;
+        let write = in_container(b, &format!("cd{r}-top"), &img(layers - 1), |_, m| {
+            let ((), s) = measure::measure(&dev, false, || {
+                for l in 0..layers {
+                    for f in 0..files {
+                        let file = OpenOptions::new().write(true).open(m.join(name(l, f)))?;
+                        file.write_all_at(b"cow!", fsize / 2)?;
+                        file.sync_all()?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(s)
+        })?;
+        for l in (0..layers).rev() {
+            b.remove_image(&img(l))?;
+        }
+        Ok((build, write))
+    });
+    let (builds, writes): (Vec<Sample>, Vec<Sample>) = samples.into_iter().unzip();
+    let totals: Vec<Sample> = builds
+        .iter()
+        .zip(&writes)
+        .map(|(a, w)| Sample {
+            time: a.time + w.time,
+            bytes: a.bytes + w.bytes,
+        })
+        .collect();
+    let mut metrics = Vec::new();
+    for (what, s) in [("build", builds), ("write", writes), ("total", totals)] {
+        let (t, by) = values(&s);
+        let (tm, bm) = match what {
+            "build" => ("build time", "build bytes written"),
+            "write" => ("write time", "write bytes written"),
+            _ => ("total time", "total bytes written"),
+        };
+        metrics.push((tm, Unit::Seconds, t));
+        metrics.push((bm, Unit::Bytes, by));
+    }
+    res.push_metrics(CONTAINERD, layers as u64, b.name(), &failed, metrics);
+    Ok(())
+}
+
+/// Pool data (thin) or filesystem blocks (overlay) used per container by
+/// N idle containers, created and mounted; then after each has written
+/// and fsynced 1 MiB.
+fn density(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let image = "den";
+    b.build_image(image, 1, &mut small_files)?;
+    for &n in &cfg.density {
+        let reps = if n >= 100 { cfg.reps.min(3) } else { cfg.reps };
+        let (samples, failed) = repeat(reps, |r| {
+            let names: Vec<String> = (0..n).map(|i| format!("den{n}-{r}-{i}")).collect();
+            // Dropping the caches evicts unused inodes: xfs then frees the
+            // blocks it preallocated past their ends, which earlier work
+            // would otherwise return in the middle of the measurement.
+            measure::drop_caches()?;
+            let before = b.used()? as f64;
+            with_containers(b, &names, image, |b, mounts| {
+                measure::drop_caches()?;
+                let idle = b.used()? as f64 - before;
+                for m in mounts {
+                    write_file(&m.join("data"), DENSITY_WRITE)?;
+                }
+                measure::drop_caches()?;
+                let written = b.used()? as f64 - before;
+                Ok((idle / n as f64, written / n as f64))
+            })
+        });
+        let (idle, written): (Vec<f64>, Vec<f64>) = samples.into_iter().unzip();
+        res.push_metrics(
+            DENSITY,
+            n as u64,
+            b.name(),
+            &failed,
+            vec![
+                ("idle, per container", Unit::Bytes, idle),
+                (
+                    "after writing 1 MiB each, per container",
+                    Unit::Bytes,
+                    written,
+                ),
+            ],
+        );
+    }
+    b.remove_image(image)
+}
+
+/// What each container of the density workload writes.
+pub const DENSITY_WRITE: u64 = 1 << 20;
+
+/// The fio jobs of the throughput workload: name, `--rw`, `--bs`.
+pub const FIO_JOBS: [(&str, &str, &str); 4] = [
+    ("sequential read", "read", "1M"),
+    ("sequential write", "write", "1M"),
+    ("random read", "randread", "4k"),
+    ("random write", "randwrite", "4k"),
+];
+
+/// Writes `len` bytes of a non-zero pattern over a file (made if need
+/// be) or a device, from the start, and fsyncs.
+fn fill(path: &Path, len: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    write_pattern(f, len)
+}
+
+/// One fio job on `path`; its bandwidth in bytes per second.
+fn fio(path: &Path, cfg: &Config, rw: &str, bs: &str) -> Result<f64> {
+    let mut cmd = Command::new("fio");
+    cmd.arg("--name=cow")
+        .arg(format!("--filename={}", path.display()))
+        .arg(format!("--size={}", cfg.fio_size))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .args(["--direct=1", "--ioengine=psync", "--iodepth=1"])
+        .arg(format!("--runtime={}", cfg.fio_seconds))
+        .args(["--time_based", "--end_fsync=1", "--output-format=json"]);
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // fio may print notes before its JSON.
+    let json = &text[text.find('{').context("fio printed no JSON")?..];
+    let v: serde_json::Value = serde_json::from_str(json).context("fio's JSON")?;
+    let dir = if rw.contains("read") { "read" } else { "write" };
+    let bw = v["jobs"][0][dir]["bw_bytes"]
+        .as_f64()
+        .with_context(|| format!("no jobs[0].{dir}.bw_bytes in fio's output"))?;
+    anyhow::ensure!(bw > 0.0, "fio measured no {dir} bandwidth");
+    Ok(bw)
+}
+
+/// Every fio job, `cfg.fio_reps` times, on a file or device `path` that
+/// holds `cfg.fio_size` written bytes; pushes one figure per job.
+fn fio_jobs(path: &Path, cfg: &Config, baseline: &str, res: &mut Results) {
+    let mut bw = vec![Vec::new(); FIO_JOBS.len()];
+    let (_, failed) = repeat(cfg.fio_reps, |_| {
+        for (i, (_, rw, bs)) in FIO_JOBS.iter().enumerate() {
+            bw[i].push(fio(path, cfg, rw, bs)?);
+        }
+        Ok(())
+    });
+    for (i, v) in bw.into_iter().enumerate() {
+        res.push_metrics(
+            THROUGHPUT,
+            i as u64,
+            baseline,
+            &failed,
+            vec![("bandwidth", Unit::Rate, v)],
+        );
+    }
+}
+
+/// fio on a file the container itself wrote, in its own layer.
+fn throughput(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let image = "tp";
+    b.build_image(image, 1, &mut small_files)?;
+    let name = b.name().to_string();
+    let made = in_container(b, "tp", image, |_, m| {
+        let path = m.join("fio.dat");
+        fill(&path, cfg.fio_size)?;
+        fio_jobs(&path, cfg, &name, res);
+        Ok(())
+    });
+    if let Err(e) = made {
+        let failed = Some(format!("{e:#}"));
+        for i in 0..FIO_JOBS.len() {
+            if res.find(THROUGHPUT, "bandwidth", i as u64, &name).is_none() {
+                res.push_metrics(
+                    THROUGHPUT,
+                    i as u64,
+                    &name,
+                    &failed,
+                    vec![("bandwidth", Unit::Rate, Vec::new())],
+                );
+            }
+        }
+    }
+    b.remove_image(image)
+}
+
+/// The throughput workload's reference: fio on a loop device (direct I/O)
+/// over a sparse file on the same disk, written whole first.
+fn throughput_raw(dir: &Path, cfg: &Config, res: &mut Results) -> Result<()> {
+    let base = dir.join(RAW);
+    fs::create_dir_all(&base)?;
+    let file = base.join("disk");
+    File::create(&file)
+        .and_then(|f| f.set_len(cfg.fio_size))
+        .with_context(|| format!("create {}", file.display()))?;
+    let run = (|| {
+        let attached = Linux::new()
+            .loop_attach(&file)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dev = attached.info.device.clone();
+        fill(&dev, cfg.fio_size)?;
+        fio_jobs(&dev, cfg, RAW, res);
+        // Autoclear: the device goes with its last open handle.
+        drop(attached);
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&base);
+    run
+}
+
+/// A field of /proc/meminfo, in bytes.
+pub fn meminfo(field: &str) -> Result<u64> {
+    let text = fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
+    let line = text
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))
+        .with_context(|| format!("no {field} in /proc/meminfo"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("bad line {line:?} in /proc/meminfo"))?;
+    Ok(kib * 1024)
+}
+
+/// N containers of one image each read the same file of it whole: page
+/// cache grown (`Cached:` of /proc/meminfo, caches dropped before).
+fn page_cache(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    let size = cfg.cache_file;
+    let image = "pc";
+    b.build_image(image, 1, &mut |_, dir| write_file(&dir.join("f"), size))?;
+    for &n in &cfg.readers {
+        let (v, failed) = repeat(cfg.reps, |r| {
+            let names: Vec<String> = (0..n).map(|i| format!("pc{n}-{r}-{i}")).collect();
+            with_containers(b, &names, image, |_, mounts| {
+                measure::drop_caches()?;
+                let avail = meminfo("MemAvailable")?;
+                anyhow::ensure!(
+                    2 * n as u64 * size < avail,
+                    "{n} readers of {size} bytes need more memory than the {avail} bytes available"
+                );
+                let before = meminfo("Cached")? as f64;
+                let mut buf = vec![0u8; 1 << 20];
+                for m in mounts {
+                    let mut f = File::open(m.join("f"))?;
+                    let mut total = 0u64;
+                    loop {
+                        let k = f.read(&mut buf)?;
+                        if k == 0 {
+                            break;
+                        }
+                        total += k as u64;
+                    }
+                    anyhow::ensure!(total == size, "read {total} bytes, not {size}");
+                }
+                Ok(meminfo("Cached")? as f64 - before)
+            })
+        });
+        res.push_metrics(
+            PAGE_CACHE,
+            n as u64,
+            b.name(),
+            &failed,
+            vec![("page cache", Unit::Bytes, v)],
+        );
+    }
+    b.remove_image(image)
 }

@@ -21,7 +21,10 @@ use std::fs;
 use crate::fixture;
 use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
-use workloads::{Config, DEPTH, FIRST_WRITE, LATENCY, Unit};
+use workloads::{
+    CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
+    PAGE_CACHE, RAW, Results, SPARSE, THROUGHPUT, Unit,
+};
 
 const BASELINES: [&str; 3] = ["thin", "overlay-ext4", "overlay-xfs-reflink"];
 
@@ -52,25 +55,69 @@ fn quick_benchmarks_produce_sane_figures() {
                     cfg.reps,
                 ));
             }
+            for &pm in &cfg.sparse_permille {
+                expected.push((SPARSE, "time", pm, cfg.reps));
+                expected.push((SPARSE, "bytes written", pm, cfg.reps));
+            }
+            let g = cfg.churn_group;
+            for k in 1..=cfg.churn / g {
+                expected.push((CHURN, "time per group", (k * g) as u64, cfg.churn_reps));
+            }
+            expected.push((CHURN, "left behind", cfg.churn as u64, 1));
+            for m in [
+                "build time",
+                "build bytes written",
+                "write time",
+                "write bytes written",
+                "total time",
+                "total bytes written",
+            ] {
+                expected.push((CONTAINERD, m, cfg.cd_layers as u64, cfg.cd_reps));
+            }
+            for &n in &cfg.density {
+                for m in [
+                    "idle, per container",
+                    "after writing 1 MiB each, per container",
+                ] {
+                    expected.push((DENSITY, m, n as u64, cfg.reps));
+                }
+            }
+            for i in 0..FIO_JOBS.len() {
+                expected.push((THROUGHPUT, "bandwidth", i as u64, cfg.fio_reps));
+            }
+            for &n in &cfg.readers {
+                expected.push((PAGE_CACHE, "page cache", n as u64, cfg.reps));
+            }
             for b in BASELINES {
                 for &(w, m, p, n) in &expected {
-                    let f = res
-                        .find(w, m, p, b)
-                        .unwrap_or_else(|| panic!("no figure for {w} / {m} / {p} on {b}"));
-                    let v = f
-                        .values
-                        .as_ref()
-                        .unwrap_or_else(|e| panic!("{w} / {m} / {p} on {b} failed: {e}"));
+                    let v = values(&res, w, m, p, b);
                     assert_eq!(v.len(), n, "{w} / {m} / {p} on {b}: {v:?}");
+                    let unit = res.find(w, m, p, b).unwrap().unit;
+                    let ok = |x: &f64| match (unit, m) {
+                        // Nothing may be left behind.
+                        (Unit::Count, _) => *x == 0.0,
+                        // An idle container may cost no block at all.
+                        (_, "idle, per container") => *x >= 0.0,
+                        _ => *x > 0.0,
+                    };
                     assert!(
-                        v.iter().all(|x| x.is_finite() && *x > 0.0),
-                        "{w} / {m} / {p} on {b}: a value is not positive: {v:?}"
+                        v.iter().all(|x| x.is_finite() && ok(x)),
+                        "{w} / {m} / {p} on {b}: a value out of range: {v:?}"
                     );
-                    if f.unit == Unit::Seconds {
+                    if unit == Unit::Seconds {
                         assert!(v.iter().all(|x| *x < 60.0), "{w} / {m} / {p} on {b}: {v:?}");
                     }
                 }
+                if let Some((_, l)) = res.leaks.iter().find(|(n, _)| n == b) {
+                    assert!(l.is_empty(), "churn on {b} left behind: {l:?}");
+                }
             }
+            for i in 0..FIO_JOBS.len() {
+                let v = values(&res, THROUGHPUT, "bandwidth", i as u64, RAW);
+                assert_eq!(v.len(), cfg.fio_reps, "{RAW}: {v:?}");
+                assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{RAW}: {v:?}");
+            }
+            physics(&res, &cfg);
             let mib64 = 64u64 << 20;
             // copy_up copies the whole file into the upper layer of ext4.
             let ext4 = res
@@ -101,6 +148,97 @@ fn quick_benchmarks_produce_sane_figures() {
             assert!(!res.setup.is_empty());
         });
     });
+}
+
+/// The values of a figure that must exist and have succeeded.
+fn values(res: &Results, w: &str, m: &str, p: u64, b: &str) -> Vec<f64> {
+    let f = res
+        .find(w, m, p, b)
+        .unwrap_or_else(|| panic!("no figure for {w} / {m} / {p} on {b}"));
+    f.values
+        .clone()
+        .unwrap_or_else(|e| panic!("{w} / {m} / {p} on {b} failed: {e}"))
+}
+
+/// What the new workloads' figures must show whatever the speed.
+fn physics(res: &Results, cfg: &Config) {
+    let size = cfg.sparse_size as f64;
+    let all = *cfg.sparse_permille.iter().max().unwrap();
+    let least = *cfg.sparse_permille.iter().min().unwrap();
+    for b in BASELINES {
+        // Writing every 4 KiB block of the file writes the whole file.
+        let v = values(res, SPARSE, "bytes written", all, b);
+        assert!(v.iter().all(|&x| x >= size), "sparse 100 % on {b}: {v:?}");
+    }
+    // copy_up on ext4 copies the whole file for any write.
+    let v = values(res, SPARSE, "bytes written", least, "overlay-ext4");
+    assert!(
+        v.iter().all(|&x| x >= size),
+        "sparse on overlay-ext4: {v:?}"
+    );
+    // thin copies pool blocks, not the file.
+    let v = values(res, SPARSE, "bytes written", least, "thin");
+    assert!(v.iter().all(|&x| x < size / 4.0), "sparse on thin: {v:?}");
+
+    // The 4-byte writes: overlay on ext4 copies every file up.
+    let files = (cfg.cd_layers * cfg.cd_files) as f64 * cfg.cd_file_size as f64;
+    let layers = cfg.cd_layers as u64;
+    let v = values(
+        res,
+        CONTAINERD,
+        "write bytes written",
+        layers,
+        "overlay-ext4",
+    );
+    assert!(v.iter().all(|&x| x >= files), "containerd on ext4: {v:?}");
+    let v = values(res, CONTAINERD, "write bytes written", layers, "thin");
+    assert!(v.iter().all(|&x| x < files), "containerd on thin: {v:?}");
+    for b in BASELINES {
+        // The build wrote every file.
+        let v = values(res, CONTAINERD, "build bytes written", layers, b);
+        assert!(
+            v.iter().all(|&x| x >= files),
+            "containerd build on {b}: {v:?}"
+        );
+    }
+
+    for &n in &cfg.density {
+        for b in BASELINES {
+            let idle = values(res, DENSITY, "idle, per container", n as u64, b);
+            let full = values(
+                res,
+                DENSITY,
+                "after writing 1 MiB each, per container",
+                n as u64,
+                b,
+            );
+            for (i, w) in idle.iter().zip(&full) {
+                assert!(
+                    w - i >= DENSITY_WRITE as f64,
+                    "density {n} on {b}: {i} idle, {w} after writing 1 MiB each"
+                );
+            }
+        }
+    }
+
+    let file = cfg.cache_file as f64;
+    for &n in &cfg.readers {
+        for b in BASELINES {
+            let v = values(res, PAGE_CACHE, "page cache", n as u64, b);
+            // At least one copy was read into the cache.
+            assert!(
+                v.iter().all(|&x| x >= 0.9 * file),
+                "page cache on {b}: {v:?}"
+            );
+            if b != "thin" {
+                // overlay reads the one lower file.
+                assert!(
+                    v.iter().all(|&x| x < n as f64 * file),
+                    "page cache on {b}, {n} readers: {v:?}"
+                );
+            }
+        }
+    }
 }
 
 /// Both drivers commit a container into an image its children see.
