@@ -35,12 +35,15 @@ pub const DEFAULT_MTIME: u64 = 1_700_000_000;
 
 /// Builds an uncompressed layer tar in memory.
 ///
-/// ```ignore
+/// ```
+/// use thinlayer::image::build::LayerBuilder;
+///
 /// let mut b = LayerBuilder::new();
 /// b.dir("etc", 0o755).file("etc/hosts", b"127.0.0.1 localhost\n", 0o644);
 /// b.xattr("user.note", b"hi").file("etc/motd", b"hello", 0o644);
 /// b.whiteout("etc/old").opaque("var/cache");
 /// let tar: Vec<u8> = b.finish();
+/// assert_eq!(tar.len() % 512, 0, "a tar is whole 512-byte records");
 /// ```
 pub struct LayerBuilder {
     inner: tar::Builder<Vec<u8>>,
