@@ -8,6 +8,20 @@
 //! with [`arm`] and get a panic instead, which stops the operation just as
 //! abruptly. In other builds [`hit`] is empty.
 
+/// The failpoints of `pool init`, in the order it reaches them: its own,
+/// then those of the base device's creation.
+pub const INIT_POINTS: &[&str] = &[
+    "init.after-files",
+    "init.after-loops",
+    "init.after-pool",
+    "init.after-records",
+    "base.after-intent",
+    "base.after-message",
+    "base.after-transaction",
+    "base.after-record",
+    "base.after-mkfs",
+];
+
 #[cfg(any(test, feature = "failpoints"))]
 mod imp {
     use std::cell::RefCell;

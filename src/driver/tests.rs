@@ -315,18 +315,7 @@ fn recovers_from_a_crash_at_every_step() {
 /// and on activation, the next command finishes the work.
 #[test]
 fn recovers_from_a_crash_in_init_and_activation() {
-    let init_points = [
-        "init.after-files",
-        "init.after-loops",
-        "init.after-pool",
-        "init.after-records",
-        "base.after-intent",
-        "base.after-message",
-        "base.after-transaction",
-        "base.after-record",
-        "base.after-mkfs",
-    ];
-    for point in init_points {
+    for &point in crate::failpoint::INIT_POINTS {
         let dir = TempDir::new("driver");
         let sim = Sim::new();
         crate::failpoint::arm(point);

@@ -52,17 +52,7 @@ const REMOVE: &[&str] = &[
 const ROWS: &[Row] = &[
     Row {
         op: "pool init",
-        points: &[
-            "init.after-files",
-            "init.after-loops",
-            "init.after-pool",
-            "init.after-records",
-            "base.after-intent",
-            "base.after-message",
-            "base.after-transaction",
-            "base.after-record",
-            "base.after-mkfs",
-        ],
+        points: thinlayer::failpoint::INIT_POINTS,
         run: pool_init,
     },
     Row {
