@@ -46,14 +46,17 @@ struct Op<'a> {
     driver: &'a Driver,
     rec: Records,
     lock: RootLock,
+    /// Whether the root was settled (reconciled) when the operation began.
+    settled: bool,
 }
 
 impl Drop for Op<'_> {
     /// An operation that returns, with its result or a handled error, has
-    /// cleaned up after itself; one that panics has not, and one killed
-    /// never gets here: the next operation then checks everything.
+    /// cleaned up after itself; one that panics has not, one whose start-up
+    /// repair failed has not, and one killed never gets here: the next
+    /// operation then checks everything.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if self.settled && !std::thread::panicking() {
             self.lock.set_busy(false);
         }
     }
@@ -115,6 +118,7 @@ impl Driver {
             driver: &driver,
             rec: Records::new(config),
             lock,
+            settled: true,
         };
         let made = (|| {
             // The pool's transaction id is ours from now on; a pool someone
@@ -176,8 +180,10 @@ impl Driver {
             driver: self,
             rec,
             lock,
+            settled: false,
         };
         op.reconcile(interrupted)?;
+        op.settled = true;
         Ok(op)
     }
 
@@ -191,6 +197,7 @@ impl Driver {
             driver: self,
             rec,
             lock,
+            settled: true,
         })
     }
 
