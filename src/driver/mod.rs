@@ -542,42 +542,76 @@ impl Op<'_> {
         let made = self
             .kernel()
             .mkfs(&dev, program, &args)
-            .and_then(|()| self.settle_base_times(&dev));
+            .and_then(|()| self.empty_base_root(&dev));
         let down = thins.deactivate(id);
         made?;
         down?;
         failpoint::hit("base.after-mkfs");
         self.rec.base_ready = true;
+        self.rec.base_empty = true;
         self.save()
     }
 
-    /// Sets the times of the fresh filesystem's own entries (its root and
-    /// ext4's `lost+found`) to the epoch, so that every pool's base, and so
-    /// every image imported onto it, holds the same tree.
-    fn settle_base_times(&self, dev: &Path) -> Result<()> {
+    /// Empties the root of the base's fresh filesystem of what mkfs put
+    /// there (ext4's `lost+found`; xfs makes nothing) and sets the root's
+    /// times to the epoch. Every layer then starts from an empty directory,
+    /// as containerd's clients expect of a snapshot with no parent (its
+    /// conformance suite compares one with an empty directory), and every
+    /// pool's base holds the same tree, so an image imported onto any pool
+    /// has the same content. ext4 needs no `lost+found` to mount or check:
+    /// e2fsck makes one when it has something to put there.
+    fn empty_base_root(&self, dev: &Path) -> Result<()> {
         let target = self.base_mount_path();
         self.mount_fs(dev, &target, false)?;
-        let epoch = nix::sys::time::TimeSpec::new(0, 0);
-        let mut set = Ok(());
-        for p in [target.join("lost+found"), target.clone()] {
-            if p.exists() {
-                set = set.and(
-                    nix::sys::stat::utimensat(
-                        nix::fcntl::AT_FDCWD,
-                        &p,
-                        &epoch,
-                        &epoch,
-                        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                    )
-                    .map_err(|e| {
-                        Error::kernel("set times of", p.display().to_string(), Some(e), e.desc())
-                    }),
-                );
-            }
-        }
+        let emptied = empty_dir(&target).and_then(|()| {
+            let epoch = nix::sys::time::TimeSpec::new(0, 0);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &target,
+                &epoch,
+                &epoch,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| {
+                Error::kernel(
+                    "set times of",
+                    target.display().to_string(),
+                    Some(e),
+                    e.desc(),
+                )
+            })
+        });
         let down = self.umount_settled(&target);
         let _ = fs::remove_dir(&target);
-        set.and(down)
+        emptied.and(down)
+    }
+
+    /// Empties the base of a pool made before bases were made empty (its
+    /// root still holds ext4's `lost+found`), once no layer is built
+    /// directly on it: those layers hold the old base's entries as part of
+    /// their parent, and their diffs are taken against it. Until then each
+    /// operation looks again (a scan of the records, no kernel call).
+    pub(super) fn empty_old_base(&mut self) -> Result<()> {
+        if self.rec.base_empty || !self.rec.base_ready {
+            return Ok(());
+        }
+        if self.rec.tree.layers.values().any(|l| l.parent.is_none()) {
+            tracing::debug!("the base keeps its lost+found while layers are built on it");
+            return Ok(());
+        }
+        let Some(id) = self.rec.tree.base else {
+            return Ok(());
+        };
+        tracing::info!("emptying the root of a base made by an older thinlayer");
+        let pool = self.pool();
+        let thins = Thins { pool: &pool };
+        let (dev, _) = thins.activate(id, self.rec.pool.base_size, false)?;
+        let emptied = self.empty_base_root(&dev);
+        let down = thins.deactivate(id);
+        emptied?;
+        down?;
+        self.rec.base_empty = true;
+        self.save()
     }
 
     /// Refuses new layers when the pool is not writable or nearly full.
@@ -808,6 +842,23 @@ impl Op<'_> {
         let _ = fs::remove_dir(self.driver.store.root().join(MOUNT_DIR));
         self.driver.store.remove()
     }
+}
+
+/// Removes everything inside `dir`, leaving `dir` itself.
+fn empty_dir(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io("read directory", dir, e))?
+            .path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io("remove", &path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

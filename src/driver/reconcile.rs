@@ -5,7 +5,8 @@
 //! 1. the pool is brought up if it is not (after a reboot), with `thin_check`;
 //! 2. a pending intent is completed or rolled back, judged by the kernel's
 //!    transaction id (see [`crate::records`]);
-//! 3. the base filesystem is made if its creation was cut short;
+//! 3. the base filesystem is made if its creation was cut short, and the
+//!    base of a pool made by an older thinlayer is emptied when it can be;
 //! 4. after a reboot or an interrupted operation, thin ids the kernel has and
 //!    the tree does not are deleted; ids the tree has and the kernel lacks
 //!    are reported, never silently dropped;
@@ -38,6 +39,7 @@ impl Op<'_> {
             tracing::info!("finishing the base device");
             self.make_base()?;
         }
+        self.empty_old_base()?;
         if activated || had_pending {
             self.remove_orphans()?;
         }

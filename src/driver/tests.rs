@@ -592,3 +592,27 @@ fn a_crashed_import_is_removed_by_the_next_command() {
     assert!(!tree.images.contains_key("app:1"));
     w.check_invariants();
 }
+
+#[test]
+fn an_older_base_is_emptied_once_nothing_is_built_on_it() {
+    let (w, d) = World::new();
+    assert!(
+        d.records().unwrap().base_empty,
+        "a new pool's base is empty"
+    );
+    d.create_container("c1", None).unwrap();
+    // As a pool made before bases were emptied: its base has lost+found.
+    let store = crate::records::Store::new(w.dir.path());
+    let mut rec = store.load().unwrap();
+    rec.base_empty = false;
+    store.save(&rec, Durability::Durable).unwrap();
+    d.containers(false).unwrap();
+    assert!(
+        !d.records().unwrap().base_empty,
+        "c1 is built on the base: its diff is taken against it"
+    );
+    d.remove("c1", false).unwrap();
+    d.containers(false).unwrap();
+    assert!(d.records().unwrap().base_empty);
+    w.check_invariants();
+}

@@ -95,6 +95,11 @@ pub struct Records {
     /// Whether the base device holds its filesystem yet.
     #[serde(default)]
     pub base_ready: bool,
+    /// Whether the base's root is empty (no `lost+found`): always for pools
+    /// made by this version; older ones are emptied when nothing is built
+    /// directly on the base.
+    #[serde(default)]
+    pub base_empty: bool,
     #[serde(default)]
     pub ids: IdAllocator,
     pub tree: Tree,
