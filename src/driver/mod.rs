@@ -63,9 +63,14 @@ impl Drop for Op<'_> {
 }
 
 fn now() -> u64 {
+    now_ns() / 1_000_000_000
+}
+
+/// Nanoseconds since the epoch.
+fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -659,13 +664,19 @@ impl Op<'_> {
         }
         self.check_space()?;
         let thin_id = self.allocate_id()?;
+        let at = now_ns();
         let layer = Layer {
             key: key.to_string(),
             kind,
             thin_id,
             parent: parent.map(str::to_string),
             device_size: self.rec.pool.base_size,
-            created: now(),
+            created: at / 1_000_000_000,
+            created_ns: at,
+            updated_ns: 0,
+            // Pinned layers are the snapshotter API's: containerd mounts
+            // their devices itself.
+            snapshotter: pinned,
             image,
             labels,
             mounts: 0,

@@ -67,6 +67,7 @@ impl Driver {
         let mut op = self.begin()?;
         let l = op.rec.tree.get_mut(key)?;
         edit(&mut l.labels)?;
+        l.updated_ns = super::now_ns();
         let l = l.clone();
         op.save()?;
         failpoint::hit("labels.after-record");

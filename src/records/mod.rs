@@ -47,8 +47,10 @@ use crate::pool::PoolConfig;
 use crate::tree::{IdAllocator, Layer, Tree};
 use crate::units::ThinId;
 
-/// Format version of `state.json`.
-pub const VERSION: u32 = 1;
+/// Format version of `state.json`. Version 1 did not mark the layers made
+/// through the snapshotter API; [`Store::load`] upgrades it (see
+/// [`Records::upgrade`]).
+pub const VERSION: u32 = 2;
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -113,9 +115,40 @@ impl Records {
             transaction: 0,
             pending: None,
             base_ready: false,
+            base_empty: false,
             ids: IdAllocator::default(),
             tree: Tree::default(),
         }
+    }
+}
+
+impl Records {
+    /// Brings version-1 records to the current format in memory (the next
+    /// save writes them). Version 1 did not record which layers the
+    /// snapshotter API made; it only ever gave containerd the keys its
+    /// metadata store sends, `NAMESPACE/ID/KEY`, and the CLI never makes
+    /// such keys (its names have no `/`), so that shape marks them here,
+    /// once. From version 2 on, the mark is set when a layer is made.
+    pub fn upgrade(&mut self) {
+        for l in self.tree.layers.values_mut() {
+            l.snapshotter = is_containerd_metadata_key(&l.key);
+        }
+        self.version = VERSION;
+    }
+}
+
+/// Whether `key` has the shape containerd's metadata store gives backend
+/// keys: `NAMESPACE/ID/KEY`, ID decimal.
+pub fn is_containerd_metadata_key(key: &str) -> bool {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(id), Some(rest)) => {
+            !ns.is_empty()
+                && !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !rest.is_empty()
+        }
+        _ => false,
     }
 }
 
@@ -181,7 +214,7 @@ impl Store {
             }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let records: Records =
+        let mut records: Records =
             serde_json::from_slice(&text).map_err(|e| Error::CorruptRecords {
                 path: path.clone(),
                 detail: format!(
@@ -189,6 +222,9 @@ impl Store {
                     path.display()
                 ),
             })?;
+        if records.version == 1 {
+            records.upgrade();
+        }
         if records.version != VERSION {
             return Err(Error::CorruptRecords {
                 path,
@@ -296,6 +332,59 @@ mod tests {
             &full[..full.len() / 2],
             "left as it was"
         );
+    }
+
+    #[test]
+    fn containerd_metadata_keys_are_recognised() {
+        assert!(is_containerd_metadata_key("default/3/sha256:abc"));
+        assert!(is_containerd_metadata_key("k8s.io/12/extract-1 sha256:abc"));
+        assert!(!is_containerd_metadata_key("web1"));
+        assert!(!is_containerd_metadata_key("sha256:abc"));
+        assert!(!is_containerd_metadata_key("a/b/c"));
+        assert!(!is_containerd_metadata_key("default/3/"));
+    }
+
+    #[test]
+    fn version_1_records_mark_the_snapshotter_layers_once() {
+        let dir = TempDir::new("records");
+        let store = Store::new(dir.path());
+        let mut r = Records::new(PoolConfig::for_tests(dir.path()));
+        r.version = 1;
+        for (i, key) in ["default/4/sha256:abc", "web1"].into_iter().enumerate() {
+            let layer = crate::tree::Layer {
+                key: key.into(),
+                kind: crate::tree::Kind::Active,
+                thin_id: ThinId::new(i as u32 + 2).unwrap(),
+                parent: None,
+                device_size: crate::units::Bytes(1 << 30),
+                created: 1,
+                created_ns: 0,
+                updated_ns: 0,
+                snapshotter: false,
+                image: None,
+                labels: Default::default(),
+                mounts: 0,
+                pinned: false,
+            };
+            r.tree.layers.insert(key.into(), layer);
+        }
+        store.save(&r, Durability::Durable).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.version, VERSION);
+        assert!(loaded.tree.layers["default/4/sha256:abc"].snapshotter);
+        assert!(!loaded.tree.layers["web1"].snapshotter);
+        // From version 2 on the mark is what was recorded, whatever the key.
+        let mut again = loaded.clone();
+        again
+            .tree
+            .get_mut("default/4/sha256:abc")
+            .unwrap()
+            .snapshotter = false;
+        again.tree.get_mut("web1").unwrap().snapshotter = true;
+        store.save(&again, Durability::Durable).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(!loaded.tree.layers["default/4/sha256:abc"].snapshotter);
+        assert!(loaded.tree.layers["web1"].snapshotter);
     }
 
     #[test]

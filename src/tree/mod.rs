@@ -55,6 +55,21 @@ pub struct Layer {
     pub device_size: Bytes,
     /// Seconds since the epoch.
     pub created: u64,
+    /// The creation time to the nanosecond, since the epoch (`created` is
+    /// the same instant in whole seconds); 0 in records made before
+    /// thinlayer kept it.
+    #[serde(default)]
+    pub created_ns: u64,
+    /// When its labels or its kind last changed, in nanoseconds since the
+    /// epoch (containerd's `updated`); 0 when never, i.e. at creation.
+    #[serde(default)]
+    pub updated_ns: u64,
+    /// Made through the containerd snapshotter API (`thinlayer serve`),
+    /// whatever its key. Only these are listed to containerd, whose garbage
+    /// collector removes every listed snapshot it has no record of: the
+    /// CLI's containers and images must never be among them.
+    #[serde(default)]
+    pub snapshotter: bool,
     /// The image a container was made from, as the user named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -67,6 +82,28 @@ pub struct Layer {
     /// snapshot whose mounts containerd performs itself).
     #[serde(default)]
     pub pinned: bool,
+}
+
+impl Layer {
+    /// The creation time in nanoseconds since the epoch (whole seconds
+    /// for layers recorded before nanoseconds were kept).
+    pub fn created_at_ns(&self) -> u64 {
+        if self.created_ns != 0 {
+            self.created_ns
+        } else {
+            self.created.saturating_mul(1_000_000_000)
+        }
+    }
+
+    /// The time of the last change, in nanoseconds since the epoch: the
+    /// creation time until its labels or kind change.
+    pub fn updated_at_ns(&self) -> u64 {
+        if self.updated_ns != 0 {
+            self.updated_ns
+        } else {
+            self.created_at_ns()
+        }
+    }
 }
 
 /// A named image: a reference to its top committed layer.
@@ -89,6 +126,13 @@ pub struct Tree {
     pub base: Option<ThinId>,
     pub layers: BTreeMap<String, Layer>,
     pub images: BTreeMap<String, Image>,
+    /// Thin ids no layer owns any more whose devices were still open when
+    /// they were let go: an active layer committed while mounted keeps
+    /// its old device (and thin id) for whoever holds the mount, while the
+    /// committed layer is a snapshot of it taken at commit time. Each is
+    /// deleted once its device has closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<ThinId>,
 }
 
 impl Tree {
@@ -122,11 +166,12 @@ impl Tree {
             .collect()
     }
 
-    /// Every thin id in use, the base's included.
+    /// Every thin id in use, the base's and the retired ones included.
     pub fn thin_ids(&self) -> impl Iterator<Item = ThinId> + '_ {
         self.base
             .into_iter()
             .chain(self.layers.values().map(|l| l.thin_id))
+            .chain(self.retired.iter().copied())
     }
 
     /// The layer holding `thin_id`.
@@ -261,6 +306,9 @@ mod tests {
             parent: parent.map(Into::into),
             device_size: Bytes(10 << 30),
             created: 0,
+            created_ns: 0,
+            updated_ns: 0,
+            snapshotter: false,
             image: None,
             labels: BTreeMap::new(),
             mounts: 0,
