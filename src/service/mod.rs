@@ -13,11 +13,15 @@
 //! the driver serialises them through the root's lock, with CLI commands.
 //!
 //! Where thinlayer departs from containerd's reference snapshotters:
-//! - `list` returns only the snapshots containerd made (keys of the form
-//!   `NAMESPACE/ID/KEY`). containerd's garbage collector removes every
-//!   listed snapshot its own metadata does not know, which would take the
-//!   CLI's containers and image layers with it. Filters are ignored:
-//!   containerd's metadata store filters by itself.
+//! - `list` returns every snapshot made through this API (Prepare, View and
+//!   what they were committed as), whatever its key, and none of the
+//!   layers the CLI made ([`Layer::snapshotter`]). containerd's garbage
+//!   collector removes every listed snapshot its own metadata does not
+//!   know, which would otherwise take the CLI's containers and image layers
+//!   with it. Filters follow containerd's syntax ([`filter`]).
+//! - `commit` of a snapshot that is still mounted is accepted: the
+//!   committed snapshot is a copy taken at that instant, so nothing the
+//!   mount's holder writes afterwards reaches it (see the driver's commit).
 //! - `usage` gives the exact bytes of the pool blocks the snapshot maps
 //!   differently from its parent (whole pool blocks, flushed data only,
 //!   read from the pool's metadata); the inode count is not known at block
@@ -33,6 +37,10 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Status;
 use containerd_snapshots::{Info, Kind as CKind, Snapshotter, Usage};
 use nix::errno::Errno;
+
+mod filter;
+
+pub use filter::{Fields, Filters};
 
 use crate::Driver;
 use crate::error::Error;
@@ -91,25 +99,8 @@ pub fn mount_for(fs: FsKind, device: &Path, read_only: bool) -> Mount {
     }
 }
 
-/// Whether `key` has the shape containerd's metadata store gives backend
-/// keys: `NAMESPACE/ID/KEY`, ID decimal.
-pub fn is_containerd_key(key: &str) -> bool {
-    let mut parts = key.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(id), Some(rest)) => {
-            !ns.is_empty()
-                && !id.is_empty()
-                && id.bytes().all(|b| b.is_ascii_digit())
-                && !rest.is_empty()
-        }
-        _ => false,
-    }
-}
-
-/// A layer as containerd's `Info`. thinlayer keeps no separate update
-/// time: `updated_at` is the creation time.
+/// A layer as containerd's `Info`, its times to the nanosecond.
 pub fn info_of(l: &Layer) -> Info {
-    let at = UNIX_EPOCH + Duration::from_secs(l.created);
     Info {
         kind: match l.kind {
             Kind::Active => CKind::Active,
@@ -119,8 +110,8 @@ pub fn info_of(l: &Layer) -> Info {
         name: l.key.clone(),
         parent: l.parent.clone().unwrap_or_default(),
         labels: l.labels.clone().into_iter().collect(),
-        created_at: at,
-        updated_at: at,
+        created_at: UNIX_EPOCH + Duration::from_nanos(l.created_at_ns()),
+        updated_at: UNIX_EPOCH + Duration::from_nanos(l.updated_at_ns()),
     }
 }
 
@@ -157,6 +148,20 @@ pub fn update_labels(
         }
     }
     Ok(())
+}
+
+/// What containerd's filters see of a layer.
+fn fields_of(l: &Layer) -> Fields<'_> {
+    Fields {
+        kind: match l.kind {
+            Kind::Active => "active",
+            Kind::View => "view",
+            Kind::Committed => "committed",
+        },
+        name: &l.key,
+        parent: l.parent.as_deref().unwrap_or(""),
+        labels: &l.labels,
+    }
 }
 
 fn parent_of(parent: &str) -> Option<String> {
@@ -300,8 +305,9 @@ impl Snapshotter for Snapshots {
 
     /// Commit: the active snapshot `key` becomes the committed snapshot
     /// `name`, with the same parent and `labels`; `key` is gone afterwards.
-    /// Whoever mounted it must have unmounted it (FailedPrecondition while
-    /// its device is open). AlreadyExists if `name` is taken.
+    /// It may still be mounted: the committed snapshot is then a copy taken
+    /// now, and the mount keeps the old device until it is unmounted, when
+    /// thinlayer deletes it. AlreadyExists if `name` is taken.
     async fn commit(
         &self,
         name: String,
@@ -338,20 +344,22 @@ impl Snapshotter for Snapshots {
 
     type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
 
-    /// List (containerd's Walk): the snapshots containerd made; see the
-    /// module documentation for why thinlayer's own layers are left out.
-    /// Filters are ignored: containerd's metadata store applies its own.
+    /// List (containerd's Walk): the snapshots made through this API that
+    /// match any of `filters` (containerd's syntax; none: all of them).
+    /// The CLI's layers are never listed; see the module documentation.
+    /// InvalidArgument for a filter that does not parse.
     async fn list(
         &self,
         _snapshotter: String,
-        _filters: Vec<String>,
+        filters: Vec<String>,
     ) -> Result<Self::InfoStream, Status> {
         let infos = self
-            .run("list", |d| {
+            .run("list", move |d| {
+                let filters = Filters::parse(&filters)?;
                 Ok(d.tree()?
                     .layers
                     .values()
-                    .filter(|l| is_containerd_key(&l.key))
+                    .filter(|l| l.snapshotter && filters.matches(&fields_of(l)))
                     .map(info_of)
                     .collect::<Vec<_>>())
             })

@@ -10,12 +10,18 @@ use containerd_snapshots::tonic::Code;
 use tokio_stream::StreamExt;
 
 use super::*;
-use crate::kernel::Sim;
+use crate::kernel::{Kernel, Sim};
 use crate::pool::{PoolOptions, SourceOptions};
 use crate::testutil::TempDir;
 use crate::units::Bytes;
 
 fn service() -> (TempDir, Snapshots) {
+    let (dir, _, s) = service_on_sim();
+    (dir, s)
+}
+
+/// The service and the simulated kernel under it.
+fn service_on_sim() -> (TempDir, Arc<Sim>, Snapshots) {
     let dir = TempDir::new("service");
     let opts = PoolOptions {
         source: SourceOptions::LoopFiles {
@@ -25,8 +31,144 @@ fn service() -> (TempDir, Snapshots) {
         base_size: Bytes(1 << 30),
         ..PoolOptions::default()
     };
-    let d = Driver::init(dir.path(), Arc::new(Sim::new()), &opts).unwrap();
-    (dir, Snapshots::new(Arc::new(d)).unwrap())
+    let sim = Arc::new(Sim::new());
+    let d = Driver::init(dir.path(), sim.clone(), &opts).unwrap();
+    (dir, sim, Snapshots::new(Arc::new(d)).unwrap())
+}
+
+async fn listed(s: &Snapshots, filters: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = s
+        .list(
+            String::new(),
+            filters.iter().map(|f| f.to_string()).collect(),
+        )
+        .await
+        .unwrap()
+        .map(|i| i.unwrap().name)
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn list_shows_what_the_api_made_whatever_the_key_and_never_the_cli_layers() {
+    let (_dir, s) = service();
+    s.driver.create_container("cli-container", None).unwrap();
+    s.prepare("plain".into(), String::new(), labels(&[("l", "1")]))
+        .await
+        .unwrap();
+    s.commit("base-layer".into(), "plain".into(), labels(&[("l", "2")]))
+        .await
+        .unwrap();
+    s.view("default/7/v".into(), "base-layer".into(), HashMap::new())
+        .await
+        .unwrap();
+    s.prepare("a".into(), "base-layer".into(), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&s, &[]).await,
+        ["a", "base-layer", "default/7/v"],
+        "the CLI's container must never reach containerd's collector"
+    );
+    assert_eq!(listed(&s, &["kind==committed"]).await, ["base-layer"]);
+    assert_eq!(
+        listed(&s, &["parent==base-layer,kind==view"]).await,
+        ["default/7/v"]
+    );
+    assert_eq!(
+        listed(&s, &["labels.l==2", "name==a"]).await,
+        ["a", "base-layer"]
+    );
+    let e = s
+        .list(String::new(), vec!["kind==".into()])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+#[tokio::test]
+async fn times_have_nanoseconds_and_updates_move_only_updated() {
+    let (_dir, s) = service();
+    let before = std::time::SystemTime::now();
+    s.prepare("a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
+    let st = s.stat("a".into()).await.unwrap();
+    assert_eq!(st.created_at, st.updated_at);
+    assert!(
+        st.created_at >= before,
+        "created at the call, to the nanosecond"
+    );
+    let (created, updated) = (st.created_at, st.updated_at);
+    let info = Info {
+        name: "a".into(),
+        labels: labels(&[("x", "1")]),
+        ..st
+    };
+    let up = s.update(info, None).await.unwrap();
+    assert_eq!(up.created_at, created);
+    assert!(up.updated_at > updated);
+    assert_eq!(s.stat("a".into()).await.unwrap().updated_at, up.updated_at);
+    s.commit("c".into(), "a".into(), HashMap::new())
+        .await
+        .unwrap();
+    let c = s.stat("c".into()).await.unwrap();
+    assert_eq!(c.created_at, c.updated_at, "a commit makes a new snapshot");
+    assert!(c.created_at > up.updated_at);
+}
+
+#[tokio::test]
+async fn a_snapshot_committed_while_mounted_is_a_copy_and_its_old_device_goes_at_unmount() {
+    let (dir, sim, s) = service_on_sim();
+    let m = s
+        .prepare("a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
+    let dev = std::path::PathBuf::from(&m[0].source);
+    let target = dir.path().join("held");
+    std::fs::create_dir(&target).unwrap();
+    let fs = s.fs;
+    sim.mount(&crate::kernel::MountRequest {
+        source: &dev,
+        target: &target,
+        fstype: fs.name(),
+        read_only: false,
+        data: fs.mount_options(false),
+    })
+    .unwrap();
+    let old = s.driver.tree().unwrap().get("a").unwrap().thin_id;
+    s.commit("c".into(), "a".into(), HashMap::new())
+        .await
+        .unwrap();
+    let tree = s.driver.tree().unwrap();
+    let c = tree.get("c").unwrap();
+    assert_ne!(
+        c.thin_id, old,
+        "the committed layer is a copy, not the held device"
+    );
+    assert_eq!(tree.retired, [old]);
+    // The holder's writes go to the old thin id, never the committed one.
+    let prefix = s.driver.records().unwrap().pool.prefix;
+    let old_dev = crate::thin::dm_name(&prefix, old);
+    sim.write(&old_dev, 0, 2).unwrap();
+    assert_eq!(s.driver.sizes().unwrap()["c"].size, Bytes(0));
+    // A child of the committed layer works while the old mount lives.
+    s.prepare("b".into(), "c".into(), HashMap::new())
+        .await
+        .unwrap();
+    sim.umount(&target, false).unwrap();
+    let tree = s.driver.tree().unwrap();
+    assert!(
+        tree.retired.is_empty(),
+        "deleted at the first operation after its last close"
+    );
+    assert!(
+        !sim.thin_ids(&dir.path().join("metadata"))
+            .contains(&old.get())
+    );
 }
 
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -94,16 +236,6 @@ fn mounts_carry_the_filesystem_options_and_ro_for_views() {
         mount_for(FsKind::Xfs, dev, true).options,
         ["ro", "nouuid", "norecovery"]
     );
-}
-
-#[test]
-fn containerd_keys_are_recognised() {
-    assert!(is_containerd_key("default/3/sha256:abc"));
-    assert!(is_containerd_key("k8s.io/12/extract-1 sha256:abc"));
-    assert!(!is_containerd_key("web1"));
-    assert!(!is_containerd_key("sha256:abc"));
-    assert!(!is_containerd_key("a/b/c"));
-    assert!(!is_containerd_key("default/3/"));
 }
 
 #[test]
