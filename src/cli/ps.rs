@@ -59,6 +59,13 @@ pub fn tree(ctx: &Ctx) -> anyhow::Result<()> {
         .unwrap_or_else(|| "-".into());
     println!("base (thin {base})");
     print_children(&tree, None, "");
+    if !tree.retired.is_empty() {
+        let ids: Vec<String> = tree.retired.iter().map(|id| format!("thin {id}")).collect();
+        println!(
+            "retired, deleted once unmounted (layers committed while mounted): {}",
+            ids.join(", ")
+        );
+    }
     Ok(())
 }
 

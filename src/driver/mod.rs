@@ -517,9 +517,17 @@ impl Op<'_> {
             Intent::CreateLayer { layer, .. } => {
                 self.rec.tree.layers.insert(layer.key.clone(), layer);
             }
-            Intent::Delete { key, .. } => {
+            Intent::CommitCopy {
+                key, origin, layer, ..
+            } => {
+                self.rec.tree.layers.remove(&key);
+                self.rec.tree.layers.insert(layer.key.clone(), layer);
+                self.rec.tree.retired.push(origin);
+            }
+            Intent::Delete { key, thin_id, .. } => {
                 self.rec.tree.layers.remove(&key);
                 self.rec.tree.images.retain(|_, i| i.top != key);
+                self.rec.tree.retired.retain(|id| *id != thin_id);
             }
         }
     }
@@ -755,6 +763,19 @@ impl Op<'_> {
         self.save_atomic()
     }
 
+    /// Commits the active layer `key` as the committed layer `new_key`.
+    ///
+    /// A layer whose device nobody holds open becomes the committed layer
+    /// in place: its device is removed and its record renamed. One whose
+    /// device is still open (containerd commits snapshots its clients may
+    /// still have mounted) cannot be frozen that way, since the holder
+    /// could go on writing into what is now an image layer. Its committed
+    /// layer is instead a snapshot of it taken at this instant: the device
+    /// is suspended around `create_snap`, which freezes the filesystem on
+    /// it (the kernel's suspend syncs and freezes a mounted filesystem
+    /// unless told to skip that), so the copy holds a clean filesystem.
+    /// The old device and thin id are left to the holder and retired:
+    /// deleted once the device has closed (see [`Op::delete_retired`]).
     fn commit(&mut self, key: &str, new_key: &str) -> Result<Layer> {
         let l = self.rec.tree.get(key)?.clone();
         if l.kind != Kind::Active {
@@ -777,20 +798,48 @@ impl Op<'_> {
                 name: new_key.to_string(),
             });
         }
+        let at = now_ns();
+        let mut layer = l.clone();
+        layer.key = new_key.to_string();
+        layer.kind = Kind::Committed;
+        layer.pinned = false;
+        layer.created = at / 1_000_000_000;
+        layer.created_ns = at;
+        layer.updated_ns = 0;
+        if l.pinned && self.device_open(&l)? {
+            layer.thin_id = self.allocate_id()?;
+            let intent = Intent::CommitCopy {
+                transaction: self.rec.transaction + 1,
+                key: key.to_string(),
+                origin: l.thin_id,
+                layer: layer.clone(),
+            };
+            let (new, origin) = (layer.thin_id, l.thin_id);
+            self.transact("commit", intent, |t| t.snapshot(new, origin))?;
+            // The holder keeps the device; it goes at its last close.
+            self.deactivate(&l)?;
+            return Ok(layer);
+        }
         if l.pinned {
             self.deactivate(&l)?;
             failpoint::hit("commit.after-deactivate");
         }
-        let mut layer = self.rec.tree.layers.remove(key).expect("checked");
-        layer.key = new_key.to_string();
-        layer.kind = Kind::Committed;
-        layer.pinned = false;
+        self.rec.tree.layers.remove(key);
         self.rec
             .tree
             .layers
             .insert(new_key.to_string(), layer.clone());
         self.save()?;
         Ok(layer)
+    }
+
+    /// Whether the layer's device is live and held open by someone.
+    fn device_open(&self, l: &Layer) -> Result<bool> {
+        let name = crate::thin::dm_name(&self.rec.pool.prefix, l.thin_id);
+        Ok(self
+            .kernel()
+            .dm_info(&name)?
+            .is_some_and(|i| i.open_count > 0))
     }
 
     fn tag(&mut self, image: &str, key: &str, config: Option<serde_json::Value>) -> Result<()> {

@@ -15,7 +15,9 @@
 //!    counts of layers that are no longer mounted (a reboot, an unmount by
 //!    hand) are reset; after a reboot or an operation that did not finish
 //!    (see [`crate::records::RootLock`]), devices left suspended are resumed;
-//! 6. layers of an image import or removal that was killed are removed.
+//! 6. layers of an image import or removal that was killed are removed;
+//! 7. retired thin ids (the old devices of layers committed while mounted)
+//!    whose devices have closed are deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -47,7 +49,49 @@ impl Op<'_> {
             tracing::info!("the previous operation did not finish; checking every device");
         }
         self.clean_devices(activated || had_pending || interrupted)?;
-        self.remove_crashed_imports()
+        self.remove_crashed_imports()?;
+        self.delete_retired()
+    }
+
+    /// Deletes the retired thin ids whose devices are gone: the device of a
+    /// layer committed while mounted was handed to the kernel as a deferred
+    /// removal, which finishes at its holder's last close. One ioctl per
+    /// retired id; none when there are none.
+    ///
+    /// No intent and no transaction id: a retired id is garbage whichever
+    /// way a crash leaves it. Still in the pool, it is deleted by a later
+    /// operation; gone from the pool but still recorded, it is dropped
+    /// from the records (see [`Op::remove_orphans`]).
+    pub(super) fn delete_retired(&mut self) -> Result<()> {
+        let mut changed = false;
+        for id in self.rec.tree.retired.clone() {
+            let name = thin::dm_name(&self.rec.pool.prefix, id);
+            if self.kernel().dm_info(&name)?.is_some() {
+                continue;
+            }
+            let pool = self.pool();
+            match (Thins { pool: &pool }).delete(id) {
+                Ok(_) => {
+                    tracing::info!(
+                        thin_id = id.get(),
+                        "deleted a retired thin id: its device has closed"
+                    );
+                    self.rec.tree.retired.retain(|r| *r != id);
+                    changed = true;
+                }
+                Err(e) if e.errno() == Some(nix::errno::Errno::EBUSY) => {
+                    tracing::debug!(
+                        thin_id = id.get(),
+                        "a retired thin id is still open; kept for later"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if changed {
+            self.save_atomic()?;
+        }
+        Ok(())
     }
 
     /// Completes or rolls back the pending intent; checks the transaction
@@ -83,6 +127,10 @@ impl Op<'_> {
                 | Intent::CreateLayer {
                     layer: crate::tree::Layer { thin_id, .. },
                     ..
+                }
+                | Intent::CommitCopy {
+                    layer: crate::tree::Layer { thin_id, .. },
+                    ..
                 } => {
                     tracing::info!(
                         thin_id = thin_id.get(),
@@ -115,6 +163,21 @@ impl Op<'_> {
     /// Deletes thin ids the kernel has and the tree does not.
     fn remove_orphans(&mut self) -> Result<()> {
         let kernel_ids: BTreeSet<u32> = self.kernel_mappings()?.into_keys().collect();
+        // A retired id deleted by an operation that died before recording
+        // it: nothing to keep.
+        let gone: Vec<ThinId> = self
+            .rec
+            .tree
+            .retired
+            .iter()
+            .copied()
+            .filter(|id| !kernel_ids.contains(&id.get()))
+            .collect();
+        if !gone.is_empty() {
+            tracing::info!(?gone, "dropping retired thin ids the pool no longer has");
+            self.rec.tree.retired.retain(|id| !gone.contains(id));
+            self.save_atomic()?;
+        }
         let tree_ids: BTreeSet<u32> = self.rec.tree.thin_ids().map(ThinId::get).collect();
         let missing: Vec<String> = tree_ids
             .difference(&kernel_ids)

@@ -637,6 +637,16 @@ impl Kernel for Sim {
             .rposition(|m| m.target == target)
             .ok_or_else(|| kerr("unmount", &target.to_string_lossy(), Errno::EINVAL))?;
         s.mounts.remove(i);
+        // A deferred removal finishes at the device's last close.
+        let closed: Vec<String> = s
+            .devices
+            .iter()
+            .filter(|(n, d)| d.deferred && s.open_count(n, d.minor) == 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in closed {
+            s.devices.remove(&name);
+        }
         Ok(())
     }
 

@@ -67,7 +67,18 @@ pub enum Intent {
         origin: ThinId,
         layer: Layer,
     },
-    /// `delete thin_id` of the layer `key` (or of an orphan, `key` empty).
+    /// `create_snap layer.thin_id origin` of the active layer `key`, whose
+    /// device (thin id `origin`) is still open: `layer` is the committed
+    /// layer, a copy of `key` taken at this instant; `key` goes, and
+    /// `origin` is retired until its device closes.
+    CommitCopy {
+        transaction: u64,
+        key: String,
+        origin: ThinId,
+        layer: Layer,
+    },
+    /// `delete thin_id` of the layer `key` (or of an orphan or a retired
+    /// thin id, `key` empty).
     Delete {
         transaction: u64,
         key: String,
@@ -80,6 +91,7 @@ impl Intent {
         match self {
             Intent::CreateBase { transaction, .. }
             | Intent::CreateLayer { transaction, .. }
+            | Intent::CommitCopy { transaction, .. }
             | Intent::Delete { transaction, .. } => *transaction,
         }
     }

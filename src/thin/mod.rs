@@ -72,12 +72,24 @@ impl Thins<'_> {
 
     /// `delete id`. Returns false when the pool had no such id (ENODATA), so
     /// that an interrupted delete can be replayed.
+    ///
+    /// The pool refuses to delete a thin device that is still open (EBUSY).
+    /// A device-mapper device leaves the name list before its table is
+    /// torn down, and a deferred removal finishes in a kernel worker, so a
+    /// delete sent right after the device went can meet the closing table:
+    /// EBUSY is retried for up to a second before it is returned.
     pub fn delete(&self, id: ThinId) -> Result<bool> {
-        match self.message(&format!("delete {id}")) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno() == Some(Errno::ENODATA) => Ok(false),
-            Err(e) => Err(e),
+        const TRIES: u32 = 40;
+        let msg = format!("delete {id}");
+        for _ in 1..TRIES {
+            match self.message(&msg) {
+                Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return deleted(other),
+            }
         }
+        deleted(self.message(&msg))
     }
 
     /// `set_transaction_id old new`: the kernel's compare-and-swap.
@@ -151,6 +163,14 @@ impl Thins<'_> {
             .parse()
             .map_err(|_| Error::invalid("thin status", &field, "expected mapped sectors"))?;
         Ok(Bytes(sectors * 512))
+    }
+}
+
+fn deleted(sent: Result<()>) -> Result<bool> {
+    match sent {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(Errno::ENODATA) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

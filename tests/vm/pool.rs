@@ -231,3 +231,110 @@ fn check_and_repair_run_offline() {
         assert_eq!(fx.json(&["pool", "status"])["thin_devices"], 2);
     });
 }
+
+/// A layer on the base is an empty directory, on ext4 (whose mkfs makes
+/// `lost+found`) and on xfs; it stays empty after an unmount, a second
+/// mount.
+#[test]
+fn a_layer_on_the_base_starts_empty() {
+    for fs_kind in ["ext4", "xfs"] {
+        fixture::run(&format!("empty-{fs_kind}"), |fx| {
+            fx.init_pool("2G", "32M", Some("1G"), &["--fs", fs_kind]);
+            fx.ok(&["container", "create", "scratch", "a"]);
+            for _ in 0..2 {
+                let m = fx.ok(&["container", "mount", "a"]);
+                let entries: Vec<String> = fs::read_dir(m.trim())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                assert!(
+                    entries.is_empty(),
+                    "{fs_kind}: a fresh layer holds {entries:?}"
+                );
+                fx.ok(&["container", "umount", "a"]);
+            }
+            fx.ok(&["container", "rm", "a"]);
+        });
+    }
+}
+
+/// containerd commits snapshots its clients may still have mounted. The
+/// committed layer is what the snapshot held at the commit, on ext4 and
+/// xfs: whatever the mount's holder writes afterwards never reaches it or
+/// its children, its filesystem is clean (a read-only view of it mounts),
+/// and the old device is deleted once the holder unmounts.
+#[test]
+fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
+    for fs_kind in ["ext4", "xfs"] {
+        fixture::run(&format!("commit-mounted-{fs_kind}"), |fx| {
+            fx.init_pool("2G", "32M", Some("1G"), &["--fs", fs_kind]);
+            let d = Driver::open(&fx.root, fx.kernel.clone()).unwrap();
+            let (_, dev) = d
+                .create_snapshot("a", None, Kind::Active, BTreeMap::new())
+                .unwrap();
+            let held = fx.dir.join("held");
+            fs::create_dir_all(&held).unwrap();
+            let fs_opts = match fs_kind {
+                "xfs" => thinlayer::fs::FsKind::Xfs,
+                _ => thinlayer::fs::FsKind::Ext4,
+            };
+            fx.kernel
+                .mount(&thinlayer::kernel::MountRequest {
+                    source: &dev,
+                    target: &held,
+                    fstype: fs_kind,
+                    read_only: false,
+                    data: fs_opts.mount_options(false),
+                })
+                .unwrap();
+            // Written, not synced: the commit itself must get it to the disk.
+            fs::write(held.join("before"), b"in the layer").unwrap();
+            d.commit_snapshot("a", "c", BTreeMap::new()).unwrap();
+            fs::write(held.join("after"), b"not in the layer").unwrap();
+            fs::write(held.join("before"), b"changed after the commit").unwrap();
+            nix::unistd::sync();
+
+            let (_, vdev) = d
+                .create_snapshot("v", Some("c"), Kind::View, BTreeMap::new())
+                .unwrap();
+            let seen = fx.dir.join("seen");
+            fs::create_dir_all(&seen).unwrap();
+            fx.kernel
+                .mount(&thinlayer::kernel::MountRequest {
+                    source: &vdev,
+                    target: &seen,
+                    fstype: fs_kind,
+                    read_only: true,
+                    data: fs_opts.mount_options(true),
+                })
+                .unwrap();
+            assert_eq!(fs::read(seen.join("before")).unwrap(), b"in the layer");
+            assert!(
+                !seen.join("after").exists(),
+                "{fs_kind}: a write after the commit leaked"
+            );
+            fx.kernel.umount(&seen, false).unwrap();
+            d.remove("v", false).unwrap();
+
+            let retired = d.tree().unwrap().retired;
+            assert_eq!(retired.len(), 1, "the held device's thin id is kept");
+            fx.kernel.umount(&held, false).unwrap();
+            // The kernel finishes the deferred removal in a worker after the
+            // last close; the first operation after that deletes the id.
+            fixture::eventually(
+                "the retired thin id deleted after its device closed",
+                fixture::DEADLINE,
+                || {
+                    let retired = d.tree().unwrap().retired;
+                    if retired.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("retired {retired:?}"))
+                    }
+                },
+            );
+            assert!(!fixture::kernel_thin_ids_of(fx).contains(&u64::from(retired[0].get())));
+            d.remove("c", false).unwrap();
+        });
+    }
+}
