@@ -695,15 +695,27 @@ fn snap_ok(cl: &Cluster<'_>, args: &[&str]) {
     );
 }
 
-/// The names (the last part of the keys) of containerd's snapshots in
-/// thinlayer's records, sorted, with repeats.
+/// The name of containerd's snapshot that thinlayer keeps under `key`:
+/// containerd's metadata store gives its snapshotters keys of the form
+/// `NAMESPACE/ID/NAME`, ID decimal.
+fn containerd_name(key: &str) -> Option<&str> {
+    let mut parts = key.splitn(3, '/');
+    let (ns, id, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let shaped = !ns.is_empty()
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty();
+    shaped.then_some(name)
+}
+
+/// The names of containerd's snapshots in thinlayer's records, sorted,
+/// with repeats.
 fn names_in_thinlayer(fx: &Fixture) -> Vec<String> {
     let mut names: Vec<String> = records(fx)
         .tree
         .layers
         .keys()
-        .filter(|k| thinlayer::service::is_containerd_key(k))
-        .map(|k| k.splitn(3, '/').nth(2).unwrap().to_string())
+        .filter_map(|k| containerd_name(k).map(str::to_string))
         .collect();
     names.sort();
     names
