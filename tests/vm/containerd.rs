@@ -22,12 +22,13 @@ use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::kernel::Kernel;
 
 use crate::crash::{CONTAINERD_ROWS, check_content, check_root, layer_digest, open, records};
-use crate::fixture::{self, Fixture, write_file};
+use crate::fixture::{self, DEADLINE, Fixture, eventually, write_file};
 
 const IMAGE: &str = "localhost/tlbox:1";
 const IMAGE2: &str = "localhost/tlbox:2";
-/// How long a socket may take to appear, or a process to stop.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a failing test's clean-up gives containerd and the server to
+/// stop on SIGTERM before it kills them.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Layer 1: static busybox with a few applet links, `etc/greeting` and a
@@ -174,9 +175,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.start_serve(&[("THINLAYER_FAILPOINT", point)]);
         self.wait_reconnected();
         call(self);
-        let mut child = self.serve.take().expect("a server was started");
-        let st = wait_timeout(&mut child, DEADLINE)
-            .unwrap_or_else(|| panic!("the server was not killed at {point}"));
+        let child = self.serve.as_mut().expect("a server was started");
+        let st = eventually(
+            &format!("the server exits, killed at {point}"),
+            DEADLINE,
+            || exit_status(child),
+        );
+        self.serve = None;
         assert_eq!(
             st.signal(),
             Some(9),
@@ -190,9 +195,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Stops the server with SIGTERM; it must exit 0 and remove its socket.
     fn stop_serve(&mut self) {
-        let mut child = self.serve.take().expect("a server was started");
+        let child = self.serve.as_mut().expect("a server was started");
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let st = wait_timeout(&mut child, DEADLINE).expect("the server stops on SIGTERM");
+        let st = eventually("the server stops on SIGTERM", DEADLINE, || {
+            exit_status(child)
+        });
+        self.serve = None;
         assert!(st.success(), "thinlayer serve exited with {st}");
         assert!(!self.serve_sock.exists(), "the socket is removed on exit");
     }
@@ -210,14 +218,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         wait_socket(&sock, self.containerd.as_mut().unwrap(), &log);
     }
 
+    /// Stops containerd with SIGTERM (if it does not stop, the test fails
+    /// and the clean-up kills it).
     fn stop_containerd(&mut self) {
-        let mut child = self.containerd.take().expect("containerd was started");
+        let child = self.containerd.as_mut().expect("containerd was started");
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        if wait_timeout(&mut child, DEADLINE).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("containerd did not stop on SIGTERM");
-        }
+        eventually("containerd stops on SIGTERM", DEADLINE, || {
+            exit_status(child)
+        });
+        self.containerd = None;
     }
 
     /// Runs `ctr -a SOCKET ARGS` (at most 180 s).
@@ -277,19 +286,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// client reconnects with a back-off. `snapshots usage` calls the
     /// snapshotter for every snapshot.
     fn wait_reconnected(&self) {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let out = self.ctr(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "containerd does not reach the restarted server: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        eventually(
+            "containerd reaches the (re)started server",
+            DEADLINE,
+            || {
+                let out = self.ctr(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(text(&out))
+                }
+            },
+        );
     }
 
     /// Mounts containerd made (rootfs of tasks under its state directory,
@@ -336,21 +344,13 @@ impl Drop for Cluster<'_> {
         if std::thread::panicking() {
             self.print_logs();
         }
-        if let Some(mut c) = self.containerd.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            if wait_timeout(&mut c, Duration::from_secs(20)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(c) = self.containerd.take() {
+            terminate(c);
         }
         // Shims outlive containerd by design; ours name our socket.
         kill_shims(&self.cd_sock);
-        if let Some(mut s) = self.serve.take() {
-            let _ = kill(Pid::from_raw(s.id() as i32), Signal::SIGTERM);
-            if wait_timeout(&mut s, Duration::from_secs(20)).is_none() {
-                let _ = s.kill();
-                let _ = s.wait();
-            }
+        if let Some(s) = self.serve.take() {
+            terminate(s);
         }
         let mut left = self.leftover_mounts();
         left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
@@ -385,47 +385,47 @@ fn log_to(c: &mut Command, log: &Path) {
     c.stdout(f.try_clone().unwrap()).stderr(f);
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait for child") {
-            return Some(st);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// The child's exit status, or, while it runs, that it does.
+fn exit_status(child: &mut Child) -> Result<ExitStatus, String> {
+    match child.try_wait().expect("wait for child") {
+        Some(st) => Ok(st),
+        None => Err(format!("process {} still running", child.id())),
     }
 }
 
-/// Waits until something accepts connections on `sock`, failing early if
-/// `child` exits.
+/// Stops `child` with SIGTERM, or SIGKILL after [`STOP_GRACE`]; for the
+/// clean-up of a failing test, which cannot fail again.
+fn terminate(mut child: Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    if fixture::within(STOP_GRACE, || exit_status(&mut child)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits until something accepts connections on `sock`, failing at once
+/// if `child` exits.
 fn wait_socket(sock: &Path, child: &mut Child, log: &Path) {
     let started = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
-            eprintln!(
-                "{} ready in {:.1} s",
-                sock.display(),
-                started.elapsed().as_secs_f64()
-            );
-            return;
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "the server for {} exited with {st}:\n{}",
-                sock.display(),
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{} did not appear within {DEADLINE:?}:\n{}",
-            sock.display(),
-            fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &format!("{} accepts connections", sock.display()),
+        DEADLINE,
+        || {
+            if let Some(st) = child.try_wait().expect("wait for child") {
+                panic!(
+                    "the server for {} exited with {st}:\n{}",
+                    sock.display(),
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::os::unix::net::UnixStream::connect(sock)
+        },
+    );
+    eprintln!(
+        "{} ready in {:.1} s",
+        sock.display(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn text(out: &Output) -> String {
@@ -540,14 +540,18 @@ fn containerd_runs_containers_on_thinlayer() {
         // thinlayer's own view of the same tree.
         // c3 ran with --rm: containerd's garbage collector removes its
         // snapshot in the background, a moment later on a busy machine.
-        let mut usage = String::new();
-        for _ in 0..60 {
-            usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
-            if !usage_rows(&usage).iter().any(|r| r.0 == "c3") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
+        let usage = eventually(
+            "containerd's collector removes the --rm container c3's snapshot",
+            DEADLINE,
+            || {
+                let usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
+                if usage_rows(&usage).iter().any(|r| r.0 == "c3") {
+                    Err(usage)
+                } else {
+                    Ok(usage)
+                }
+            },
+        );
         eprintln!("{usage}");
         let rows = usage_rows(&usage);
         for id in ["c1", "c2"] {
@@ -749,21 +753,21 @@ fn remove_all_but_base(cl: &Cluster<'_>) {
     }
 }
 
-/// Waits until thinlayer holds only containerd's `base`: the garbage
-/// collector removed what containerd does not know of.
-fn converged(fx: &Fixture, what: &str) {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let names = names_in_thinlayer(fx);
-        if names == ["base"] {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what}: thinlayer still holds {names:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Waits until thinlayer holds only containerd's snapshots `want`: the
+/// garbage collector removed what containerd does not know of.
+fn converged(fx: &Fixture, what: &str, want: &[&str]) {
+    eventually(
+        &format!("{what}: the collector leaves thinlayer with {want:?}"),
+        DEADLINE,
+        || {
+            let names = names_in_thinlayer(fx);
+            if names == want {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    );
 }
 
 /// One call killed at one point: set up, kill, recover, check, redo, undo.
@@ -841,7 +845,7 @@ fn containerd_point(
         );
     }
     remove_all_but_base(cl);
-    converged(fx, &what);
+    converged(fx, &what, &["base"]);
     check_root(fx, &what);
 }
 
@@ -884,11 +888,7 @@ fn serve_killed_at_every_failpoint_of_every_call_recovers() {
             started.elapsed().as_secs_f64()
         );
         snap_ok(&cl, &["rm", "base"]);
-        let end = Instant::now() + DEADLINE;
-        while !names_in_thinlayer(fx).is_empty() {
-            assert!(Instant::now() < end, "base is removed");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        converged(fx, "base removed", &[]);
         cl.stop_containerd();
         cl.stop_serve();
         kill_shims(&cl.cd_sock);

@@ -17,7 +17,7 @@ use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use thinlayer::Driver;
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
@@ -25,7 +25,7 @@ use thinlayer::image::{Compression, DigestWriter};
 use thinlayer::kernel::Kernel;
 use thinlayer::records::{Records, Store};
 
-use crate::fixture::{self, Fixture, write_file};
+use crate::fixture::{self, DEADLINE, Fixture, eventually, write_file};
 
 /// One operation of the matrix: its failpoints, and how to run it killed at
 /// one of them, recover, check and bring the root back to the baseline.
@@ -349,17 +349,20 @@ pub fn check_root(fx: &Fixture, what: &str) -> Records {
         .map(|l| fx.root.join("mnt").join(l.thin_id.to_string()))
         .collect();
     assert_eq!(mounts, want, "{what}: mounts");
-    let loops: BTreeSet<PathBuf> = fx
-        .kernel
+    let want: BTreeSet<PathBuf> = [fx.root.join("data"), fx.root.join("metadata")].into();
+    assert_eq!(loop_files(fx), want, "{what}: loop devices");
+    rec
+}
+
+/// The files under the root that loop devices are attached to.
+fn loop_files(fx: &Fixture) -> BTreeSet<PathBuf> {
+    fx.kernel
         .loop_list()
         .unwrap()
         .into_iter()
         .map(|l| l.backing_file)
         .filter(|f| f.starts_with(&fx.root))
-        .collect();
-    let want: BTreeSet<PathBuf> = [fx.root.join("data"), fx.root.join("metadata")].into();
-    assert_eq!(loops, want, "{what}: loop devices");
-    rec
+        .collect()
 }
 
 /// The digest of a layer's changes against its parent as a layer tar: reads
@@ -480,17 +483,14 @@ fn reboot(fx: &Fixture) {
     for d in fx.devices() {
         fx.kernel.dm_remove(&d, false).unwrap();
     }
-    let end = Instant::now() + Duration::from_secs(5);
-    while fx
-        .kernel
-        .loop_list()
-        .unwrap()
-        .iter()
-        .any(|l| l.backing_file.starts_with(&fx.root))
-    {
-        assert!(Instant::now() < end, "the pool's loops detach");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the pool's loops detach (autoclear)", DEADLINE, || {
+        let left = loop_files(fx);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("loops over {left:?}"))
+        }
+    });
 }
 
 fn keep_unmounted_then_remounted(fx: &Fixture, rec: &Records, what: &str) {

@@ -7,6 +7,8 @@
 //! device-mapper devices with the test's prefix, loop devices over files in
 //! its directory, mounts under it. Any leak fails the test, and is cleaned up
 //! by force so the next test starts clean.
+//!
+//! [`eventually`] is the one way a test waits for asynchronous work.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -16,8 +18,51 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use thinlayer::kernel::{Kernel, Linux};
+
+/// How long a test waits for asynchronous work before it fails: containerd's
+/// garbage collector, a socket appearing, a process stopping, loop devices
+/// detaching. Generous, so that the suite passes on a machine loaded three
+/// times over (60 s for containerd's collector once was not enough); a wait
+/// lasts this long only when what it waits for never happens.
+pub const DEADLINE: Duration = Duration::from_secs(300);
+
+/// Polls `check` until it returns `Ok`, sleeping a little between calls
+/// (50 ms, doubling up to 1 s), for at most `deadline`. Returns the value,
+/// or, when time runs out, the last state `check` reported.
+pub fn within<T, E>(deadline: Duration, mut check: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(last) if started.elapsed() >= deadline => return Err(last),
+            Err(_) => {}
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Waits until `check` returns `Ok` (see [`within`]) and returns its value;
+/// fails the test if it has not after `deadline`, saying what never
+/// happened, how long it waited, and the last state `check` reported.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, waits for nothing
+pub fn eventually<T, E: std::fmt::Display>(
+    what: &str,
+    deadline: Duration,
+    check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let started = Instant::now();
+    within(deadline, check).unwrap_or_else(|last| {
+        panic!(
+            "never happened: {what} (waited {:.1} s, deadline {deadline:?}); last seen: {last}",
+            started.elapsed().as_secs_f64()
+        )
+    })
+}
 
 pub struct Fixture {
     pub dir: PathBuf,
@@ -200,13 +245,13 @@ impl Fixture {
                 out.push(format!("device-mapper device {name}"));
             }
         }
-        // Autoclear detaches a loop when its pool goes; give the kernel a moment.
-        for _ in 0..50 {
-            if !self.loops().is_empty() {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
-        for l in self.loops() {
+        // Autoclear detaches a loop when its pool goes, a moment later.
+        let loops = within(DEADLINE, || {
+            let left = self.loops();
+            if left.is_empty() { Ok(left) } else { Err(left) }
+        })
+        .unwrap_or_else(|left| left);
+        for l in loops {
             out.push(format!(
                 "loop device {} over {}",
                 l.0.display(),
