@@ -6,7 +6,8 @@
 //! destroys the pool through thinlayer if one is left, then looks for leaks:
 //! device-mapper devices with the test's prefix, loop devices over files in
 //! its directory, mounts under it. Any leak fails the test, and is cleaned up
-//! by force so the next test starts clean.
+//! by force so the next test starts clean. A leak check that cannot list
+//! what it looks for fails the test with the listing's error.
 //!
 //! [`eventually`] is the one way a test waits for asynchronous work.
 
@@ -92,7 +93,8 @@ pub fn run_in(dir: &Path, body: impl FnOnce(&Fixture)) {
 fn run_with(fx: Fixture, name: &str, body: impl FnOnce(&Fixture)) {
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&fx)));
     let teardown = catch_unwind(AssertUnwindSafe(|| fx.teardown()));
-    let leaks = fx.leaks();
+    // A leak check that cannot list devices, loops or mounts panics.
+    let leaks = catch_unwind(AssertUnwindSafe(|| fx.leaks()));
     fx.force_clean();
     if let Err(panic) = outcome {
         resume_unwind(panic);
@@ -100,6 +102,7 @@ fn run_with(fx: Fixture, name: &str, body: impl FnOnce(&Fixture)) {
     if let Err(panic) = teardown {
         resume_unwind(panic);
     }
+    let leaks = leaks.unwrap_or_else(|panic| resume_unwind(panic));
     assert!(leaks.is_empty(), "test {name} leaked: {leaks:#?}");
     let _ = fs::remove_dir_all(&fx.dir);
 }
@@ -234,20 +237,21 @@ impl Fixture {
         }
     }
 
-    /// What is left of this test in the kernel.
+    /// What is left of this test in the kernel. Fails the test if a listing
+    /// of device-mapper devices, loop devices or mounts fails.
     pub fn leaks(&self) -> Vec<String> {
         let mut out = Vec::new();
         let prefixes: Vec<String> = std::iter::once(self.prefix.clone())
             .chain(self.others.borrow().iter().map(|o| o.prefix.clone()))
             .collect();
-        for name in self.kernel.dm_list().unwrap_or_default() {
+        for name in listed("device-mapper devices", self.kernel.dm_list()) {
             if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
                 out.push(format!("device-mapper device {name}"));
             }
         }
         // Autoclear detaches a loop when its pool goes, a moment later.
         let loops = within(DEADLINE, || {
-            let left = self.loops();
+            let left = listed("loop devices", self.loops());
             if left.is_empty() { Ok(left) } else { Err(left) }
         })
         .unwrap_or_else(|left| left);
@@ -258,58 +262,72 @@ impl Fixture {
                 l.1.display()
             ));
         }
-        for m in self.kernel.mounts().unwrap_or_default() {
-            if m.target.starts_with(&self.dir) {
-                out.push(format!("mount on {}", m.target.display()));
-            }
+        for m in listed("mounts", self.mounts()) {
+            out.push(format!("mount on {}", m.display()));
         }
         out
     }
 
     /// This root's device-mapper devices, thin devices before their pool.
     pub fn devices(&self) -> Vec<String> {
+        listed("device-mapper devices", self.try_devices())
+    }
+
+    fn try_devices(&self) -> thinlayer::Result<Vec<String>> {
         let mut devices: Vec<String> = self
             .kernel
-            .dm_list()
-            .unwrap_or_default()
+            .dm_list()?
             .into_iter()
             .filter(|n| n.starts_with(&self.prefix))
             .collect();
         devices.sort_by_key(|n| n.ends_with("-pool"));
-        devices
+        Ok(devices)
     }
 
-    fn loops(&self) -> Vec<(PathBuf, PathBuf)> {
-        self.kernel
-            .loop_list()
-            .unwrap_or_default()
+    /// Loop devices over files in this test's directory: (device, file).
+    fn loops(&self) -> thinlayer::Result<Vec<(PathBuf, PathBuf)>> {
+        Ok(self
+            .kernel
+            .loop_list()?
             .into_iter()
             .filter(|l| l.backing_file.starts_with(&self.dir))
             .map(|l| (l.device, l.backing_file))
-            .collect()
+            .collect())
     }
 
-    fn force_clean(&self) {
-        let mut mounts: Vec<PathBuf> = self
+    /// Mount points under this test's directory.
+    fn mounts(&self) -> thinlayer::Result<Vec<PathBuf>> {
+        Ok(self
             .kernel
-            .mounts()
-            .unwrap_or_default()
+            .mounts()?
             .into_iter()
             .map(|m| m.target)
             .filter(|t| t.starts_with(&self.dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in mounts {
-            let _ = self.kernel.umount(&m, true);
+            .collect())
+    }
+
+    /// Removes by force what the test left, as far as the kernel lets it
+    /// list it (the leak check has failed the test on a listing error).
+    fn force_clean(&self) {
+        if let Ok(mut mounts) = self.mounts() {
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+            for m in mounts {
+                let _ = self.kernel.umount(&m, true);
+            }
         }
-        for d in self.devices() {
+        for d in self.try_devices().into_iter().flatten() {
             let _ = self.kernel.dm_resume(&d);
             let _ = self.kernel.dm_remove(&d, false);
         }
-        for (dev, _) in self.loops() {
+        for (dev, _) in self.loops().into_iter().flatten() {
             let _ = self.kernel.loop_detach(&dev);
         }
     }
+}
+
+/// A listing's result, or a test failure naming what could not be listed.
+fn listed<T>(what: &str, r: thinlayer::Result<Vec<T>>) -> Vec<T> {
+    r.unwrap_or_else(|e| panic!("cannot list {what}: {e}"))
 }
 
 /// Runs the thinlayer binary on `root` (for threads, which cannot share a
