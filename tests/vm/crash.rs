@@ -10,8 +10,11 @@
 //!
 //! [`failpoints_in_src`] reads every failpoint name out of the sources, and a
 //! test insists that the matrix (here and the containerd part in
-//! [`crate::containerd`]) kills at each of them.
+//! [`crate::containerd`]) kills at each of them. Running, each (operation,
+//! point) pair must kill a process at its point exactly once
+//! ([`kills_during`]).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -194,7 +197,13 @@ fn every_operation_killed_at_every_failpoint_recovers() {
         for row in ROWS {
             for point in row.points {
                 let t = Instant::now();
-                (row.run)(fx, &base, point);
+                let killed = kills_during(|| (row.run)(fx, &base, point));
+                assert_eq!(
+                    killed,
+                    [*point],
+                    "{}: the points at which the row killed thinlayer",
+                    row.op
+                );
                 ran += 1;
                 eprintln!(
                     "{}, killed at {point}: recovered ({:.1} s)",
@@ -203,7 +212,6 @@ fn every_operation_killed_at_every_failpoint_recovers() {
                 );
             }
         }
-        assert_eq!(ran, ROWS.iter().map(|r| r.points.len()).sum::<usize>());
         println!(
             "crash matrix: {ran} points × operations recovered in {:.0} s",
             started.elapsed().as_secs_f64()
@@ -285,6 +293,25 @@ pub fn failpoints_in_src() -> BTreeSet<String> {
     all
 }
 
+thread_local! {
+    /// The failpoints at which this thread saw a process killed, in order.
+    static KILLS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Notes that a process armed to die at `point` was killed (by SIGKILL,
+/// which the failpoint sends itself).
+pub fn note_kill(point: &str) {
+    KILLS.with(|k| k.borrow_mut().push(point.to_string()));
+}
+
+/// Runs `work` and returns the failpoints at which it saw processes killed
+/// ([`killed_at`], and `thinlayer serve` in [`crate::containerd`]).
+pub fn kills_during(work: impl FnOnce()) -> Vec<String> {
+    let before = KILLS.with(|k| k.borrow().len());
+    work();
+    KILLS.with(|k| k.borrow_mut().split_off(before))
+}
+
 /// Runs thinlayer with `THINLAYER_FAILPOINT=point` and insists that it was
 /// killed there (a point the command never reaches fails the test).
 pub fn killed_at(fx: &Fixture, point: &str, args: &[&str]) {
@@ -296,6 +323,7 @@ pub fn killed_at(fx: &Fixture, point: &str, args: &[&str]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    note_kill(point);
 }
 
 /// The records as the last command left them (read, not repaired).
