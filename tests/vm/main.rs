@@ -8,6 +8,7 @@ mod fixture;
 mod bench;
 mod cli;
 mod concurrency;
+mod conformance;
 mod containerd;
 mod crash;
 mod faults;
