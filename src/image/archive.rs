@@ -354,8 +354,10 @@ fn read_oci(source: &Source) -> Result<Vec<ImageManifest>> {
     let mut images = Vec::new();
     for (i, d) in index.manifests.iter().enumerate() {
         let ann = d.annotations.as_ref();
+        // containerd's full name first, as containerd itself reads it: its
+        // exports and buildkit's carry both, `ref.name` then only the tag.
         let name = ann
-            .and_then(|a| a.get(mt::REF_NAME).or_else(|| a.get(mt::CONTAINERD_NAME)))
+            .and_then(|a| a.get(mt::CONTAINERD_NAME).or_else(|| a.get(mt::REF_NAME)))
             .cloned();
         let what = match &name {
             Some(n) => format!("manifest of {n}"),

@@ -115,10 +115,11 @@ impl fmt::Display for Compression {
 /// One image in an archive.
 #[derive(Clone, Debug)]
 pub struct ImageManifest {
-    /// The reference name: the OCI `org.opencontainers.image.ref.name`
-    /// annotation as given (a full `name:tag` or only a tag; containerd's
-    /// `io.containerd.image.name` when that is missing), or the first
-    /// `RepoTags` entry of a docker save.
+    /// The reference name: containerd's `io.containerd.image.name`
+    /// annotation (a full name, as containerd and buildkit write it beside
+    /// a `ref.name` holding only the tag), else the OCI
+    /// `org.opencontainers.image.ref.name` as given (a full `name:tag` or
+    /// only a tag), or the first `RepoTags` entry of a docker save.
     pub name: Option<String>,
     /// The manifest blob's digest; `None` for docker save archives, which
     /// have no manifest blob.

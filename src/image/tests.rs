@@ -1025,3 +1025,29 @@ fn docker_save_with_symlinked_layer() {
     let ar = ImageArchive::open(&dir).unwrap();
     assert_eq!(read_layer(&ar, &ar.images()[0].layers[2]).unwrap(), l1);
 }
+
+/// containerd and buildkit annotate an exported image with both its full
+/// name (`io.containerd.image.name`) and only its tag (`ref.name`): the
+/// image is named as containerd names it.
+#[test]
+fn oci_layouts_are_named_as_containerd_names_them() {
+    let t = TempDir::new("img-names");
+    let d = t.path().join("named");
+    write_oci_archive(&d, "app:1", &layers(), Compression::Gzip, false).unwrap();
+    let mut idx: Value = serde_json::from_slice(&fs::read(d.join("index.json")).unwrap()).unwrap();
+    idx["manifests"][0]["annotations"] = json!({
+        media_type::REF_NAME: "oci",
+        media_type::CONTAINERD_NAME: "docker.io/library/realimg:oci",
+    });
+    fs::write(d.join("index.json"), idx.to_string()).unwrap();
+    let ar = ImageArchive::open(&d).unwrap();
+    assert_eq!(
+        ar.images()[0].name.as_deref(),
+        Some("docker.io/library/realimg:oci")
+    );
+    // Only the OCI annotation: taken as given.
+    idx["manifests"][0]["annotations"] = json!({ media_type::REF_NAME: "other:2" });
+    fs::write(d.join("index.json"), idx.to_string()).unwrap();
+    let ar = ImageArchive::open(&d).unwrap();
+    assert_eq!(ar.images()[0].name.as_deref(), Some("other:2"));
+}
