@@ -54,7 +54,7 @@ pub enum Error {
     },
 
     /// Removing a layer that others are built on.
-    #[error("layer {name:?} has children: {}", children.join(", "))]
+    #[error("cannot remove layer {name:?}: it has children: {}", children.join(", "))]
     HasChildren { name: String, children: Vec<String> },
 
     /// The pool's free space is below what a new layer needs.

@@ -196,6 +196,16 @@ fn errors_map_to_the_codes_containerd_tests_for() {
         }),
         Code::FailedPrecondition
     );
+    // containerd's conformance suite wants the refusal to say what failed.
+    let refused = status(Error::HasChildren {
+        name: "a".into(),
+        children: vec!["b".into()],
+    });
+    assert!(
+        refused.message().starts_with("cannot remove layer \"a\""),
+        "{}",
+        refused.message()
+    );
     assert_eq!(
         code(Error::Busy {
             kind: "layer",
