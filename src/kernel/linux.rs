@@ -378,8 +378,12 @@ impl Kernel for Linux {
         dev.detach().map_err(|e| Error::io("detach", device, e))
     }
 
+    /// Every layer is mounted `nodev` and `noatime`: under the default
+    /// `relatime`, the first read of each imported file (whose atime is
+    /// its mtime) would write its inode, copying a pool block of inode
+    /// table into the container's layer: reading must not write.
     fn mount(&self, r: &MountRequest<'_>) -> Result<()> {
-        let mut flags = MsFlags::MS_NODEV;
+        let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
         if r.read_only {
             flags |= MsFlags::MS_RDONLY;
         }

@@ -79,7 +79,7 @@ pub fn status(e: Error) -> Status {
 
 /// The mount containerd performs for a snapshot: the filesystem of the
 /// pool on the layer's device node, with thinlayer's mount options
-/// ([`FsKind::mount_options`]) and `ro` for read-only layers. `target` is
+/// ([`FsKind::mount_options`]), `noatime`, and `ro` for read-only layers. `target` is
 /// empty: containerd chooses where.
 pub fn mount_for(fs: FsKind, device: &Path, read_only: bool) -> Mount {
     let mut options: Vec<String> = fs
@@ -88,6 +88,9 @@ pub fn mount_for(fs: FsKind, device: &Path, read_only: bool) -> Mount {
         .filter(|o| !o.is_empty())
         .map(str::to_string)
         .collect();
+    // As thinlayer mounts them itself (see `Linux::mount`): reading a
+    // file must not write its atime into the layer.
+    options.insert(0, "noatime".to_string());
     if read_only {
         options.insert(0, "ro".to_string());
     }

@@ -239,12 +239,18 @@ fn mounts_carry_the_filesystem_options_and_ro_for_views() {
         (m.r#type.as_str(), m.source.as_str(), m.target.as_str()),
         ("ext4", "/dev/dm-7", "")
     );
-    assert_eq!(m.options, ["noinit_itable"]);
-    assert_eq!(mount_for(FsKind::Ext4, dev, true).options, ["ro", "noload"]);
-    assert_eq!(mount_for(FsKind::Xfs, dev, false).options, ["nouuid"]);
+    assert_eq!(m.options, ["noatime", "noinit_itable"]);
+    assert_eq!(
+        mount_for(FsKind::Ext4, dev, true).options,
+        ["ro", "noatime", "noload"]
+    );
+    assert_eq!(
+        mount_for(FsKind::Xfs, dev, false).options,
+        ["noatime", "nouuid"]
+    );
     assert_eq!(
         mount_for(FsKind::Xfs, dev, true).options,
-        ["ro", "nouuid", "norecovery"]
+        ["ro", "noatime", "nouuid", "norecovery"]
     );
 }
 

@@ -492,3 +492,71 @@ fn commit_records_the_layer_digest_and_a_killed_import_leaves_nothing() {
         fx.ok(&["image", "import", archive.to_str().unwrap()]);
     });
 }
+
+/// Reading never writes: a container in which every file of an imported
+/// image was read has the same size as a twin container of the same image
+/// that was mounted and unmounted as often and read one file each time,
+/// on ext4 and xfs. (A read-write mount costs a container something of its
+/// own, the superblock and journal writes of mount and unmount, and ext4
+/// records where it is mounted at the first file open after each mount
+/// (`s_last_mounted`); the twin pays both, and the figure is printed.)
+/// Imported files carry atime == mtime, which `relatime` would update at
+/// the first read, copying a pool block of inode table per group of
+/// inodes read: layers are mounted `noatime`.
+#[test]
+fn reading_every_file_of_an_image_does_not_grow_a_container() {
+    for fs_kind in ["ext4", "xfs"] {
+        fixture::run(&format!("read-only-reads-{fs_kind}"), |fx| {
+            fx.init_pool("2G", "32M", Some("512M"), &["--fs", fs_kind]);
+            let mut l = LayerBuilder::new();
+            for d in 0..20 {
+                l.dir(&format!("d{d}"), 0o755);
+                for f in 0..100 {
+                    l.file(&format!("d{d}/f{f}"), &pattern(100 + f, d as u8), 0o644);
+                }
+            }
+            let archive = fx.dir.join("many.tar");
+            write_oci_archive(&archive, "many:1", &[l.finish()], Compression::Gzip, true).unwrap();
+            fx.ok(&["image", "import", archive.to_str().unwrap()]);
+            let mut read = 0;
+            for name in ["reader", "twin"] {
+                fx.ok(&["container", "create", "many:1", name]);
+                for _ in 0..2 {
+                    let root = mounted(fx, name);
+                    let (dirs, files) = if name == "reader" { (20, 100) } else { (1, 1) };
+                    for d in 0..dirs {
+                        for f in 0..files {
+                            let got = fs::read(root.join(format!("d{d}/f{f}"))).unwrap();
+                            assert_eq!(got.len(), 100 + f);
+                            read += usize::from(name == "reader");
+                        }
+                    }
+                    fx.ok(&["container", "umount", name]);
+                }
+            }
+            let ps = fx.json(&["ps", "-s"]);
+            let size = |name: &str| -> u64 {
+                ps.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == name)
+                    .unwrap()["size"]
+                    .as_u64()
+                    .unwrap()
+            };
+            println!(
+                "{fs_kind}: two mounts reading one file each cost a container {} bytes; reading {read} files in them: {} bytes",
+                size("twin"),
+                size("reader")
+            );
+            assert_eq!(
+                size("reader"),
+                size("twin"),
+                "{fs_kind}: reading {read} files wrote to the layer"
+            );
+            fx.ok(&["container", "rm", "reader"]);
+            fx.ok(&["container", "rm", "twin"]);
+            fx.ok(&["image", "rm", "many:1"]);
+        });
+    }
+}
