@@ -3,8 +3,9 @@
 //! A [`Driver`] is a handle on one root. Every operation takes the root's
 //! lock, reads the records, makes sure the pool is live and that no earlier
 //! operation was left half done (see [`reconcile`]), then does its work. The
-//! handle holds no state of its own between operations, so several handles,
-//! threads and processes share a root safely.
+//! handle keeps nothing between operations but layer sizes, checked against
+//! the kernel before each use (see [`sizes`]), so several handles, threads
+//! and processes share a root safely.
 
 mod content;
 mod maintenance;
@@ -21,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub use content::{IMPORTING, ImportLayer, ImportedLayer};
-pub use sizes::LayerSize;
+pub use sizes::{LayerSize, SIZES_MAX_AGE};
 
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -39,6 +40,7 @@ const MOUNT_DIR: &str = "mnt";
 pub struct Driver {
     store: Store,
     kernel: Arc<dyn Kernel>,
+    sizes: sizes::SizesCache,
 }
 
 /// One operation in progress: the lock is held and the records are current.
@@ -101,7 +103,11 @@ impl Driver {
             });
         }
         let config = pool::config_for(root, opts);
-        let driver = Driver { store, kernel };
+        let driver = Driver {
+            store,
+            kernel,
+            sizes: Default::default(),
+        };
         let p = Pool {
             kernel: &*driver.kernel,
             config: &config,
@@ -161,6 +167,7 @@ impl Driver {
         let driver = Driver {
             store: Store::new(root),
             kernel,
+            sizes: Default::default(),
         };
         if !driver.store.exists() {
             return Err(Error::NotInitialized {

@@ -9,21 +9,262 @@
 //! Both are whole pool blocks: a 4 KiB write costs one block (64 KiB by
 //! default). Data a container has written but not yet flushed from the page
 //! cache is not in the pool yet and not counted.
+//!
+//! # One dump answers many calls
+//!
+//! The mappings come from a metadata snapshot and a `thin_dump` of the whole
+//! pool, whose cost grows with everything the pool maps; containerd's
+//! `Usage` (for Kubernetes, every snapshot every 10 s) asks for one layer
+//! at a time. So every layer's figures are computed from one dump, and the
+//! [`Driver`] handle keeps them for later calls. Several processes share a
+//! root, so what is kept is never trusted as it is: before each use it is
+//! checked against the kernel and the records, and a new dump is taken
+//! unless all of these hold:
+//!
+//! 1. the dump finished less than [`SIZES_MAX_AGE`] (2 s) ago;
+//! 2. the pool's status (one ioctl, no metadata commit) shows the same
+//!    transaction id, data blocks used and metadata blocks used as it did
+//!    just before the dump;
+//! 3. the records hold the same layers with the same thin ids and parents,
+//!    and the same transaction id. Keys may differ: a commit that renames a
+//!    layer in place keeps its figures.
+//!
+//! The status of 2 is read before the dump, so that a change during the
+//! dump shows as a difference at the next call, never as a match.
+//!
+//! Why 2 and 3 see changes: thinlayer moves the pool's transaction id with
+//! every thin device it creates or deletes (see [`crate::records`]), so
+//! between two equal transaction ids only writes and discards through the
+//! devices change mappings. A write that maps a block (a first write, or
+//! the copy of a block shared with the parent) allocates a data block, so
+//! data blocks used grows; a write into a block the layer already owns maps
+//! nothing new. What 2 can miss, and what 1 is for:
+//!
+//! - blocks freed by discards (`fstrim`; thinlayer mounts its filesystems
+//!   without online discard) in the same number as blocks allocated
+//!   elsewhere between two calls, so that data blocks used is back where
+//!   it was (metadata blocks used then usually differs, but need not);
+//! - a write whose block the kernel allocated before the dump and mapped
+//!   after it: a block counts as used when it is allocated, and is mapped
+//!   when the write completes.
+//!
+//! So the rule and its bound: an answer comes from a dump taken after every
+//! change to the pool's transaction id, data or metadata blocks used, or
+//! the records' layers; and from a metadata snapshot reserved at most
+//! [`SIZES_MAX_AGE`] plus the dump's own duration before the call. The age
+//! counts from the end of the dump, not its start: a dump that takes longer
+//! than the bound (a large pool, a slow machine) must still answer the
+//! calls that follow it.
+//!
+//! [`Driver::layer_size`], the service's `Usage`, answers from what is kept
+//! without the root's lock and without start-up repair: it reads
+//! `state.json` and compares it, byte for byte, with the copy read under the
+//! lock when its answers were computed, then checks 1 and 2. That costs one
+//! read of `state.json` (compared, not parsed: a few hundred bytes a layer)
+//! and one ioctl. Anything else takes the lock and runs as every operation
+//! does.
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use serde::Serialize;
 
-use super::Op;
-use crate::error::Result;
+use super::{Driver, Op};
+use crate::error::{Error, Result};
+use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
+use crate::records::Records;
 use crate::thin::{Mappings, parse_thin_dump};
-use crate::units::Bytes;
+use crate::tree::{Layer, Tree};
+use crate::units::{Bytes, ThinId};
+
+/// The longest a dump's figures answer for: see the module documentation.
+pub const SIZES_MAX_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayerSize {
     pub size: Bytes,
     pub virtual_size: Bytes,
+}
+
+/// What the pool's status shows of its mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolCounters {
+    transaction: u64,
+    data_used: u64,
+    meta_used: u64,
+}
+
+impl PoolCounters {
+    fn of(st: &KernelPoolStatus) -> Self {
+        PoolCounters {
+            transaction: st.transaction,
+            data_used: st.data_used,
+            meta_used: st.meta_used,
+        }
+    }
+}
+
+/// What a dump's figures depend on, read just before it is taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    pool: PoolCounters,
+    /// The records' transaction id.
+    transaction: u64,
+    /// Every layer's thin id and its parent's (the base's for a layer on
+    /// the base), sorted.
+    layers: Vec<(u32, Option<u32>)>,
+}
+
+impl Fingerprint {
+    fn of(st: &KernelPoolStatus, rec: &Records) -> Self {
+        let tree = &rec.tree;
+        let mut layers: Vec<(u32, Option<u32>)> = tree
+            .layers
+            .values()
+            .map(|l| (l.thin_id.get(), parent_id(tree, l).map(ThinId::get)))
+            .collect();
+        layers.sort_unstable();
+        Fingerprint {
+            pool: PoolCounters::of(st),
+            transaction: rec.transaction,
+            layers,
+        }
+    }
+}
+
+/// Every layer's figures from one dump.
+struct Dump {
+    /// The handle's count of dumps once this one was taken: names it.
+    number: u64,
+    /// When it finished.
+    ready: Instant,
+    fingerprint: Fingerprint,
+    /// By thin id: the fingerprint fixes each one's parent.
+    by_thin: BTreeMap<u32, LayerSize>,
+}
+
+impl Dump {
+    fn fresh(&self) -> bool {
+        self.ready.elapsed() < SIZES_MAX_AGE
+    }
+}
+
+/// The figures of dump `dump` by key, for the records `records` holds.
+struct Answers {
+    /// `state.json` byte for byte, read under the root's lock.
+    records: Vec<u8>,
+    /// Where to read the pool's status.
+    pool: PoolConfig,
+    dump: u64,
+    by_key: BTreeMap<String, LayerSize>,
+}
+
+#[derive(Default)]
+struct Kept {
+    dump: Option<Dump>,
+    answers: Option<Answers>,
+}
+
+/// The figures a [`Driver`] keeps between calls, and its count of metadata
+/// dumps.
+#[derive(Default)]
+pub(super) struct SizesCache {
+    dumps: AtomicU64,
+    kept: Mutex<Kept>,
+}
+
+impl SizesCache {
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        // Each field is replaced whole: a panic leaves nothing half written.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The thin id a layer is a snapshot of.
+fn parent_id(tree: &Tree, l: &Layer) -> Option<ThinId> {
+    match &l.parent {
+        Some(p) => tree.layers.get(p).map(|p| p.thin_id),
+        None => tree.base,
+    }
+}
+
+impl Driver {
+    /// One layer's sizes, as the service's `Usage` gives them: from the
+    /// figures this handle keeps while the module documentation's rule
+    /// allows, without the root's lock; otherwise every layer's, as
+    /// [`Driver::sizes`] computes them, which are then kept.
+    pub fn layer_size(&self, key: &str) -> Result<LayerSize> {
+        if let Some(answer) = self.kept_size(key) {
+            return answer;
+        }
+        let op = self.begin()?;
+        let (dump, by_key) = op.figures()?;
+        // Under the lock no one else writes the records, and `begin` saved
+        // whatever it changed: these bytes are the records `op` holds.
+        let path = self.store.path();
+        let records = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let answer = by_key
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::not_found("layer", key));
+        self.sizes.kept().answers = Some(Answers {
+            records,
+            pool: op.rec.pool.clone(),
+            dump,
+            by_key,
+        });
+        answer
+    }
+
+    /// How many times this handle has dumped the pool's metadata (for sizes,
+    /// or for the start-up check of thin ids).
+    pub fn metadata_dumps(&self) -> u64 {
+        self.sizes.dumps.load(Ordering::Relaxed)
+    }
+
+    /// The kept answer for `key`, if checks 1 and 2 of the module
+    /// documentation pass and the records are the answers' byte for byte.
+    fn kept_size(&self, key: &str) -> Option<Result<LayerSize>> {
+        let kept = self.sizes.kept();
+        let (dump, answers) = (kept.dump.as_ref()?, kept.answers.as_ref()?);
+        if answers.dump != dump.number || !dump.fresh() {
+            return None;
+        }
+        let records = fs::read(self.store.path()).ok()?;
+        if records != answers.records {
+            tracing::debug!("sizes: the records changed since the kept answers");
+            return None;
+        }
+        let pool = Pool {
+            kernel: &*self.kernel,
+            config: &answers.pool,
+        };
+        let now = PoolCounters::of(&pool.kernel_status().ok()?);
+        if now != dump.fingerprint.pool {
+            tracing::debug!(
+                was = ?dump.fingerprint.pool,
+                ?now,
+                "sizes: the pool changed since the kept dump"
+            );
+            return None;
+        }
+        tracing::trace!(
+            key,
+            dump = dump.number,
+            "sizes: answered from the kept dump"
+        );
+        Some(
+            answers
+                .by_key
+                .get(key)
+                .cloned()
+                .ok_or_else(|| Error::not_found("layer", key)),
+        )
+    }
 }
 
 impl Op<'_> {
@@ -41,6 +282,7 @@ impl Op<'_> {
             self.kernel().dm_message(&name, "release_metadata_snap")?;
             self.kernel().dm_message(&name, "reserve_metadata_snap")?;
         }
+        self.driver.sizes.dumps.fetch_add(1, Ordering::Relaxed);
         let dump = self.kernel().thin_dump_snapshot(&meta, None);
         let released = self.kernel().dm_message(&name, "release_metadata_snap");
         let maps = parse_thin_dump(&dump?)?;
@@ -49,26 +291,73 @@ impl Op<'_> {
     }
 
     pub(super) fn sizes(&self) -> Result<BTreeMap<String, LayerSize>> {
+        self.figures().map(|(_, by_key)| by_key)
+    }
+
+    /// Every layer's sizes by key, and the number of the dump they come
+    /// from: the kept dump's if the module documentation's rule allows,
+    /// else a new one's, which is kept.
+    fn figures(&self) -> Result<(u64, BTreeMap<String, LayerSize>)> {
+        let fingerprint = Fingerprint::of(&self.pool().kernel_status()?, &self.rec);
+        let mut kept = self.driver.sizes.kept();
+        match &kept.dump {
+            Some(d) if d.fresh() && d.fingerprint == fingerprint => {
+                tracing::debug!(dump = d.number, "sizes: from the kept dump");
+                return Ok((d.number, self.by_key(&d.by_thin)));
+            }
+            Some(d) if d.fresh() => tracing::debug!(
+                was = ?d.fingerprint.pool,
+                now = ?fingerprint.pool,
+                "sizes: the pool or the layers changed; dumping"
+            ),
+            Some(_) => tracing::debug!("sizes: the kept dump is too old; dumping"),
+            None => tracing::debug!("sizes: nothing kept; dumping"),
+        }
+        let start = Instant::now();
         let maps = self.kernel_mappings()?;
         let block = self.rec.pool.block_size;
         let empty = Mappings::default();
         let tree = &self.rec.tree;
-        let mut out = BTreeMap::new();
-        for l in tree.layers.values() {
-            let mine = maps.get(&l.thin_id.get()).unwrap_or(&empty);
-            let parent_id = match &l.parent {
-                Some(p) => tree.layers.get(p).map(|p| p.thin_id),
-                None => tree.base,
-            };
-            let parent = parent_id.and_then(|id| maps.get(&id.get()));
-            out.insert(
-                l.key.clone(),
-                LayerSize {
+        let by_thin: BTreeMap<u32, LayerSize> = tree
+            .layers
+            .values()
+            .map(|l| {
+                let mine = maps.get(&l.thin_id.get()).unwrap_or(&empty);
+                let parent = parent_id(tree, l).and_then(|id| maps.get(&id.get()));
+                let size = LayerSize {
                     size: block.blocks(mine.own_blocks(parent)),
                     virtual_size: block.blocks(mine.mapped()),
-                },
-            );
-        }
-        Ok(out)
+                };
+                (l.thin_id.get(), size)
+            })
+            .collect();
+        let by_key = self.by_key(&by_thin);
+        let number = self.driver.metadata_dumps();
+        tracing::debug!(
+            dump = number,
+            layers = by_thin.len(),
+            seconds = start.elapsed().as_secs_f64(),
+            "sizes: dumped"
+        );
+        kept.dump = Some(Dump {
+            number,
+            ready: Instant::now(),
+            fingerprint,
+            by_thin,
+        });
+        kept.answers = None;
+        Ok((number, by_key))
+    }
+
+    fn by_key(&self, by_thin: &BTreeMap<u32, LayerSize>) -> BTreeMap<String, LayerSize> {
+        self.rec
+            .tree
+            .layers
+            .values()
+            .filter_map(|l| Some((l.key.clone(), by_thin.get(&l.thin_id.get())?.clone())))
+            .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

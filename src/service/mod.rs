@@ -244,12 +244,24 @@ impl Snapshotter for Snapshots {
     /// Usage: what the snapshot itself uses, its parents' excluded: the
     /// exact bytes of the pool blocks it maps differently from its parent.
     /// Inodes are not counted at block level: always 0.
+    ///
+    /// Kubernetes asks this of every snapshot every 10 s, so a call does not
+    /// dump the pool's metadata each time ([`Driver::layer_size`]): every
+    /// snapshot's figures come from one dump, reused while the pool's status
+    /// shows the transaction id, data blocks used and metadata blocks used
+    /// it showed just before that dump, the records hold the same layers
+    /// (thin ids and parents), and for at most
+    /// [`crate::driver::SIZES_MAX_AGE`] (2 s) after that dump finished; any
+    /// change to one of those means a new dump. What moves none of them
+    /// (discards freeing as many blocks as writes elsewhere allocate, a
+    /// write allocated before the dump and mapped after it) can go unseen
+    /// for at most those 2 s plus the dump's own duration (the driver's
+    /// sizes module has the details). While `state.json` is unchanged byte
+    /// for byte, a reused answer costs one read of that file and one status
+    /// ioctl, without the root's lock.
     async fn usage(&self, key: String) -> Result<Usage, Status> {
         self.run("usage", move |d| {
-            let sizes = d.sizes()?;
-            let s = sizes
-                .get(&key)
-                .ok_or_else(|| Error::not_found("snapshot", key.clone()))?;
+            let s = d.layer_size(&key)?;
             Ok(Usage {
                 inodes: 0,
                 size: i64::try_from(s.size.0).unwrap_or(i64::MAX),

@@ -1,0 +1,177 @@
+//! Reuse of one dump's figures, on the simulated kernel: when a dump is
+//! taken, and that what is reused equals what a fresh handle computes.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::kernel::Sim;
+use crate::pool::PoolOptions;
+use crate::testutil::TempDir;
+use crate::tree::{ImageRef, Kind};
+
+/// A pool with an image of 20 blocks and containers `c0`…`c{n-1}` of it,
+/// `ci` having written `i` blocks of its own; none mounted.
+struct Root {
+    dir: TempDir,
+    sim: Sim,
+    d: Driver,
+    prefix: String,
+}
+
+impl Root {
+    fn new(n: u64) -> Root {
+        let dir = TempDir::new("sizes");
+        let sim = Sim::new();
+        let d = Driver::init(dir.path(), Arc::new(sim.clone()), &PoolOptions::default()).unwrap();
+        let prefix = d.records().unwrap().pool.prefix;
+        let p = Root {
+            dir,
+            sim,
+            d,
+            prefix,
+        };
+        p.d.create_container("img", None).unwrap();
+        p.write("img", 0, 20);
+        p.d.commit("img", &image()).unwrap();
+        for i in 0..n {
+            p.d.create_container(&format!("c{i}"), Some(&image()))
+                .unwrap();
+            p.write(&format!("c{i}"), 100, i);
+        }
+        p
+    }
+
+    /// Writes `blocks` new blocks from `from` into a layer through its
+    /// device, made live for that and taken down after.
+    fn write(&self, key: &str, from: u64, blocks: u64) {
+        self.d.mount(key).unwrap();
+        let id = self.d.tree().unwrap().layers[key].thin_id;
+        self.sim
+            .write(&format!("{}-{id}", self.prefix), from, blocks)
+            .unwrap();
+        self.d.umount(key).unwrap();
+    }
+
+    /// Every layer's sizes from a new handle, which has nothing kept.
+    fn uncached(&self) -> BTreeMap<String, LayerSize> {
+        let fresh = Driver::open(self.dir.path(), Arc::new(self.sim.clone())).unwrap();
+        let sizes = fresh.sizes().unwrap();
+        assert_eq!(fresh.metadata_dumps(), 1);
+        sizes
+    }
+
+    /// Runs `f`; returns what it returned and how many dumps it took.
+    fn dumps<T>(&self, f: impl FnOnce(&Driver) -> T) -> (T, u64) {
+        let before = self.d.metadata_dumps();
+        let out = f(&self.d);
+        (out, self.d.metadata_dumps() - before)
+    }
+
+    /// One layer's size through `layer_size`, and the dumps it took.
+    fn size(&self, key: &str) -> (LayerSize, u64) {
+        self.dumps(|d| d.layer_size(key).unwrap())
+    }
+
+    /// Every container's size through `layer_size`.
+    fn usage(&self) -> BTreeMap<String, LayerSize> {
+        let keys: Vec<String> = self.d.tree().unwrap().layers.into_keys().collect();
+        keys.into_iter()
+            .map(|k| {
+                let s = self.d.layer_size(&k).unwrap();
+                (k, s)
+            })
+            .collect()
+    }
+}
+
+fn image() -> ImageRef {
+    ImageRef::parse("app").unwrap()
+}
+
+const BLOCK: u64 = 65536;
+
+#[test]
+fn repeated_calls_take_one_dump_and_match_an_uncached_one() {
+    let p = Root::new(5);
+    let (first, n) = p.dumps(|d| d.sizes().unwrap());
+    assert_eq!(n, 1);
+    assert_eq!(p.dumps(|d| d.sizes().unwrap()), (first.clone(), 0));
+    assert_eq!(first, p.uncached());
+    assert_eq!(first["c3"].size, Bytes(3 * BLOCK));
+    assert_eq!(
+        first["c3"].virtual_size,
+        Bytes(first["c0"].virtual_size.0 + 3 * BLOCK)
+    );
+    // Usage of every layer, twice: no dump at all, the first set of answers
+    // made under the lock from the kept dump, the rest without it.
+    assert_eq!(p.dumps(|_| p.usage()), (first.clone(), 0));
+    assert_eq!(p.dumps(|_| p.usage()), (first, 0));
+    let err = p.d.layer_size("nope").unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn a_change_to_the_layers_or_the_pool_takes_a_new_dump() {
+    let p = Root::new(2);
+    assert_eq!(p.dumps(|_| p.usage()).1, 1);
+    p.d.mount("c1").unwrap();
+    assert_eq!(p.size("c1").1, 0, "a mount moves nothing");
+    // A write that maps new blocks: data blocks used grows.
+    let id = p.d.tree().unwrap().layers["c1"].thin_id;
+    p.sim.write(&format!("{}-{id}", p.prefix), 500, 4).unwrap();
+    let (c1, n) = p.size("c1");
+    assert_eq!((c1.size, n), (Bytes(5 * BLOCK), 1));
+    assert_eq!(p.usage(), p.uncached());
+    p.d.umount("c1").unwrap();
+    // A new layer and a removed one: the transaction id moves.
+    p.d.create_container("c9", Some(&image())).unwrap();
+    assert_eq!(p.dumps(|_| assert_eq!(p.usage(), p.uncached())).1, 1);
+    p.d.remove("c0", false).unwrap();
+    assert_eq!(p.dumps(|_| assert_eq!(p.usage(), p.uncached())).1, 1);
+    assert!(p.d.layer_size("c0").is_err());
+    // A commit renames a layer in place: same thin ids, same figures.
+    p.d.commit("c1", &ImageRef::parse("next").unwrap()).unwrap();
+    let top = p.d.tree().unwrap().images["next:latest"].top.clone();
+    assert_eq!(p.size(&top), (c1, 0));
+    assert!(p.d.layer_size("c1").is_err());
+    // A layer made elsewhere (another handle, as another process would).
+    let other = Driver::open(p.dir.path(), Arc::new(p.sim.clone())).unwrap();
+    other
+        .create_layer("ns/1/v", Some(&top), Kind::View, BTreeMap::new(), false)
+        .unwrap();
+    assert_eq!(p.size("ns/1/v").1, 1);
+}
+
+#[test]
+fn figures_older_than_the_bound_are_dumped_again() {
+    let p = Root::new(1);
+    assert_eq!(p.dumps(|_| p.usage()).1, 1);
+    let age = |d: &Driver| {
+        let mut kept = d.sizes.kept();
+        let dump = kept.dump.as_mut().unwrap();
+        dump.ready = dump.ready.checked_sub(SIZES_MAX_AGE).unwrap();
+    };
+    age(&p.d);
+    assert_eq!(p.size("c0").1, 1);
+    assert_eq!(p.size("c0").1, 0);
+    age(&p.d);
+    assert_eq!(p.dumps(|d| d.sizes().unwrap()).1, 1);
+}
+
+#[test]
+fn kept_answers_need_not_wait_for_the_lock() {
+    let p = Root::new(1);
+    p.usage();
+    // Another operation holds the root's lock for as long as it likes.
+    let lock = p.d.store.lock().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(p.d.layer_size("c0")).unwrap());
+        let answer = rx.recv_timeout(Duration::from_secs(10));
+        drop(lock);
+        let size = answer.expect("answered while the lock was held").unwrap();
+        assert_eq!(size.size, Bytes(0));
+    });
+}
