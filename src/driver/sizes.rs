@@ -57,18 +57,22 @@
 //! calls that follow it.
 //!
 //! [`Driver::layer_size`], the service's `Usage`, answers from what is kept
-//! without the root's lock and without start-up repair: it reads
-//! `state.json` and compares it, byte for byte, with the copy read under the
-//! lock when its answers were computed, then checks 1 and 2. That costs one
-//! read of `state.json` (compared, not parsed: a few hundred bytes a layer)
-//! and one ioctl. Anything else takes the lock and runs as every operation
-//! does.
+//! without the root's lock and without start-up repair when checks 1 and 2
+//! pass and `state.json` is still the file read under the lock when its
+//! answers were computed. That costs a `stat` of `state.json` and one
+//! ioctl, whatever the number of layers; a file saved less than 2 s before
+//! it was read is compared byte for byte instead, a read of a few hundred
+//! bytes a layer (see `RecordsFile`; the `stat` shortcut trusts the clock
+//! not to go back, and check 1 bounds what a clock set back could hide).
+//! Anything else takes the lock and runs as every operation does.
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use serde::Serialize;
@@ -153,10 +157,84 @@ impl Dump {
     }
 }
 
+/// How long `state.json` must have been left alone, when read, for an
+/// unchanged `stat` to mean unchanged bytes: more than any Linux
+/// filesystem's timestamp granularity (a clock tick, a second, FAT's 2 s).
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// What `stat` shows of a file: enough to tell one save from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stat {
+    fn of(m: &fs::Metadata) -> Stat {
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The later of the change and modification times.
+    fn newest(&self) -> SystemTime {
+        let at = |(s, ns): (i64, i64)| {
+            UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+                + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+        };
+        at(self.mtime).max(at(self.ctime))
+    }
+}
+
+/// `state.json` as read under the root's lock, where nothing writes it.
+///
+/// A save writes a new file and renames it over the old one, at a time no
+/// earlier than the read, give or take the filesystem's timestamp
+/// granularity. So if the file was already [`SETTLED`] when read, a save
+/// since shows in its `stat` (inode, size, times) and an equal `stat`
+/// means equal bytes. A file read sooner after its last save is compared
+/// byte for byte.
+struct RecordsFile {
+    bytes: Vec<u8>,
+    stat: Stat,
+    settled: bool,
+}
+
+impl RecordsFile {
+    fn read(path: &Path) -> Result<RecordsFile> {
+        let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        let stat = Stat::of(&meta);
+        let settled = stat.newest() + SETTLED <= SystemTime::now();
+        Ok(RecordsFile {
+            bytes,
+            stat,
+            settled,
+        })
+    }
+
+    /// Whether `path` holds the same records still; `None` if it cannot be
+    /// read.
+    fn unchanged(&self, path: &Path) -> Option<bool> {
+        let stat = Stat::of(&fs::metadata(path).ok()?);
+        if self.settled && stat == self.stat {
+            return Some(true);
+        }
+        Some(fs::read(path).ok()? == self.bytes)
+    }
+}
+
 /// The figures of dump `dump` by key, for the records `records` holds.
 struct Answers {
-    /// `state.json` byte for byte, read under the root's lock.
-    records: Vec<u8>,
+    records: RecordsFile,
     /// Where to read the pool's status.
     pool: PoolConfig,
     dump: u64,
@@ -204,9 +282,8 @@ impl Driver {
         let op = self.begin()?;
         let (dump, by_key) = op.figures()?;
         // Under the lock no one else writes the records, and `begin` saved
-        // whatever it changed: these bytes are the records `op` holds.
-        let path = self.store.path();
-        let records = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        // whatever it changed: the file holds the records `op` holds.
+        let records = RecordsFile::read(&self.store.path())?;
         let answer = by_key
             .get(key)
             .cloned()
@@ -234,8 +311,7 @@ impl Driver {
         if answers.dump != dump.number || !dump.fresh() {
             return None;
         }
-        let records = fs::read(self.store.path()).ok()?;
-        if records != answers.records {
+        if !answers.records.unchanged(&self.store.path())? {
             tracing::debug!("sizes: the records changed since the kept answers");
             return None;
         }

@@ -175,3 +175,22 @@ fn kept_answers_need_not_wait_for_the_lock() {
         assert_eq!(size.size, Bytes(0));
     });
 }
+
+#[test]
+fn a_settled_records_file_is_checked_by_stat_and_still_shows_saves() {
+    let p = Root::new(1);
+    // Left alone long enough that its stat tells one save from another.
+    std::thread::sleep(SETTLED);
+    assert_eq!(p.size("c0").1, 1);
+    assert!(p.d.sizes.kept().answers.as_ref().unwrap().records.settled);
+    assert_eq!(p.size("c0").1, 0);
+    // Another handle saves: a new file, so a new stat, then new bytes.
+    let other = Driver::open(p.dir.path(), Arc::new(p.sim.clone())).unwrap();
+    other.create_container("c1", Some(&image())).unwrap();
+    assert_eq!(p.size("c1").1, 1);
+    let kept = p.d.sizes.kept();
+    assert!(
+        !kept.answers.as_ref().unwrap().records.settled,
+        "just saved"
+    );
+}
