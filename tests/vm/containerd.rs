@@ -1,14 +1,15 @@
 //! containerd on thinlayer: `thinlayer serve` as containerd's proxy
 //! snapshotter, driven with `ctr` (Debian's containerd 1.6 and runc), and
 //! the server killed at a failpoint in the middle of a Prepare and of a
-//! Commit, then restarted.
+//! Commit, then restarted; containerd's garbage collector, which walks
+//! thinlayer, leaving the layers made with the `thinlayer` command alone.
 //!
 //! Each test starts its own containerd (root on the scratch disk, state and
 //! sockets under a fresh directory in /run) and its own `thinlayer serve`.
 //! A guard stops both, kills shims they left and unmounts containerd's
 //! mounts even when the test panics, before the fixture destroys the pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,19 @@ fn layers(third: bool) -> Vec<Vec<u8>> {
         out.push(l3.finish());
     }
     out
+}
+
+/// An OCI archive in the test's directory: [`IMAGE`] of [`layers`], or
+/// with the third layer [`IMAGE2`].
+fn tlbox_archive(fx: &Fixture, third: bool) -> PathBuf {
+    let (image, file) = if third {
+        (IMAGE2, "tlbox2.tar")
+    } else {
+        (IMAGE, "tlbox.tar")
+    };
+    let path = fx.dir.join(file);
+    write_oci_archive(&path, image, &layers(third), Compression::Gzip, true).unwrap();
+    path
 }
 
 fn small_pool(fx: &Fixture) {
@@ -233,24 +247,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.containerd = None;
     }
 
-    /// Runs `ctr -a SOCKET ARGS` (at most 180 s).
+    /// Runs `ctr ARGS` on containerd.
     fn ctr(&self, args: &[&str]) -> Output {
-        let started = Instant::now();
-        let out = Command::new("timeout")
-            .args(["-k", "5", "180", "ctr", "-a"])
-            .arg(&self.cd_sock)
-            .args(args)
-            .env("PATH", PATH)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr");
-        eprintln!(
-            "ctr {} -> {} in {:.1} s",
-            args.join(" "),
-            out.status,
-            started.elapsed().as_secs_f64()
-        );
-        out
+        ctr_at(&self.cd_sock, args)
     }
 
     /// Runs ctr and insists on success; returns stdout.
@@ -284,6 +283,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         args.extend([image, id, "sh", "-c", script]);
         self.ctr(&args)
+    }
+
+    /// Imports `archive`, insisting on success.
+    fn import_ok(&self, archive: &Path) {
+        let out = self.import(archive);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    /// `ctr run --rm` of `sh -c script`, insisting on success and on `want`
+    /// in its output.
+    fn run_rm_prints(&self, image: &str, id: &str, script: &str, want: &str) {
+        let out = self.run_sh(image, id, true, script);
+        assert!(
+            out.status.success() && text(&out).contains(want),
+            "{}",
+            text(&out)
+        );
     }
 
     /// Waits until containerd reaches the (restarted) server: its gRPC
@@ -397,6 +413,27 @@ fn kill_shims(sock: &Path) {
     }
 }
 
+/// Runs `ctr -a SOCKET ARGS` (at most 180 s).
+fn ctr_at(sock: &Path, args: &[&str]) -> Output {
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "180", "ctr", "-a"])
+        .arg(sock)
+        .args(args)
+        .env("PATH", PATH)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ctr");
+    eprintln!(
+        "ctr -a {} {} -> {} in {:.1} s",
+        sock.display(),
+        args.join(" "),
+        out.status,
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
 /// Sends a child's stdout and stderr to one log file.
 fn log_to(c: &mut Command, log: &Path) {
     let f = fs::File::create(log).unwrap();
@@ -498,8 +535,7 @@ fn check_tree(fx: &Fixture) -> serde_json::Value {
 fn containerd_runs_containers_on_thinlayer() {
     fixture::run("containerd", |fx| {
         small_pool(fx);
-        let archive = fx.dir.join("tlbox.tar");
-        write_oci_archive(&archive, IMAGE, &layers(false), Compression::Gzip, true).unwrap();
+        let archive = tlbox_archive(fx, false);
         let mut cl = Cluster::new(fx, "cd");
         cl.start_serve(&[]);
         cl.start_containerd();
@@ -511,8 +547,7 @@ fn containerd_runs_containers_on_thinlayer() {
             "{plugins}"
         );
 
-        let out = cl.import(&archive);
-        assert!(out.status.success(), "{}", text(&out));
+        cl.import_ok(&archive);
         let images = cl.ctr_ok(&["images", "ls", "-q"]);
         assert!(images.lines().any(|l| l == IMAGE), "{images}");
 
@@ -627,15 +662,12 @@ fn containerd_runs_containers_on_thinlayer() {
 fn serve_recovers_after_being_killed_in_prepare_and_commit() {
     fixture::run("containerd-kill", |fx| {
         small_pool(fx);
-        let archive = fx.dir.join("tlbox.tar");
-        write_oci_archive(&archive, IMAGE, &layers(false), Compression::Gzip, true).unwrap();
-        let archive2 = fx.dir.join("tlbox2.tar");
-        write_oci_archive(&archive2, IMAGE2, &layers(true), Compression::Gzip, true).unwrap();
+        let archive = tlbox_archive(fx, false);
+        let archive2 = tlbox_archive(fx, true);
         let mut cl = Cluster::new(fx, "cdk");
         cl.start_serve(&[]);
         cl.start_containerd();
-        let out = cl.import(&archive);
-        assert!(out.status.success(), "{}", text(&out));
+        cl.import_ok(&archive);
 
         // Killed in a Prepare, after the kernel made the thin device and
         // before the transaction id confirmed it.
@@ -644,12 +676,7 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
             assert!(!out.status.success(), "{}", text(&out));
         });
         check_tree(fx);
-        let out = cl.run_sh(IMAGE, "k1", true, "cat /etc/greeting");
-        assert!(
-            out.status.success() && text(&out).contains("hello from thinlayer"),
-            "{}",
-            text(&out)
-        );
+        cl.run_rm_prints(IMAGE, "k1", "cat /etc/greeting", "hello from thinlayer");
 
         // Killed in a Commit (unpacking layer 3), after the records were
         // written and before containerd heard back.
@@ -658,14 +685,8 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
             assert!(!out.status.success(), "{}", text(&out));
         });
         check_tree(fx);
-        let out = cl.import(&archive2);
-        assert!(out.status.success(), "{}", text(&out));
-        let out = cl.run_sh(IMAGE2, "k2", true, "cat /etc/third /etc/added");
-        assert!(
-            out.status.success() && text(&out).contains("layer 3"),
-            "{}",
-            text(&out)
-        );
+        cl.import_ok(&archive2);
+        cl.run_rm_prints(IMAGE2, "k2", "cat /etc/third /etc/added", "layer 3");
         eprintln!("{}", fx.ok(&["tree"]));
         check_tree(fx);
 
@@ -678,6 +699,126 @@ fn serve_recovers_after_being_killed_in_prepare_and_commit() {
             "every snapshot is gone: {tree}"
         );
         cl.stopped_clean();
+    });
+}
+
+/// The names of the entries of a JSON array that thinlayer printed.
+fn names_of(list: &serde_json::Value) -> BTreeSet<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|e| e["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+/// containerd's garbage collector walks thinlayer and removes what it has
+/// no record of, yet never a layer made with the `thinlayer` command: an
+/// image imported and a container created through the CLI are still there,
+/// with their content, after a collection that removed a stray snapshot
+/// (made on the server's socket behind containerd's back, under a plain
+/// key, as any client of the snapshotter API could).
+#[test]
+fn containerd_collector_never_removes_cli_layers() {
+    fixture::run("containerd-gc", |fx| {
+        small_pool(fx);
+        let archive = tlbox_archive(fx, false);
+
+        // Through the CLI: the image, and a container of it with a file.
+        fx.ok(&["image", "import", archive.to_str().unwrap()]);
+        fx.ok(&["container", "create", IMAGE, "cli-ctr"]);
+        let mnt = PathBuf::from(fx.ok(&["container", "mount", "cli-ctr"]).trim());
+        fs::write(mnt.join("cli-file"), "written through the CLI\n").unwrap();
+        fx.ok(&["container", "umount", "cli-ctr"]);
+        let image = thinlayer::tree::ImageRef::parse(IMAGE).unwrap().to_string();
+        let cli_keys: BTreeSet<String> = records(fx).tree.layers.into_keys().collect();
+        assert_eq!(
+            cli_keys.len(),
+            3,
+            "two image layers and the container: {cli_keys:?}"
+        );
+        let d = open(fx);
+        let digests: BTreeMap<String, String> = cli_keys
+            .iter()
+            .map(|k| (k.clone(), layer_digest(&d, k)))
+            .collect();
+        drop(d);
+
+        let mut cl = Cluster::new(fx, "cdgc");
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        // On thinlayer's own socket, bypassing containerd: a snapshot
+        // containerd's metadata has no record of.
+        let out = ctr_at(
+            &cl.serve_sock,
+            &[
+                "snapshots",
+                "--snapshotter",
+                "thinlayer",
+                "prepare",
+                "stray",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "ctr prepare on thinlayer's socket: {}",
+            text(&out)
+        );
+        let rec = records(fx);
+        assert_eq!(
+            rec.tree.layers.get("stray").map(|l| l.parent.clone()),
+            Some(None),
+            "stray, on the base, in thinlayer's records"
+        );
+        let known = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+        assert!(
+            !known
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some("stray")),
+            "containerd does not know stray: {known}"
+        );
+
+        // containerd collects after removing its own snapshots: an image
+        // and a container through containerd, then the image removed with
+        // a synchronous collection.
+        cl.import_ok(&archive);
+        cl.run_rm_prints(IMAGE, "gc1", "cat /etc/greeting", "hello from thinlayer");
+        cl.ctr_ok(&["images", "rm", "--sync", IMAGE]);
+        eventually(
+            "containerd's collector removes the stray snapshot",
+            DEADLINE,
+            || {
+                let keys: Vec<String> = records(fx).tree.layers.into_keys().collect();
+                if keys.iter().any(|k| k == "stray") {
+                    Err(format!("thinlayer holds {keys:?}"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        converged(fx, "containerd's image removed", &[]);
+
+        // The CLI's layers, untouched.
+        let keys: BTreeSet<String> = records(fx).tree.layers.into_keys().collect();
+        assert_eq!(keys, cli_keys, "thinlayer's layers after the collection");
+        check_content(fx, &digests, "after containerd's collection");
+        let images = names_of(&fx.json(&["image", "ls"]));
+        assert_eq!(images, BTreeSet::from([image.clone()]), "image ls");
+        let ps = names_of(&fx.json(&["ps"]));
+        assert_eq!(ps, BTreeSet::from(["cli-ctr".to_string()]), "ps");
+        let mnt = PathBuf::from(fx.ok(&["container", "mount", "cli-ctr"]).trim());
+        assert_eq!(
+            fs::read_to_string(mnt.join("cli-file")).unwrap(),
+            "written through the CLI\n"
+        );
+        assert_eq!(
+            fs::read_to_string(mnt.join("etc/greeting")).unwrap(),
+            "hello from thinlayer\n"
+        );
+        assert!(!mnt.join("etc/removed").exists(), "layer 2's whiteout");
+        fx.ok(&["container", "umount", "cli-ctr"]);
+        cl.stopped_clean();
+        fx.ok(&["container", "rm", "cli-ctr"]);
+        fx.ok(&["image", "rm", &image]);
     });
 }
 
