@@ -45,6 +45,11 @@ pub trait Cow {
     fn leaks(&mut self) -> Result<Vec<String>>;
     /// Takes down every device, mount and file.
     fn destroy(self: Box<Self>) -> Result<()>;
+    /// thinlayer's driver, for what only thin has (sizes from the pool's
+    /// metadata); `None` for the other baselines.
+    fn thin_driver(&self) -> Option<&Driver> {
+        None
+    }
 }
 
 /// thinlayer: a thin pool on sparse files under `dir`.
@@ -212,6 +217,10 @@ impl Cow for Thin {
             }
         }
         Ok(out)
+    }
+
+    fn thin_driver(&self) -> Option<&Driver> {
+        self.driver.as_ref()
     }
 
     fn destroy(mut self: Box<Self>) -> Result<()> {

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use super::measure::Stats;
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
-    RAW, Results, SPARSE, THROUGHPUT, Unit,
+    RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit,
 };
 
 const BASELINES: [&str; 3] = ["thin", "overlay-ext4", "overlay-xfs-reflink"];
@@ -46,7 +46,8 @@ fn show(v: f64, unit: Unit) -> String {
             }
         }
         Unit::Seconds if v >= 1.0 => format!("{v:.2} s"),
-        Unit::Seconds => format!("{:.1} ms", v * 1e3),
+        Unit::Seconds if v >= 1e-3 => format!("{:.1} ms", v * 1e3),
+        Unit::Seconds => format!("{:.0} µs", v * 1e6),
         Unit::Rate => format!("{:.1} MiB/s", v / f64::from(1 << 20)),
         Unit::Count => format!("{v:.0}"),
     }
@@ -278,6 +279,7 @@ fn targets(res: &Results, cfg: &Config) -> Vec<String> {
                 .into(),
         ),
     }
+    t.push(usage_target(res));
     let idle: Vec<(u64, f64)> = params(res, DENSITY)
         .into_iter()
         .filter_map(|n| median(res, DENSITY, "idle, per container", n, "thin").map(|v| (n, v)))
@@ -297,6 +299,76 @@ fn targets(res: &Results, cfg: &Config) -> Vec<String> {
         ));
     }
     t
+}
+
+/// The usage workload's figures at its largest count: snapshots, all
+/// calls, one uncached dump (median), dumps the calls took.
+fn usage_figures(res: &Results) -> Option<(u64, f64, f64, f64)> {
+    params(res, USAGE).into_iter().rev().find_map(|n| {
+        let m = |metric| median(res, USAGE, metric, n, "thin");
+        Some((
+            n,
+            m("all usage calls")?,
+            m("one uncached dump")?,
+            m("dumps taken by the calls")?,
+        ))
+    })
+}
+
+fn usage_target(res: &Results) -> String {
+    let target =
+        "Usage of each of 1000 snapshots, one call each, costs less than 5 uncached metadata dumps";
+    let Some((n, all, dump, dumps)) = usage_figures(res) else {
+        return format!("{target}: not measured in this run.");
+    };
+    let r = all / dump;
+    let note = if n != 1000 {
+        format!(" — measured at {n} snapshots")
+    } else {
+        String::new()
+    };
+    format!(
+        "{target}: {} (all calls / one dump = {}: {} against {}; the calls took {dumps:.0} dump(s)){note}",
+        if r < 5.0 { "**met**" } else { "**missed**" },
+        ratio_text(r),
+        show(all, Unit::Seconds),
+        show(dump, Unit::Seconds),
+    )
+}
+
+/// The usage workload's table: a row per figure.
+fn usage_table(res: &Results) -> Option<String> {
+    let mut s = String::new();
+    for n in params(res, USAGE) {
+        let f = |m| res.find(USAGE, m, n, "thin");
+        let ratio = usage_figures(res)
+            .filter(|u| u.0 == n)
+            .map_or("—".into(), |(_, all, dump, _)| ratio_text(all / dump));
+        let _ = writeln!(s, "| {n} snapshots | thin |\n|---|---|");
+        for (what, cell) in [
+            (
+                "one uncached dump and parse (every layer's sizes from a new handle: what each call cost before), median (min … max)",
+                cell(f("one uncached dump"), None),
+            ),
+            (
+                "a locked operation that does nothing (the root's lock, the records, the start-up checks), median (min … max)",
+                cell(f("locked operation"), None),
+            ),
+            ("Usage calls", cell(f("usage calls"), Some(50.0))),
+            (
+                "metadata dumps they took",
+                cell(f("dumps taken by the calls"), Some(50.0)),
+            ),
+            ("all calls", cell(f("all usage calls"), Some(50.0))),
+            ("per call, median (min … max)", cell(f("usage call"), None)),
+            ("per call, p99", cell(f("usage call"), Some(99.0))),
+            ("all calls ÷ one uncached dump (median)", ratio),
+        ] {
+            let _ = writeln!(s, "| {what} | {cell} |");
+        }
+        s.push('\n');
+    }
+    (!s.is_empty()).then_some(s)
 }
 
 type Series = (String, Vec<(f64, f64)>);
@@ -524,6 +596,15 @@ fn sections<'a>(cfg: &'a Config) -> Vec<Section<'a>> {
             cols: &BASELINES,
             tables: vec![med("Page cache used", "page cache")],
         },
+        Section {
+            title: "(j) Usage".into(),
+            intro: format!("Usage as containerd asks it for Kubernetes' image-filesystem statistics (every snapshot, one call each, every 10 s), thin only. {} active snapshots of one image of a few small files, made as the snapshotter service makes them (containerd-shaped keys, each device live, none mounted). Then: every layer's sizes from a new handle, which has nothing kept, {} runs: one metadata dump and its parse, the cost of each Usage call before sizes were kept; a locked operation that does nothing, {} runs; then one poll: Usage of each snapshot once, in order, through the call the service makes (`Driver::layer_size`) on one handle, each call timed, and the metadata dumps the calls took counted. The first call takes a dump; the others are answered from it while `state.json`, the pool's status and the 2 s age bound allow.", cfg.usage_snapshots, cfg.usage_dumps, cfg.usage_locked),
+            workload: USAGE,
+            row: "snapshots",
+            label: Box::new(count),
+            cols: &["thin"],
+            tables: Vec::new(),
+        },
     ]
 }
 
@@ -720,6 +801,7 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
         let extra = match sec.workload {
             CHURN => leaks(res),
             PAGE_CACHE => copies(res, cfg),
+            USAGE => usage_table(res),
             _ => None,
         };
         s.push_str(&extra.unwrap_or_default());

@@ -1,15 +1,19 @@
 //! The workloads, each run on every baseline, and the figures they produce.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
+use thinlayer::Driver;
 use thinlayer::kernel::{Kernel, Linux};
+use thinlayer::tree::{ImageRef, Kind};
 
 use super::backend::{Cow, Thin};
 use super::measure::{self, Sample};
@@ -50,6 +54,11 @@ pub struct Config {
     /// Page cache: readers and the size of the file they read.
     pub readers: Vec<usize>,
     pub cache_file: u64,
+    /// Usage: snapshots asked for, runs of the uncached dump, runs of a
+    /// locked operation that does nothing.
+    pub usage_snapshots: usize,
+    pub usage_dumps: usize,
+    pub usage_locked: usize,
     /// Which workloads run.
     pub only: Option<Workload>,
 }
@@ -65,10 +74,11 @@ pub enum Workload {
     Density,
     Throughput,
     PageCache,
+    Usage,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::FirstWrite,
         Workload::Latency,
         Workload::Depth,
@@ -78,6 +88,7 @@ impl Workload {
         Workload::Density,
         Workload::Throughput,
         Workload::PageCache,
+        Workload::Usage,
     ];
 
     /// The name `--only` takes.
@@ -92,6 +103,7 @@ impl Workload {
             Workload::Density => "density",
             Workload::Throughput => "throughput",
             Workload::PageCache => "page-cache",
+            Workload::Usage => "usage",
         }
     }
 
@@ -107,6 +119,7 @@ impl Workload {
             Workload::Density => density,
             Workload::Throughput => throughput,
             Workload::PageCache => page_cache,
+            Workload::Usage => usage,
         }
     }
 
@@ -144,6 +157,9 @@ impl Config {
             fio_reps: 1,
             readers: vec![2],
             cache_file: 32 << 20,
+            usage_snapshots: 20,
+            usage_dumps: 3,
+            usage_locked: 10,
             only: None,
         }
     }
@@ -170,6 +186,9 @@ impl Config {
             fio_reps: 3,
             readers: vec![4],
             cache_file: 200 << 20,
+            usage_snapshots: 1000,
+            usage_dumps: 5,
+            usage_locked: 20,
             only: None,
         }
     }
@@ -278,6 +297,7 @@ pub const CONTAINERD: &str = "containerd-shaped";
 pub const DENSITY: &str = "density";
 pub const THROUGHPUT: &str = "throughput";
 pub const PAGE_CACHE: &str = "page cache";
+pub const USAGE: &str = "usage";
 /// The throughput workload's reference: a loop device over a sparse file.
 pub const RAW: &str = "raw-loop";
 
@@ -291,7 +311,14 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     res.setup
         .push(("pool block size".into(), thin.block_size.clone()));
     let mut baselines: Vec<Box<dyn Cow>> = vec![Box::new(thin)];
-    for under in [Under::Ext4, Under::XfsReflink] {
+    // Usage is thin's alone.
+    let compared = Workload::ALL
+        .into_iter()
+        .any(|w| w != Workload::Usage && cfg.runs(w));
+    for under in [Under::Ext4, Under::XfsReflink]
+        .into_iter()
+        .filter(|_| compared)
+    {
         match Overlay::new(dir, under, overlay_size) {
             Ok(o) => {
                 res.setup
@@ -1017,4 +1044,133 @@ fn page_cache(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
         );
     }
     b.remove_image(image)
+}
+
+/// Usage the way containerd asks it for Kubernetes' image-filesystem
+/// statistics, thin only: `usage_snapshots` active snapshots of one small
+/// image, made as the snapshotter service makes them (containerd-shaped
+/// keys, device live, never mounted: each maps the image's blocks and none
+/// of its own); one uncached computation of every layer's sizes, from a new
+/// handle (a metadata dump and its parse: what each Usage call cost before
+/// sizes were kept); a locked operation that does nothing; then Usage of
+/// each snapshot once, in order, through the driver's call the service
+/// makes ([`Driver::layer_size`]) on one handle, as one poll does.
+fn usage(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
+    if b.thin_driver().is_none() {
+        return Ok(());
+    }
+    let image = "us";
+    b.build_image(image, 1, &mut small_files)?;
+    let d = b.thin_driver().context("thin has a driver")?;
+    let n = cfg.usage_snapshots;
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("k8s.io/{}/usage-{i}", i + 1))
+        .collect();
+    let run = usage_figures(d, image, &keys, cfg);
+    // Whatever was made goes, whatever failed.
+    let mut down = Ok(());
+    let made = d.tree().map_err(|e| anyhow!("{e}"))?;
+    for k in keys.iter().filter(|k| made.layers.contains_key(*k)) {
+        if let Err(e) = d.remove(k, false) {
+            down = down.and(Err(anyhow!("remove {k}: {e}")));
+        }
+    }
+    let (values, failed) = match run {
+        Ok(v) => (v, None),
+        Err(e) => (Default::default(), Some(format!("{e:#}"))),
+    };
+    let metrics = USAGE_METRICS
+        .into_iter()
+        .zip(values)
+        .map(|((m, u), v)| (m, u, v))
+        .collect();
+    res.push_metrics(USAGE, n as u64, b.name(), &failed, metrics);
+    down?;
+    b.remove_image(image)
+}
+
+/// The usage workload's figures, in the order [`usage_figures`] gives
+/// their values.
+pub const USAGE_METRICS: [(&str, Unit); 6] = [
+    ("one uncached dump", Unit::Seconds),
+    ("locked operation", Unit::Seconds),
+    ("usage call", Unit::Seconds),
+    ("all usage calls", Unit::Seconds),
+    ("usage calls", Unit::Count),
+    ("dumps taken by the calls", Unit::Count),
+];
+
+/// The usage workload's measurements on snapshots `keys` of `image`, in
+/// the order of [`USAGE_METRICS`].
+fn usage_figures(d: &Driver, image: &str, keys: &[String], cfg: &Config) -> Result<[Vec<f64>; 6]> {
+    let err = |e: thinlayer::Error| anyhow!("{e}");
+    let name = ImageRef::parse(image).map_err(err)?.to_string();
+    let top = d
+        .tree()
+        .map_err(err)?
+        .images
+        .get(&name)
+        .with_context(|| format!("no image {name}"))?
+        .top
+        .clone();
+    let start = Instant::now();
+    for (i, k) in keys.iter().enumerate() {
+        d.create_snapshot(k, Some(&top), Kind::Active, BTreeMap::new())
+            .map_err(|e| anyhow!("prepare {k}: {e}"))?;
+        if (i + 1) % 100 == 0 {
+            eprintln!(
+                "cow: {USAGE}: {} snapshots made in {:.0} s",
+                i + 1,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // A new handle has nothing kept: its sizes are a dump and its parse.
+    let mut dumps = Vec::new();
+    for _ in 0..cfg.usage_dumps {
+        let fresh = Driver::open(d.root(), Arc::new(Linux::new())).map_err(err)?;
+        let (sizes, t) = measure::timed(|| fresh.sizes().map_err(err))?;
+        anyhow::ensure!(
+            fresh.metadata_dumps() == 1,
+            "an uncached sizes took {} dumps",
+            fresh.metadata_dumps()
+        );
+        anyhow::ensure!(
+            keys.iter().all(|k| sizes.contains_key(k)),
+            "a snapshot has no sizes"
+        );
+        dumps.push(t.as_secs_f64());
+    }
+    // `activate` is the root's lock, the records and the start-up checks:
+    // what any call that takes the lock pays before its work.
+    let mut locked = Vec::new();
+    for _ in 0..cfg.usage_locked {
+        let ((), t) = measure::timed(|| d.activate().map_err(err))?;
+        locked.push(t.as_secs_f64());
+    }
+    // One poll: Usage of every snapshot, once each.
+    let before = d.metadata_dumps();
+    let mut calls = Vec::with_capacity(keys.len());
+    let all = Instant::now();
+    for k in keys {
+        let t = Instant::now();
+        let s = d.layer_size(k).map_err(|e| anyhow!("usage {k}: {e}"))?;
+        calls.push(t.elapsed().as_secs_f64());
+        anyhow::ensure!(s.virtual_size.0 > 0, "{k} maps nothing: {s:?}");
+    }
+    let total = all.elapsed().as_secs_f64();
+    let taken = (d.metadata_dumps() - before) as f64;
+    eprintln!(
+        "cow: {USAGE}: {} calls in {total:.3} s, {taken} dump(s); one uncached dump {:.3} s",
+        keys.len(),
+        dumps.iter().copied().fold(f64::NAN, f64::min)
+    );
+    Ok([
+        dumps,
+        locked,
+        calls,
+        vec![total],
+        vec![keys.len() as f64],
+        vec![taken],
+    ])
 }

@@ -23,7 +23,7 @@ use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
 use workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
-    PAGE_CACHE, RAW, Results, SPARSE, THROUGHPUT, Unit,
+    PAGE_CACHE, RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit,
 };
 
 const BASELINES: [&str; 3] = ["thin", "overlay-ext4", "overlay-xfs-reflink"];
@@ -118,6 +118,7 @@ fn quick_benchmarks_produce_sane_figures() {
                 assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{RAW}: {v:?}");
             }
             physics(&res, &cfg);
+            usage(&res, &cfg);
             let mib64 = 64u64 << 20;
             // copy_up copies the whole file into the upper layer of ext4.
             let ext4 = res
@@ -238,6 +239,36 @@ fn physics(res: &Results, cfg: &Config) {
                 );
             }
         }
+    }
+}
+
+/// The usage workload (thin only): its figures exist and count what they
+/// should; how fast is not asserted.
+fn usage(res: &Results, cfg: &Config) {
+    let n = cfg.usage_snapshots as u64;
+    let v = |m| values(res, USAGE, m, n, "thin");
+    for (m, len) in [
+        ("one uncached dump", cfg.usage_dumps),
+        ("locked operation", cfg.usage_locked),
+        ("usage call", cfg.usage_snapshots),
+        ("all usage calls", 1),
+    ] {
+        let x = v(m);
+        assert_eq!(x.len(), len, "{USAGE} / {m}: {x:?}");
+        assert!(
+            x.iter().all(|t| t.is_finite() && *t > 0.0),
+            "{USAGE} / {m}: {x:?}"
+        );
+    }
+    assert_eq!(v("usage calls"), [n as f64], "one call per snapshot");
+    // The first call finds nothing kept; no call takes more than one.
+    let dumps = v("dumps taken by the calls");
+    assert!(
+        dumps.len() == 1 && dumps[0] >= 1.0 && dumps[0] <= n as f64,
+        "dumps taken by {n} calls: {dumps:?}"
+    );
+    for b in &BASELINES[1..] {
+        assert!(res.find(USAGE, "usage call", n, b).is_none(), "{b}");
     }
 }
 
