@@ -921,6 +921,54 @@ fn converged(fx: &Fixture, what: &str, want: &[&str]) {
     );
 }
 
+/// Mounts containerd's active snapshot `name` as its client would, from
+/// its live device, under the test's directory; returns the mount point.
+fn hold_mounted(fx: &Fixture, name: &str) -> PathBuf {
+    let key = backend_key(fx, name);
+    let layer = &records(fx).tree.layers[&key];
+    let dev = fx
+        .kernel
+        .dm_info(&thinlayer::thin::dm_name(&fx.prefix, layer.thin_id))
+        .unwrap()
+        .expect("an active snapshot's device is live")
+        .devnum
+        .dm_node();
+    let held = fx.dir.join("held");
+    fs::create_dir_all(&held).unwrap();
+    let fs_kind = records(fx).pool.filesystem;
+    fx.kernel
+        .mount(&thinlayer::kernel::MountRequest {
+            source: &dev,
+            target: &held,
+            fstype: fs_kind.name(),
+            read_only: false,
+            data: fs_kind.mount_options(false),
+        })
+        .unwrap();
+    write_file(&held.join("written-while-held"), 64 << 10, 5);
+    held
+}
+
+/// Unmounts what [`hold_mounted`] mounted and waits until thinlayer has
+/// deleted the thin id the mount kept (it goes at the first operation after
+/// the kernel finished removing the device).
+fn release_held(fx: &Fixture, held: &Path, what: &str) {
+    fx.kernel.umount(held, false).unwrap();
+    eventually(
+        &format!("{what}: the retired thin id deleted once unmounted"),
+        DEADLINE,
+        || {
+            fx.ok(&["tree"]);
+            let retired = records(fx).tree.retired;
+            if retired.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("retired {retired:?}"))
+            }
+        },
+    );
+}
+
 /// One call killed at one point: set up, kill, recover, check, redo, undo.
 fn containerd_point(
     cl: &mut Cluster<'_>,
@@ -932,7 +980,7 @@ fn containerd_point(
     let args: &[&str] = match call {
         "Prepare" => &["prepare", "victim", "base"],
         "View" => &["view", "victim", "base"],
-        "Commit" => &["commit", "victim-c", "victim"],
+        "Commit" | "CommitMounted" => &["commit", "victim-c", "victim"],
         "Update" => &["label", "victim", LABEL],
         "Remove" => &["rm", "victim"],
         other => panic!("no such call {other}"),
@@ -941,6 +989,7 @@ fn containerd_point(
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
     }
+    let held = (call == "CommitMounted").then(|| hold_mounted(fx, "victim"));
     cl.kill_serve_at(point, |cl| {
         let out = snap(cl, args);
         // Remove is called by the garbage collector after `rm` succeeded.
@@ -949,6 +998,9 @@ fn containerd_point(
         }
     });
     let what = format!("{call} killed at {point}");
+    if let Some(held) = &held {
+        release_held(fx, held, &what);
+    }
     let rec = check_root(fx, &what);
     check_content(fx, digests, &what);
     let names = names_in_thinlayer(fx);
@@ -959,8 +1011,8 @@ fn containerd_point(
             let made = !matches!(point, "create.after-intent" | "create.after-message");
             assert_eq!(has("victim"), usize::from(made), "{what}: {names:?}");
         }
-        "Commit" => {
-            let done = point == "commit.after-record";
+        "Commit" | "CommitMounted" => {
+            let done = matches!(point, "commit.after-record" | "commit.after-transaction");
             assert_eq!(
                 (has("victim-c"), has("victim")),
                 (usize::from(done), usize::from(!done)),
@@ -977,7 +1029,7 @@ fn containerd_point(
         _ => assert_eq!(has("victim"), 0, "{what}: {names:?}"),
     }
     // Done again from a clean start, then undone.
-    if call == "Commit" {
+    if matches!(call, "Commit" | "CommitMounted") {
         // A Commit killed after thinlayer's record leaves containerd with
         // the consumed active key: its listing skips it (the snapshotter
         // no longer knows it), its removal clears it.
@@ -987,7 +1039,11 @@ fn containerd_point(
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
     }
+    let held = (call == "CommitMounted").then(|| hold_mounted(fx, "victim"));
     snap_ok(cl, args);
+    if let Some(held) = &held {
+        release_held(fx, held, &format!("{what}: redone"));
+    }
     if call == "Update" {
         let l = &records(fx).tree.layers[&backend_key(fx, "victim")];
         assert!(

@@ -157,6 +157,17 @@ pub const CONTAINERD_ROWS: &[(&str, &[&str])] = &[
         "Commit",
         &["commit.after-deactivate", "commit.after-record"],
     ),
+    // A Commit of a snapshot its client still has mounted: the committed
+    // layer is a snapshot taken at the commit, one more transaction.
+    (
+        "CommitMounted",
+        &[
+            "commit.after-intent",
+            "commit.after-message",
+            "commit.after-transaction",
+            "commit.after-record",
+        ],
+    ),
     ("Update", &["labels.after-record"]),
     ("Remove", REMOVE),
 ];
