@@ -241,8 +241,7 @@ impl Cow for Overlay {
 
     fn umount(&mut self, container: &str) -> Result<()> {
         let target = self.container_dir(container).join("m");
-        nix::mount::umount2(&target, MntFlags::empty())
-            .with_context(|| format!("unmount {}", target.display()))?;
+        umount_settled(&target).with_context(|| format!("unmount {}", target.display()))?;
         if let Some(c) = self.containers.get_mut(container) {
             c.mounted = false;
         }
@@ -315,12 +314,30 @@ impl Cow for Overlay {
             }
         }
         let _ = fs::remove_file(&self.short);
-        nix::mount::umount2(&self.fs_mount, MntFlags::empty())
+        umount_settled(&self.fs_mount)
             .with_context(|| format!("unmount {}", self.fs_mount.display()))?;
         fs::remove_file(&self.file)?;
         if let Some(base) = self.file.parent() {
             let _ = fs::remove_dir_all(base);
         }
         Ok(())
+    }
+}
+
+/// Unmounts `target`, retrying EBUSY for up to 10 s, as the driver does
+/// for its own mounts: a process forked elsewhere in the same program (a
+/// parallel test starting a command) holds copies of every open file until
+/// it execs, so a mount whose files were just closed can be busy for a
+/// moment, longer on a loaded machine. Any other error, or EBUSY after
+/// that, is returned.
+fn umount_settled(target: &Path) -> nix::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
