@@ -813,7 +813,11 @@ impl Op<'_> {
         layer.created = at / 1_000_000_000;
         layer.created_ns = at;
         layer.updated_ns = 0;
-        if l.pinned && self.device_open(&l)? {
+        let open = {
+            let pool = self.pool();
+            l.pinned && (Thins { pool: &pool }).is_open(l.thin_id)?
+        };
+        if open {
             layer.thin_id = self.allocate_id()?;
             let intent = Intent::CommitCopy {
                 transaction: self.rec.transaction + 1,
@@ -838,15 +842,6 @@ impl Op<'_> {
             .insert(new_key.to_string(), layer.clone());
         self.save()?;
         Ok(layer)
-    }
-
-    /// Whether the layer's device is live and held open by someone.
-    fn device_open(&self, l: &Layer) -> Result<bool> {
-        let name = crate::thin::dm_name(&self.rec.pool.prefix, l.thin_id);
-        Ok(self
-            .kernel()
-            .dm_info(&name)?
-            .is_some_and(|i| i.open_count > 0))
     }
 
     fn tag(&mut self, image: &str, key: &str, config: Option<serde_json::Value>) -> Result<()> {

@@ -150,6 +150,15 @@ impl Thins<'_> {
             .is_some_and(|i| i.active_table))
     }
 
+    /// Whether the device is live and held open by someone (a mount, a
+    /// process).
+    pub fn is_open(&self, id: ThinId) -> Result<bool> {
+        Ok(self
+            .kernel()
+            .dm_info(&dm_name(&self.pool.config.prefix, id))?
+            .is_some_and(|i| i.open_count > 0))
+    }
+
     /// Mapped sectors of a live thin device, from its status line
     /// `<mapped sectors> <highest mapped sector>`.
     pub fn mapped(&self, id: ThinId) -> Result<Bytes> {
