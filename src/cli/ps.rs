@@ -88,7 +88,7 @@ fn print_children(tree: &Tree, parent: Option<&str>, indent: &str) {
         } else {
             format!(" [{}]", tags.join(", "))
         };
-        let kind = format!("{:?}", l.kind).to_lowercase();
+        let kind = l.kind.name();
         println!(
             "{indent}{} {} (thin {}, {kind}){tags}",
             if last { "└─" } else { "├─" },

@@ -156,11 +156,7 @@ pub fn update_labels(
 /// What containerd's filters see of a layer.
 fn fields_of(l: &Layer) -> Fields<'_> {
     Fields {
-        kind: match l.kind {
-            Kind::Active => "active",
-            Kind::View => "view",
-            Kind::Committed => "committed",
-        },
+        kind: l.kind.name(),
         name: &l.key,
         parent: l.parent.as_deref().unwrap_or(""),
         labels: &l.labels,

@@ -35,6 +35,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its name as records, the CLI and containerd's filters spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Active => "active",
+            Kind::View => "view",
+            Kind::Committed => "committed",
+        }
+    }
+
     pub fn read_only(self) -> bool {
         !matches!(self, Kind::Active)
     }
