@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub use content::{IMPORTING, ImportLayer, ImportedLayer};
+pub use service::SnapshotSource;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
 
 use crate::error::{Error, Result};
@@ -442,8 +443,13 @@ impl Op<'_> {
     }
 
     /// Makes the mount point and mounts the pool's filesystem from `dev`
-    /// on it, with thinlayer's options for that filesystem.
+    /// on it, with thinlayer's options for that filesystem, `nodev`.
     fn mount_fs(&self, dev: &Path, target: &Path, read_only: bool) -> Result<()> {
+        self.mount_fs_with(dev, target, read_only, true)
+    }
+
+    /// As [`Op::mount_fs`]; device nodes on it can be opened unless `nodev`.
+    fn mount_fs_with(&self, dev: &Path, target: &Path, read_only: bool, nodev: bool) -> Result<()> {
         fs::create_dir_all(target).map_err(|e| Error::io("create mount point", target, e))?;
         let fs = self.rec.pool.filesystem;
         self.kernel().mount(&MountRequest {
@@ -451,6 +457,7 @@ impl Op<'_> {
             target,
             fstype: fs.name(),
             read_only,
+            nodev,
             data: fs.mount_options(read_only),
         })
     }
@@ -726,7 +733,10 @@ impl Op<'_> {
         if l.mounts == 0 {
             let (dev, _) = self.activate(&l)?;
             failpoint::hit("mount.after-activate");
-            if let Err(e) = self.mount_fs(&dev, &target, l.kind.read_only()) {
+            // A containerd snapshot is a container's root, as on any
+            // snapshotter: its device nodes must work.
+            let nodev = !l.snapshotter;
+            if let Err(e) = self.mount_fs_with(&dev, &target, l.kind.read_only(), nodev) {
                 let _ = fs::remove_dir(&target);
                 if !l.pinned {
                     let _ = self.deactivate(&l);

@@ -1,27 +1,39 @@
 //! What the containerd snapshotter service ([`crate::service`]) needs of the
-//! driver beyond the CLI's operations: a snapshot made and its device made
-//! live in one operation, a commit that carries the new labels in the same
-//! record write, and labels that can be replaced and removed, not only added.
+//! driver beyond the CLI's operations: a snapshot made and mounted (or its
+//! device made live) in one operation, a commit that carries the new labels
+//! in the same record write, and labels that can be replaced and removed,
+//! not only added.
+//!
+//! An active snapshot is mounted by thinlayer itself, under the root, from
+//! Prepare until Commit or Remove; its clients bind-mount that directory.
+//! A filesystem on a block device has one superblock, and the kernel
+//! refuses to mount it read-only while it is mounted read-write (EBUSY):
+//! a client that mounted the device itself could not be followed by a
+//! second, read-only mount of the same snapshot (containerd's differ does
+//! exactly that for `docker commit` of a running container). Bind mounts
+//! of one mount can be read-write and read-only side by side, and a
+//! read-only one never writes. A view's device is read-only: it is mounted
+//! read-only from the device, any number of times.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::Driver;
+use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::tree::{Kind, Layer, validate_key};
 
 impl Driver {
     /// Creates a pinned layer `key` on `parent` (containerd's Prepare for
-    /// [`Kind::Active`], View for [`Kind::View`]) and returns it with the node
-    /// of its live device, which the caller mounts itself.
+    /// [`Kind::Active`], View for [`Kind::View`]) and returns it with where
+    /// its clients mount it from: an active snapshot is mounted here first.
     pub fn create_snapshot(
         &self,
         key: &str,
         parent: Option<&str>,
         kind: Kind,
         labels: BTreeMap<String, String>,
-    ) -> Result<(Layer, PathBuf)> {
+    ) -> Result<(Layer, SnapshotSource)> {
         if kind == Kind::Committed {
             return Err(Error::invalid(
                 "snapshot kind",
@@ -32,14 +44,44 @@ impl Driver {
         validate_key(key)?;
         let mut op = self.begin()?;
         let layer = op.create_layer(key, parent, kind, None, labels, true)?;
-        let (dev, _) = op.activate(&layer)?;
-        Ok((layer, dev))
+        match op.snapshot_source(key) {
+            Ok(source) => Ok((layer, source)),
+            Err(e) => {
+                // Not left half made: the caller was told it failed.
+                if let Err(undo) = op.remove_layer(key) {
+                    tracing::warn!(key, error = %undo, "cannot remove the snapshot that failed to mount");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the active snapshot or view `key` is mounted from, mounting or
+    /// activating it again if it is not (after a reboot). `None` for a
+    /// committed snapshot, which has no mounts.
+    pub fn snapshot_mounts(&self, key: &str) -> Result<Option<SnapshotSource>> {
+        let mut op = self.begin()?;
+        if op.rec.tree.get(key)?.kind == Kind::Committed {
+            return Ok(None);
+        }
+        op.snapshot_source(key).map(Some)
+    }
+
+    /// Removes the snapshot `key`: thinlayer's own mount of an active one
+    /// first, then the layer (refused while it has children, an active one
+    /// never has, or while its device is still open elsewhere).
+    pub fn remove_snapshot(&self, key: &str) -> Result<()> {
+        let mut op = self.begin()?;
+        op.release_snapshot_mount(key)?;
+        op.rec.tree.check_remove(key)?;
+        op.remove_layer(key)
     }
 
     /// Commits the active layer `key` as the committed layer `name` with
     /// exactly `labels` (containerd's Commit: the active key is consumed and
-    /// the committed snapshot gets the labels of the request). The device is
-    /// deactivated first, so whoever mounted it must have unmounted it. The
+    /// the committed snapshot gets the labels of the request). thinlayer's
+    /// own mount goes first; if a client still holds a bind mount of it, the
+    /// committed layer is a copy taken now (see the driver's commit). The
     /// layer, its new key and its labels are written in one record update.
     pub fn commit_snapshot(
         &self,
@@ -49,6 +91,13 @@ impl Driver {
     ) -> Result<Layer> {
         validate_key(name)?;
         let mut op = self.begin()?;
+        if op.rec.tree.layers.contains_key(name) {
+            return Err(Error::Exists {
+                kind: "layer",
+                name: name.to_string(),
+            });
+        }
+        op.release_snapshot_mount(key)?;
         // Changed in memory only: `commit` checks the layer before it writes,
         // and the records are not saved if it refuses.
         op.rec.tree.get_mut(key)?.labels = labels;
@@ -72,5 +121,41 @@ impl Driver {
         op.save()?;
         failpoint::hit("labels.after-record");
         Ok(l)
+    }
+}
+
+/// Where a containerd client mounts a snapshot from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// An active snapshot: thinlayer's own mount of its filesystem, to be
+    /// bind-mounted, read-write or read-only, as many times as wanted.
+    Mounted(PathBuf),
+    /// A view: the node of its read-only device, mounted read-only.
+    Device(PathBuf),
+}
+
+impl Op<'_> {
+    /// Mounts an active snapshot (once: thinlayer holds one mount of it,
+    /// whoever asks) or activates a view's device.
+    fn snapshot_source(&mut self, key: &str) -> Result<SnapshotSource> {
+        let l = self.rec.tree.get(key)?.clone();
+        match l.kind {
+            Kind::Active if l.mounts > 0 => Ok(SnapshotSource::Mounted(self.mount_path(&l))),
+            Kind::Active => self.mount(key).map(SnapshotSource::Mounted),
+            _ => self
+                .activate(&l)
+                .map(|(dev, _)| SnapshotSource::Device(dev)),
+        }
+    }
+
+    /// Drops thinlayer's own mount of the active snapshot `key`, if it has
+    /// one. Bind mounts of it that clients still hold keep the filesystem
+    /// (and the device) open.
+    fn release_snapshot_mount(&mut self, key: &str) -> Result<()> {
+        let l = self.rec.tree.get(key)?;
+        if l.kind == Kind::Active && l.mounts > 0 {
+            self.umount(key)?;
+        }
+        Ok(())
     }
 }

@@ -383,7 +383,10 @@ impl Kernel for Linux {
     /// its mtime) would write its inode, copying a pool block of inode
     /// table into the container's layer: reading must not write.
     fn mount(&self, r: &MountRequest<'_>) -> Result<()> {
-        let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+        let mut flags = MsFlags::MS_NOATIME;
+        if r.nodev {
+            flags |= MsFlags::MS_NODEV;
+        }
         if r.read_only {
             flags |= MsFlags::MS_RDONLY;
         }

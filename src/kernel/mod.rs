@@ -106,6 +106,10 @@ pub struct MountRequest<'a> {
     pub target: &'a Path,
     pub fstype: &'a str,
     pub read_only: bool,
+    /// Device nodes on it cannot be opened (`nodev`). A container's root
+    /// needs them, as on any other snapshotter: containerd's mounts never
+    /// set it.
+    pub nodev: bool,
     /// Filesystem-specific options (`nouuid`, `noinit_itable`, ...).
     pub data: &'a str,
 }

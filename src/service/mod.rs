@@ -6,8 +6,12 @@
 //! under the key containerd gives it (containerd's metadata store sends
 //! `NAMESPACE/ID/KEY`), so `thinlayer ps` and `thinlayer tree` show them.
 //! Active snapshots and views are *pinned*: their thin device stays live
-//! between calls, because containerd mounts it itself, from the mounts this
-//! service returns (`ext4` or `xfs` of `/dev/dm-N`).
+//! between calls. thinlayer mounts an active snapshot's filesystem itself
+//! (under the root's `mounts/`, from Prepare until Commit or Remove) and
+//! returns a bind mount of it, so clients can mount it again, read-only
+//! beside read-write, as `docker commit` of a running container does; a
+//! view is returned as a read-only mount of its device (`ext4` or `xfs` of
+//! `/dev/dm-N`).
 //!
 //! Each call runs the blocking driver operation on tokio's blocking pool;
 //! the driver serialises them through the root's lock, with CLI commands.
@@ -43,6 +47,7 @@ mod filter;
 pub use filter::{Fields, Filters};
 
 use crate::Driver;
+use crate::driver::SnapshotSource;
 use crate::error::Error;
 use crate::fs::FsKind;
 use crate::tree::{Kind, Layer};
@@ -99,6 +104,29 @@ pub fn mount_for(fs: FsKind, device: &Path, read_only: bool) -> Mount {
         source: device.display().to_string(),
         target: String::new(),
         options,
+    }
+}
+
+/// The mount containerd performs for an active snapshot: a recursive bind
+/// of thinlayer's own mount of it at `dir`, read-write. The mount's holder
+/// may ask for `ro` (containerd's differ adds it): a read-only bind beside a
+/// read-write one works, where a second mount of the device would not.
+/// `noatime` and the filesystem's options are those of thinlayer's mount,
+/// which a bind keeps.
+pub fn bind_mount_for(dir: &Path) -> Mount {
+    Mount {
+        r#type: "bind".to_string(),
+        source: dir.display().to_string(),
+        target: String::new(),
+        options: vec!["rbind".to_string(), "rw".to_string()],
+    }
+}
+
+/// The mounts containerd performs for a snapshot served from `source`.
+fn mounts_of(fs: FsKind, source: &SnapshotSource) -> Vec<Mount> {
+    match source {
+        SnapshotSource::Mounted(dir) => vec![bind_mount_for(dir)],
+        SnapshotSource::Device(dev) => vec![mount_for(fs, dev, true)],
     }
 }
 
@@ -202,10 +230,10 @@ impl Snapshots {
         let fs = self.fs;
         self.run(what, move |d| {
             let parent = parent_of(&parent);
-            let (l, dev) =
+            let (l, source) =
                 d.create_snapshot(&key, parent.as_deref(), kind, labels.into_iter().collect())?;
-            tracing::info!(call = what, key, thin_id = %l.thin_id, device = %dev.display(), "created");
-            Ok(vec![mount_for(fs, &dev, kind.read_only())])
+            tracing::info!(call = what, key, thin_id = %l.thin_id, ?source, "created");
+            Ok(mounts_of(fs, &source))
         })
         .await
     }
@@ -267,21 +295,13 @@ impl Snapshotter for Snapshots {
     }
 
     /// Mounts: the mounts of an active snapshot or a view (again, e.g. after
-    /// a restart: the device is made live if it is not). A committed
-    /// snapshot has none: FailedPrecondition.
+    /// a reboot: it is mounted or its device made live if it is not). A
+    /// committed snapshot has none: FailedPrecondition.
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Status> {
         let fs = self.fs;
-        let (kind, dev) = self
-            .run("mounts", move |d| {
-                let kind = d.tree()?.get(&key)?.kind;
-                if kind == Kind::Committed {
-                    return Ok((kind, None));
-                }
-                Ok((kind, Some(d.activate_layer(&key)?)))
-            })
-            .await?;
-        match dev {
-            Some(dev) => Ok(vec![mount_for(fs, &dev, kind.read_only())]),
+        let source = self.run("mounts", move |d| d.snapshot_mounts(&key)).await?;
+        match source {
+            Some(source) => Ok(mounts_of(fs, &source)),
             None => Err(Status::failed_precondition(
                 "a committed snapshot has no mounts; prepare or view a child of it",
             )),
@@ -316,9 +336,10 @@ impl Snapshotter for Snapshots {
 
     /// Commit: the active snapshot `key` becomes the committed snapshot
     /// `name`, with the same parent and `labels`; `key` is gone afterwards.
-    /// It may still be mounted: the committed snapshot is then a copy taken
-    /// now, and the mount keeps the old device until it is unmounted, when
-    /// thinlayer deletes it. AlreadyExists if `name` is taken.
+    /// thinlayer's own mount of it goes; a client may still hold a bind
+    /// mount of it: the committed snapshot is then a copy taken now, and the
+    /// mount keeps the old device until it is unmounted, when thinlayer
+    /// deletes it. AlreadyExists if `name` is taken.
     async fn commit(
         &self,
         name: String,
@@ -334,13 +355,13 @@ impl Snapshotter for Snapshots {
         .await
     }
 
-    /// Remove: an active, view or committed snapshot and its device.
-    /// FailedPrecondition while other snapshots are built on it, or while its
-    /// device is still mounted.
+    /// Remove: an active, view or committed snapshot, thinlayer's mount of
+    /// it and its device. FailedPrecondition while other snapshots are built
+    /// on it, or while a client still has it mounted.
     async fn remove(&self, key: String) -> Result<(), Status> {
         tracing::debug!(key, "remove");
         self.run("remove", move |d| {
-            d.remove(&key, false)?;
+            d.remove_snapshot(&key)?;
             tracing::info!(key, "removed");
             Ok(())
         })

@@ -123,11 +123,19 @@ async fn times_have_nanoseconds_and_updates_move_only_updated() {
 #[tokio::test]
 async fn a_snapshot_committed_while_mounted_is_a_copy_and_its_old_device_goes_at_unmount() {
     let (dir, sim, s) = service_on_sim();
-    let m = s
-        .prepare("a".into(), String::new(), HashMap::new())
+    s.prepare("a".into(), String::new(), HashMap::new())
         .await
         .unwrap();
-    let dev = std::path::PathBuf::from(&m[0].source);
+    // A client's mount that outlives thinlayer's own (a bind mount of it
+    // would keep the filesystem open the same way).
+    let old = s.driver.tree().unwrap().get("a").unwrap().thin_id;
+    let prefix = s.driver.records().unwrap().pool.prefix;
+    let dev = sim
+        .dm_info(&crate::thin::dm_name(&prefix, old))
+        .unwrap()
+        .expect("an active snapshot's device is live")
+        .devnum
+        .dm_node();
     let target = dir.path().join("held");
     std::fs::create_dir(&target).unwrap();
     let fs = s.fs;
@@ -136,10 +144,10 @@ async fn a_snapshot_committed_while_mounted_is_a_copy_and_its_old_device_goes_at
         target: &target,
         fstype: fs.name(),
         read_only: false,
+        nodev: true,
         data: fs.mount_options(false),
     })
     .unwrap();
-    let old = s.driver.tree().unwrap().get("a").unwrap().thin_id;
     s.commit("c".into(), "a".into(), HashMap::new())
         .await
         .unwrap();
@@ -151,7 +159,6 @@ async fn a_snapshot_committed_while_mounted_is_a_copy_and_its_old_device_goes_at
     );
     assert_eq!(tree.retired, [old]);
     // The holder's writes go to the old thin id, never the committed one.
-    let prefix = s.driver.records().unwrap().pool.prefix;
     let old_dev = crate::thin::dm_name(&prefix, old);
     sim.write(&old_dev, 0, 2).unwrap();
     assert_eq!(s.driver.sizes().unwrap()["c"].size, Bytes(0));
@@ -279,7 +286,7 @@ async fn unpack_then_run_then_clean_up() {
         .await
         .unwrap();
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0].r#type, "ext4");
+    assert_eq!(m[0].r#type, "bind");
     s.commit(
         "default/2/sha256:l1".into(),
         "default/1/extract-1".into(),
@@ -413,4 +420,91 @@ async fn a_commit_stopped_after_its_record_is_whole() {
     let b = tree.get("default/2/b").unwrap();
     assert_eq!((b.kind, b.pinned), (Kind::Committed, false));
     assert_eq!(b.labels["k"], "v");
+}
+
+#[tokio::test]
+async fn an_active_snapshot_is_a_bind_of_thinlayers_own_mount_until_commit_or_remove() {
+    let (dir, sim, s) = service_on_sim();
+    let mounted = |target: &str| {
+        sim.mounts()
+            .unwrap()
+            .iter()
+            .any(|m| m.target == Path::new(target))
+    };
+    let m = s
+        .prepare("a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].r#type.as_str(), &m[0].options[..]),
+        ("bind", &["rbind".to_string(), "rw".to_string()][..])
+    );
+    let src = m[0].source.clone();
+    assert!(
+        Path::new(&src).starts_with(dir.path()),
+        "{src} is under the root"
+    );
+    assert!(mounted(&src), "thinlayer mounted {src} itself");
+    let l = s.driver.tree().unwrap().get("a").unwrap().clone();
+    assert_eq!(l.mounts, 1);
+    // Asked again: the same mount, not a second one.
+    assert_eq!(s.mounts("a".into()).await.unwrap(), m);
+    assert_eq!(s.driver.tree().unwrap().get("a").unwrap().mounts, 1);
+    let n = sim.mounts().unwrap().len();
+
+    // The mount is gone (a reboot): the next Mounts makes it again.
+    sim.umount(Path::new(&src), false).unwrap();
+    assert_eq!(s.mounts("a".into()).await.unwrap(), m);
+    assert!(mounted(&src));
+    assert_eq!(sim.mounts().unwrap().len(), n);
+
+    // Commit unmounts it, and with nothing else holding the device the
+    // committed layer is the same thin device.
+    s.commit("c".into(), "a".into(), HashMap::new())
+        .await
+        .unwrap();
+    assert!(!mounted(&src), "{src} unmounted by the commit");
+    let tree = s.driver.tree().unwrap();
+    assert_eq!(tree.get("c").unwrap().thin_id, l.thin_id);
+    assert!(tree.retired.is_empty());
+
+    // Remove of a mounted active snapshot unmounts it too.
+    let m = s
+        .prepare("b".into(), "c".into(), HashMap::new())
+        .await
+        .unwrap();
+    assert!(mounted(&m[0].source));
+    s.remove("b".into()).await.unwrap();
+    assert!(!mounted(&m[0].source));
+    assert!(s.driver.tree().unwrap().get("b").is_err());
+
+    // A view is its read-only device, and thinlayer does not mount it.
+    let v = s
+        .view("v".into(), "c".into(), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(v[0].r#type, "ext4");
+    assert!(v[0].source.starts_with("/dev/dm-"), "{}", v[0].source);
+    assert!(!mounted(&v[0].source));
+    assert_eq!(sim.mounts().unwrap().len(), n - 1);
+}
+
+#[tokio::test]
+async fn a_prepare_whose_mount_fails_leaves_no_snapshot_behind() {
+    let (dir, sim, s) = service_on_sim();
+    let ids = sim.thin_ids(&dir.path().join("metadata"));
+    sim.fail_once("mount:");
+    let e = s
+        .prepare("a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e}");
+    assert!(e.message().contains("mount"), "{e}");
+    assert_eq!(s.stat("a".into()).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(sim.thin_ids(&dir.path().join("metadata")), ids);
+    // The key is free again.
+    s.prepare("a".into(), String::new(), HashMap::new())
+        .await
+        .unwrap();
 }

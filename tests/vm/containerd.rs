@@ -834,6 +834,122 @@ const EAGER_GC: &str = r#"
 /// A label containerd passes on to the snapshotter.
 const LABEL: &str = "containerd.io/snapshot/tl-crash=yes";
 
+/// What `Usage` reports for containerd's snapshot `name`, in bytes.
+fn usage_bytes(fx: &Fixture, name: &str) -> u64 {
+    open(fx).layer_size(&backend_key(fx, name)).unwrap().size.0
+}
+
+/// The errno of a failed filesystem call, or what it did instead.
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> Result<i32, String> {
+    match r {
+        Err(e) => e.raw_os_error().ok_or_else(|| e.to_string()),
+        Ok(v) => Err(format!("succeeded: {v:?}")),
+    }
+}
+
+#[test]
+fn a_snapshot_mounts_again_read_only_beside_read_write() {
+    fixture::run("containerd-remount", |fx| {
+        small_pool(fx);
+        let mut cl = Cluster::new(fx, "cdre");
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        snap_ok(&cl, &["prepare", "act"]);
+        let [rw, ro, rw2] = ["rw", "ro", "rw2"].map(|d| fx.dir.join(d));
+        assert_eq!(mount_as_client(&cl, "act", &rw, false), "bind");
+        write_file(&rw.join("first"), 1 << 20, 1);
+        // As containerd's differ mounts a running container's snapshot for
+        // `docker commit`: read-only, while the container has it read-write.
+        assert_eq!(mount_as_client(&cl, "act", &ro, true), "bind");
+        assert_eq!(mount_as_client(&cl, "act", &rw2, false), "bind");
+        write_file(&rw2.join("second"), 64 << 10, 2);
+        nix::unistd::sync();
+        for f in ["first", "second"] {
+            assert_eq!(
+                fs::read(ro.join(f)).unwrap(),
+                fs::read(rw.join(f)).unwrap(),
+                "{f} is the same through every mount"
+            );
+        }
+
+        // The read-only mount never writes: every change is refused, and
+        // reading everything through it leaves the snapshot's blocks as
+        // they were.
+        let before = usage_bytes(fx, "act");
+        let erofs = nix::errno::Errno::EROFS as i32;
+        let refused = [
+            ("create", errno_of(fs::write(ro.join("new"), b"x"))),
+            ("mkdir", errno_of(fs::create_dir(ro.join("dir")))),
+            ("unlink", errno_of(fs::remove_file(ro.join("first")))),
+            (
+                "open for writing",
+                errno_of(fs::OpenOptions::new().append(true).open(ro.join("first"))),
+            ),
+            (
+                "chmod",
+                errno_of(fs::set_permissions(
+                    ro.join("first"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )),
+            ),
+        ];
+        for (what, r) in refused {
+            assert_eq!(r, Ok(erofs), "{what} through the read-only mount");
+        }
+        for e in fs::read_dir(&ro).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                fs::read(&p).unwrap();
+            }
+        }
+        nix::unistd::sync();
+        assert_eq!(
+            usage_bytes(fx, "act"),
+            before,
+            "reading through the read-only mount wrote nothing"
+        );
+        assert!(before >= 1 << 20, "the writes reached the pool: {before}");
+
+        // Committed while all three are mounted: a copy taken now, which
+        // later writes through the old mounts never reach.
+        let contents = ["first", "second"].map(|f| (f, fs::read(rw.join(f)).unwrap()));
+        snap_ok(&cl, &["commit", "done", "act"]);
+        write_file(&rw.join("after-commit"), 64 << 10, 3);
+        assert_eq!(
+            records(fx).tree.retired.len(),
+            1,
+            "the committed snapshot is a copy: the mounted thin id is retired"
+        );
+        release_held(fx, &[&rw, &ro, &rw2], "commit while mounted three times");
+
+        // A view of it, mounted twice from its read-only device.
+        snap_ok(&cl, &["view", "v", "done"]);
+        let [v1, v2] = ["v1", "v2"].map(|d| fx.dir.join(d));
+        let fs_kind = records(fx).pool.filesystem.name().to_string();
+        assert_eq!(mount_as_client(&cl, "v", &v1, false), fs_kind);
+        assert_eq!(mount_as_client(&cl, "v", &v2, true), fs_kind);
+        for v in [&v1, &v2] {
+            let mut names: Vec<String> = fs::read_dir(v)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["first", "second"], "the view of the commit");
+            for (f, data) in &contents {
+                assert_eq!(&fs::read(v.join(f)).unwrap(), data, "{f} in the view");
+            }
+            assert_eq!(errno_of(fs::write(v.join("new"), b"x")), Ok(erofs));
+        }
+        for v in [&v1, &v2] {
+            fx.kernel.umount(v, false).unwrap();
+        }
+        snap_ok(&cl, &["rm", "v"]);
+        snap_ok(&cl, &["rm", "done"]);
+        converged(fx, "every snapshot removed", &[]);
+        cl.stopped_clean();
+    });
+}
+
 /// `ctr snapshots --snapshotter thinlayer ARGS`.
 fn snap(cl: &Cluster<'_>, args: &[&str]) -> Output {
     let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
@@ -921,39 +1037,80 @@ fn converged(fx: &Fixture, what: &str, want: &[&str]) {
     );
 }
 
-/// Mounts containerd's active snapshot `name` as its client would, from
-/// its live device, under the test's directory; returns the mount point.
-fn hold_mounted(fx: &Fixture, name: &str) -> PathBuf {
-    let key = backend_key(fx, name);
-    let layer = &records(fx).tree.layers[&key];
-    let dev = fx
-        .kernel
-        .dm_info(&thinlayer::thin::dm_name(&fx.prefix, layer.thin_id))
-        .unwrap()
-        .expect("an active snapshot's device is live")
-        .devnum
-        .dm_node();
-    let held = fx.dir.join("held");
-    fs::create_dir_all(&held).unwrap();
-    let fs_kind = records(fx).pool.filesystem;
-    fx.kernel
-        .mount(&thinlayer::kernel::MountRequest {
-            source: &dev,
-            target: &held,
-            fstype: fs_kind.name(),
-            read_only: false,
-            data: fs_kind.mount_options(false),
-        })
-        .unwrap();
+/// Mounts containerd's snapshot `name` on `target` as containerd's own
+/// mount code does, from the mounts `ctr snapshots mounts` prints (one
+/// `mount -t TYPE SOURCE TARGET -o OPTIONS` line): a bind mount (recursive
+/// for `rbind`), remounted read-only when `read_only` (containerd's differ
+/// adds `ro`), or a filesystem from a device. Returns the mount's type.
+fn mount_as_client(cl: &Cluster<'_>, name: &str, target: &Path, read_only: bool) -> String {
+    use nix::mount::{MsFlags, mount};
+    fs::create_dir_all(target).unwrap();
+    let out = snap(cl, &["mounts", target.to_str().unwrap(), name]);
+    assert!(out.status.success(), "ctr snapshots mounts: {}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 1, "one mount for {name}: {printed}");
+    let words: Vec<&str> = lines[0].split_whitespace().collect();
+    let [cmd, "-t", fstype, source, _, "-o", options] = words[..] else {
+        panic!("not a mount command: {printed}");
+    };
+    assert_eq!(cmd, "mount", "{printed}");
+    let options: Vec<&str> = options.split(',').collect();
+    if fstype == "bind" {
+        let mut flags = MsFlags::MS_BIND;
+        if options.contains(&"rbind") {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(Some(source), target, None::<&str>, flags, None::<&str>)
+            .unwrap_or_else(|e| panic!("bind {source} on {}: {e}", target.display()));
+        if read_only || options.contains(&"ro") {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+                .unwrap_or_else(|e| panic!("remount {} read-only: {e}", target.display()));
+        }
+    } else {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for o in &options {
+            match *o {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" => {}
+                "noatime" => flags |= MsFlags::MS_NOATIME,
+                other => data.push(other),
+            }
+        }
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let data = data.join(",");
+        mount(
+            Some(source),
+            target,
+            Some(fstype),
+            flags,
+            Some(data.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount {printed}: {e}"));
+    }
+    fstype.to_string()
+}
+
+/// Mounts containerd's active snapshot `name` as its client would, under
+/// the test's directory, and writes into it; returns the mount point.
+fn hold_mounted(cl: &Cluster<'_>, name: &str) -> PathBuf {
+    let held = cl.fx.dir.join("held");
+    assert_eq!(mount_as_client(cl, name, &held, false), "bind");
     write_file(&held.join("written-while-held"), 64 << 10, 5);
     held
 }
 
-/// Unmounts what [`hold_mounted`] mounted and waits until thinlayer has
-/// deleted the thin id the mount kept (it goes at the first operation after
-/// the kernel finished removing the device).
-fn release_held(fx: &Fixture, held: &Path, what: &str) {
-    fx.kernel.umount(held, false).unwrap();
+/// Unmounts what [`hold_mounted`] (or a test) mounted and waits until
+/// thinlayer has deleted the thin id the mounts kept (it goes at the first
+/// operation after the kernel finished removing the device).
+fn release_held(fx: &Fixture, held: &[&Path], what: &str) {
+    for m in held {
+        fx.kernel.umount(m, false).unwrap();
+    }
     eventually(
         &format!("{what}: the retired thin id deleted once unmounted"),
         DEADLINE,
@@ -989,7 +1146,7 @@ fn containerd_point(
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
     }
-    let held = (call == "CommitMounted").then(|| hold_mounted(fx, "victim"));
+    let held = (call == "CommitMounted").then(|| hold_mounted(cl, "victim"));
     cl.kill_serve_at(point, |cl| {
         let out = snap(cl, args);
         // Remove is called by the garbage collector after `rm` succeeded.
@@ -999,7 +1156,7 @@ fn containerd_point(
     });
     let what = format!("{call} killed at {point}");
     if let Some(held) = &held {
-        release_held(fx, held, &what);
+        release_held(fx, &[held], &what);
     }
     let rec = check_root(fx, &what);
     check_content(fx, digests, &what);
@@ -1039,10 +1196,10 @@ fn containerd_point(
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
     }
-    let held = (call == "CommitMounted").then(|| hold_mounted(fx, "victim"));
+    let held = (call == "CommitMounted").then(|| hold_mounted(cl, "victim"));
     snap_ok(cl, args);
     if let Some(held) = &held {
-        release_held(fx, held, &format!("{what}: redone"));
+        release_held(fx, &[held], &format!("{what}: redone"));
     }
     if call == "Update" {
         let l = &records(fx).tree.layers[&backend_key(fx, "victim")];

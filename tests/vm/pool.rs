@@ -7,6 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use thinlayer::Driver;
+use thinlayer::driver::SnapshotSource;
 use thinlayer::kernel::Kernel;
 use thinlayer::pool::{Pool, PoolConfig, PoolOptions, PoolSource, SourceOptions};
 use thinlayer::tree::Kind;
@@ -269,24 +270,27 @@ fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
         fixture::run(&format!("commit-mounted-{fs_kind}"), |fx| {
             fx.init_pool("2G", "32M", Some("1G"), &["--fs", fs_kind]);
             let d = Driver::open(&fx.root, fx.kernel.clone()).unwrap();
-            let (_, dev) = d
+            let (_, source) = d
                 .create_snapshot("a", None, Kind::Active, BTreeMap::new())
                 .unwrap();
+            let SnapshotSource::Mounted(dir) = source else {
+                panic!("thinlayer mounts an active snapshot itself: {source:?}");
+            };
+            // A client's bind mount of it, as containerd makes.
             let held = fx.dir.join("held");
             fs::create_dir_all(&held).unwrap();
             let fs_opts = match fs_kind {
                 "xfs" => thinlayer::fs::FsKind::Xfs,
                 _ => thinlayer::fs::FsKind::Ext4,
             };
-            fx.kernel
-                .mount(&thinlayer::kernel::MountRequest {
-                    source: &dev,
-                    target: &held,
-                    fstype: fs_kind,
-                    read_only: false,
-                    data: fs_opts.mount_options(false),
-                })
-                .unwrap();
+            nix::mount::mount(
+                Some(&dir),
+                &held,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
             // Written, not synced: the commit itself must get it to the disk.
             fs::write(held.join("before"), b"in the layer").unwrap();
             d.commit_snapshot("a", "c", BTreeMap::new()).unwrap();
@@ -294,9 +298,12 @@ fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
             fs::write(held.join("before"), b"changed after the commit").unwrap();
             nix::unistd::sync();
 
-            let (_, vdev) = d
+            let (_, source) = d
                 .create_snapshot("v", Some("c"), Kind::View, BTreeMap::new())
                 .unwrap();
+            let SnapshotSource::Device(vdev) = source else {
+                panic!("a view is its read-only device: {source:?}");
+            };
             let seen = fx.dir.join("seen");
             fs::create_dir_all(&seen).unwrap();
             fx.kernel
@@ -305,6 +312,7 @@ fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
                     target: &seen,
                     fstype: fs_kind,
                     read_only: true,
+                    nodev: true,
                     data: fs_opts.mount_options(true),
                 })
                 .unwrap();
