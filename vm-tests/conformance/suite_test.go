@@ -154,11 +154,20 @@ func startThinlayer(bin, fs, r, work string) (snapshots.Snapshotter, func() erro
 
 // dial connects to a proxy snapshotter's address with the options
 // containerd 1.6 uses for `[proxy_plugins]` (services/server/server.go,
-// proxyClients.getClient).
+// proxyClients.getClient), and waits until the connection is up. containerd
+// does not wait: a connection attempt that has not completed within gRPC's
+// 20 s connect timeout fails the calls made meanwhile, and it retries in the
+// background. On a starved machine (a loaded host running the emulated VM)
+// a first attempt can take that long, which would fail a subtest for
+// nothing the snapshotter did; attempts are retried here until the
+// deadline, which then says the server never accepted a connection.
 func dial(address string) (*grpc.ClientConn, error) {
 	backoffConfig := backoff.DefaultConfig
 	backoffConfig.MaxDelay = 3 * time.Second
-	conn, err := grpc.Dial(dialer.DialAddress(address),
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, dialer.DialAddress(address),
+		grpc.WithBlock(),
 		grpc.WithInsecure(),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffConfig}),
 		grpc.WithContextDialer(dialer.ContextDialer),
@@ -166,7 +175,7 @@ func dial(address string) (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("failed to dial %q: %w", address, err)
+		return nil, fmt.Errorf("no gRPC connection to %q within %v: %w", address, deadline, err)
 	}
 	return conn, nil
 }
