@@ -2,10 +2,10 @@
 //!
 //! A [`Driver`] is a handle on one root. Every operation takes the root's
 //! lock, reads the records, makes sure the pool is live and that no earlier
-//! operation was left half done (see [`reconcile`]), then does its work. The
-//! handle keeps nothing between operations but layer sizes, checked against
-//! the kernel before each use (see [`sizes`]), so several handles, threads
-//! and processes share a root safely.
+//! operation was left half done (see the `reconcile` module), then does its
+//! work. The handle keeps nothing between operations but layer sizes,
+//! checked against the kernel before each use (see the `sizes` module), so
+//! several handles, threads and processes share a root safely.
 
 mod content;
 mod maintenance;

@@ -22,7 +22,7 @@
 //!   layers the CLI made ([`Layer::snapshotter`]). containerd's garbage
 //!   collector removes every listed snapshot its own metadata does not
 //!   know, which would otherwise take the CLI's containers and image layers
-//!   with it. Filters follow containerd's syntax ([`filter`]).
+//!   with it. Filters follow containerd's syntax (its `filter` module).
 //! - `commit` of a snapshot that is still mounted is accepted: the
 //!   committed snapshot is a copy taken at that instant, so nothing the
 //!   mount's holder writes afterwards reaches it (see the driver's commit).
