@@ -31,7 +31,10 @@ pub enum Error {
     #[error("thinlayer needs root: device-mapper, loop devices and mounts are privileged")]
     NotRoot,
 
-    /// An argument, name or option that cannot be accepted.
+    /// An argument, name or option that cannot be accepted: the caller's
+    /// input, never the kernel's or a tool's answer (see
+    /// [`Error::Unexpected`]) or the records' content (see
+    /// [`Error::CorruptTree`]).
     #[error("invalid {what} {value:?}: {why}")]
     Invalid {
         what: &'static str,
@@ -93,6 +96,21 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The kernel or a tool answered something thinlayer cannot read (a
+    /// status line, a table, `thin_dump` output): a version it does not
+    /// know, or a bug on either side. `text` is the answer as given.
+    #[error("unexpected {from} {text:?}: {why}")]
+    Unexpected {
+        from: &'static str,
+        text: String,
+        why: String,
+    },
+
+    /// The layer tree in the records contradicts itself (a parent chain
+    /// that loops): they were damaged or edited by hand.
+    #[error("the layer tree is damaged at {key:?}: {why}")]
+    CorruptTree { key: String, why: String },
+
     /// The stored records cannot be read; the file was left as it is.
     #[error("records {} are unreadable: {detail}", path.display())]
     CorruptRecords { path: PathBuf, detail: String },
@@ -124,6 +142,14 @@ impl Error {
         Error::Invalid {
             what,
             value: value.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    pub fn unexpected(from: &'static str, text: &str, why: &str) -> Self {
+        Error::Unexpected {
+            from,
+            text: text.to_string(),
             why: why.to_string(),
         }
     }

@@ -106,6 +106,8 @@ pub mod exit {
     pub const DAMAGED: u8 = 8;
     /// An image archive or layer that is malformed, unsafe or fails its digest.
     pub const BAD_INPUT: u8 = 9;
+    /// The kernel or a tool answered something thinlayer cannot read.
+    pub const UNEXPECTED: u8 = 10;
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -118,9 +120,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         Error::Busy { .. } | Error::HasChildren { .. } => exit::BUSY,
         Error::NoSpace { .. } | Error::PoolMode { .. } => exit::NO_SPACE,
         Error::NoDeviceMapper { .. } | Error::NotRoot => exit::ENVIRONMENT,
-        Error::Inconsistent { .. } | Error::CheckFailed { .. } | Error::CorruptRecords { .. } => {
-            exit::DAMAGED
-        }
+        Error::Inconsistent { .. }
+        | Error::CheckFailed { .. }
+        | Error::CorruptRecords { .. }
+        | Error::CorruptTree { .. } => exit::DAMAGED,
+        Error::Unexpected { .. } => exit::UNEXPECTED,
         Error::Invalid { .. } => exit::USAGE,
         Error::UnsafeEntry { .. } | Error::Archive { .. } | Error::Digest { .. } => exit::BAD_INPUT,
         Error::Kernel {
@@ -225,6 +229,19 @@ mod tests {
                 detail: String::new()
             }),
             exit::NO_SPACE
+        );
+        // Three kinds of "cannot read this": the user's, the kernel's, ours.
+        assert_eq!(code(Error::invalid("size", "x", "not a size")), exit::USAGE);
+        assert_eq!(
+            code(Error::unexpected("thin-pool status", "?", "no fields")),
+            exit::UNEXPECTED
+        );
+        assert_eq!(
+            code(Error::CorruptTree {
+                key: "a".into(),
+                why: "loops".into()
+            }),
+            exit::DAMAGED
         );
         assert_eq!(exit_code(&anyhow::anyhow!("other")), exit::FAILURE);
     }

@@ -56,7 +56,13 @@ pub const META_BLOCK: u64 = 4096;
 
 impl KernelPoolStatus {
     pub fn parse(line: &str) -> Result<Self> {
-        let bad = || Error::invalid("thin-pool status", line, "unexpected format");
+        let bad = || {
+            Error::unexpected(
+                "thin-pool status",
+                line,
+                "not in the format thinlayer knows",
+            )
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.first() == Some(&"Fail") || f.first() == Some(&"Error") {
             return Ok(KernelPoolStatus {

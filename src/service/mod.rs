@@ -69,6 +69,10 @@ pub fn status(e: Error) -> Status {
         Error::Exists { .. } => Status::already_exists(msg),
         Error::Busy { .. } | Error::HasChildren { .. } => Status::failed_precondition(msg),
         Error::Invalid { .. } => Status::invalid_argument(msg),
+        Error::CorruptTree { .. }
+        | Error::CorruptRecords { .. }
+        | Error::Inconsistent { .. }
+        | Error::CheckFailed { .. } => Status::data_loss(msg),
         Error::NoSpace { .. } | Error::PoolMode { .. } => Status::resource_exhausted(msg),
         Error::Kernel {
             errno: Some(Errno::EBUSY),

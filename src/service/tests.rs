@@ -223,6 +223,17 @@ fn errors_map_to_the_codes_containerd_tests_for() {
     );
     assert_eq!(code(Error::invalid("x", "y", "z")), Code::InvalidArgument);
     assert_eq!(
+        code(Error::unexpected("thin_dump output", "<x", "no number")),
+        Code::Internal
+    );
+    assert_eq!(
+        code(Error::CorruptTree {
+            key: "a".into(),
+            why: "loops".into()
+        }),
+        Code::DataLoss
+    );
+    assert_eq!(
         code(Error::NoSpace {
             what: "data",
             detail: String::new()

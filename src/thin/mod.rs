@@ -170,7 +170,7 @@ impl Thins<'_> {
             .unwrap_or_default();
         let sectors: u64 = field
             .parse()
-            .map_err(|_| Error::invalid("thin status", &field, "expected mapped sectors"))?;
+            .map_err(|_| Error::unexpected("thin status", &field, "expected mapped sectors"))?;
         Ok(Bytes(sectors * 512))
     }
 }

@@ -81,7 +81,7 @@ fn num(line: &str, name: &str) -> Result<u64> {
     attr(line, name)
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| {
-            Error::invalid(
+            Error::unexpected(
                 "thin_dump output",
                 line.trim(),
                 &format!("no number in attribute {name}"),
@@ -100,7 +100,9 @@ pub fn parse_thin_dump(xml: &str) -> Result<BTreeMap<u32, Mappings>> {
         } else if t.starts_with("<range_mapping ") {
             let runs = &mut current
                 .as_mut()
-                .ok_or_else(|| Error::invalid("thin_dump output", t, "mapping outside a device"))?
+                .ok_or_else(|| {
+                    Error::unexpected("thin_dump output", t, "mapping outside a device")
+                })?
                 .1;
             runs.push((
                 num(t, "origin_begin")?,
@@ -110,7 +112,9 @@ pub fn parse_thin_dump(xml: &str) -> Result<BTreeMap<u32, Mappings>> {
         } else if t.starts_with("<single_mapping ") {
             let runs = &mut current
                 .as_mut()
-                .ok_or_else(|| Error::invalid("thin_dump output", t, "mapping outside a device"))?
+                .ok_or_else(|| {
+                    Error::unexpected("thin_dump output", t, "mapping outside a device")
+                })?
                 .1;
             runs.push((num(t, "origin_block")?, num(t, "data_block")?, 1));
         } else if t.starts_with("</device>") {

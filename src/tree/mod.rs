@@ -195,7 +195,10 @@ impl Tree {
         while let Some(k) = next {
             let l = self.get(&k)?;
             if chain.len() > self.layers.len() {
-                return Err(Error::invalid("layer tree", key, "the parent chain loops"));
+                return Err(Error::CorruptTree {
+                    key: key.to_string(),
+                    why: "its parent chain loops".into(),
+                });
             }
             next = l.parent.clone();
             chain.push(l);
@@ -421,5 +424,16 @@ mod tests {
             .map(|l| l.key.as_str())
             .collect();
         assert_eq!(keys, ["c1", "l2", "l1"]);
+    }
+
+    #[test]
+    fn a_looping_parent_chain_is_a_damaged_tree_not_bad_input() {
+        let mut t = sample();
+        t.get_mut("l1").unwrap().parent = Some("l2".into());
+        let e = t.ancestry("c1").unwrap_err();
+        assert!(
+            matches!(&e, Error::CorruptTree { key, .. } if key == "c1"),
+            "{e}"
+        );
     }
 }
