@@ -468,12 +468,11 @@ impl Pool<'_> {
             .first()
             .and_then(|t| t.params.split(' ').next().map(str::to_string))
             .ok_or_else(|| Error::not_found("thin pool table", self.name()))?;
-        let (ma, mi) = meta
-            .split_once(':')
-            .ok_or_else(|| Error::invalid("pool table", &meta, "no metadata device"))?;
+        let bad = || Error::unexpected("thin-pool table", &meta, "no MAJOR:MINOR metadata device");
+        let (ma, mi) = meta.split_once(':').ok_or_else(bad)?;
         let devnum = DevNum {
-            major: ma.parse().unwrap_or(0),
-            minor: mi.parse().unwrap_or(0),
+            major: ma.parse().map_err(|_| bad())?,
+            minor: mi.parse().map_err(|_| bad())?,
         };
         if let Some(l) = self
             .kernel

@@ -112,7 +112,9 @@ impl Thins<'_> {
         })?;
         let table = [Target::new(sectors, "thin", format!("{pool} {id}"))];
         if let Some(info) = self.kernel().dm_info(&name)? {
-            let live = self.kernel().dm_table(&name).unwrap_or_default();
+            // A table that cannot be read is not a stale one: replacing it
+            // could take a live device from under its mount.
+            let live = self.kernel().dm_table(&name)?;
             let same = live.len() == 1
                 && live[0].kind == "thin"
                 && live[0].params == table[0].params
