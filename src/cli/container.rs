@@ -81,14 +81,15 @@ pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
             driver
                 .umount(&name)
                 .with_context(|| format!("cannot unmount container {name}"))?;
+            output::Done::new("unmounted", "container", &name).print(ctx.json)?;
         }
         ContainerCmd::Rm(a) => {
             driver
                 .remove(&a.name, a.force)
                 .with_context(|| format!("cannot remove container {}", a.name))?;
-            if !ctx.json {
-                println!("{}", a.name);
-            }
+            output::Done::new("removed", "container", &a.name)
+                .text(&a.name)
+                .print(ctx.json)?;
         }
         ContainerCmd::Commit {
             name,

@@ -91,10 +91,9 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<()> {
             ctx.open()?
                 .remove_image(&r)
                 .with_context(|| format!("cannot remove image {r}"))?;
-            if !ctx.json {
-                println!("{r}");
-            }
-            Ok(())
+            output::Done::new("removed", "image", &r)
+                .text(r.to_string())
+                .print(ctx.json)
         }
     }
 }
@@ -197,14 +196,15 @@ fn export(ctx: &Ctx, image: &str, dest: &std::path::Path) -> anyhow::Result<()> 
     })();
     let _ = fs::remove_dir_all(&work);
     result.with_context(|| format!("cannot export {r} to {}", dest.display()))?;
-    if !ctx.json {
-        println!(
+    output::Done::new("exported", "image", &r)
+        .field("path", dest)
+        .field("layers", layers.len())
+        .text(format!(
             "{r} exported to {} ({} layers)",
             dest.display(),
             layers.len()
-        );
-    }
-    Ok(())
+        ))
+        .print(ctx.json)
 }
 
 fn ls(ctx: &Ctx) -> anyhow::Result<()> {

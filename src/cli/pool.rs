@@ -83,10 +83,9 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
         PoolCmd::Init(a) => init(ctx, a),
         PoolCmd::Activate => {
             ctx.open()?;
-            if !ctx.json {
-                println!("pool at {} is active", ctx.root.display());
-            }
-            Ok(())
+            output::Done::new("activated", "pool", ctx.root.display())
+                .text(format!("pool at {} is active", ctx.root.display()))
+                .print(ctx.json)
         }
         PoolCmd::Status => status(ctx),
         PoolCmd::Grow {
@@ -113,29 +112,28 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             Driver::open_offline(&ctx.root, ctx.kernel.clone())?
                 .check()
                 .context("pool check failed")?;
-            if !ctx.json {
-                println!("pool metadata at {} is sound", ctx.root.display());
-            }
-            Ok(())
+            output::Done::new("checked", "pool", ctx.root.display())
+                .field("sound", true)
+                .text(format!("pool metadata at {} is sound", ctx.root.display()))
+                .print(ctx.json)
         }
         PoolCmd::Repair => {
             let kept = Driver::open_offline(&ctx.root, ctx.kernel.clone())?
                 .repair()
                 .context("pool repair failed")?;
-            if !ctx.json {
-                println!(
+            output::Done::new("repaired", "pool", ctx.root.display())
+                .field("damaged_metadata", &kept)
+                .text(format!(
                     "pool repaired; the damaged metadata is kept as {}",
                     kept.display()
-                );
-            }
-            Ok(())
+                ))
+                .print(ctx.json)
         }
         PoolCmd::Destroy => {
             ctx.open()?.destroy().context("cannot destroy the pool")?;
-            if !ctx.json {
-                println!("pool at {} destroyed", ctx.root.display());
-            }
-            Ok(())
+            output::Done::new("destroyed", "pool", ctx.root.display())
+                .text(format!("pool at {} destroyed", ctx.root.display()))
+                .print(ctx.json)
         }
     }
 }

@@ -318,3 +318,52 @@ fn refuses_to_run_without_root() {
         assert_eq!(mode & 0o077, 0, "records mode {mode:o}");
     });
 }
+
+/// The commands that change one thing and print a line (or nothing) answer
+/// `--json` with one object: what was done, to what kind of thing, its name,
+/// and the command's own fields.
+#[test]
+fn commands_that_print_a_line_answer_json_too() {
+    fixture::run("json", |fx| {
+        small_pool(fx, &[]);
+        let done = |args: &[&str], done: &str, kind: &str, name: &str| {
+            let v = fx.json(args);
+            assert_eq!(
+                (v["done"].as_str(), v["kind"].as_str(), v["name"].as_str()),
+                (Some(done), Some(kind), Some(name)),
+                "thinlayer --json {args:?}: {v}"
+            );
+            v
+        };
+        fx.ok(&["container", "create", "scratch", "c"]);
+        fx.ok(&["container", "mount", "c"]);
+        done(&["container", "umount", "c"], "unmounted", "container", "c");
+        fx.ok(&["container", "commit", "c", "img:1"]);
+        let image = fx.json(&["image", "ls"])[0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = fx.dir.join("img.tar");
+        let v = done(
+            &["image", "export", "img:1", "-o", out.to_str().unwrap()],
+            "exported",
+            "image",
+            &image,
+        );
+        assert_eq!(v["layers"], 1, "{v}");
+        assert_eq!(v["path"].as_str(), out.to_str(), "{v}");
+        assert!(out.is_file());
+        done(&["image", "rm", "img:1"], "removed", "image", &image);
+        fx.ok(&["container", "create", "scratch", "d"]);
+        done(&["container", "rm", "d"], "removed", "container", "d");
+
+        let root = fx.root.display().to_string();
+        done(&["pool", "activate"], "activated", "pool", &root);
+        let v = done(&["pool", "check"], "checked", "pool", &root);
+        assert_eq!(v["sound"], true, "{v}");
+        let v = done(&["pool", "repair"], "repaired", "pool", &root);
+        let kept = v["damaged_metadata"].as_str().unwrap_or_default();
+        assert!(Path::new(kept).is_file(), "{v}");
+        done(&["pool", "destroy"], "destroyed", "pool", &root);
+    });
+}
