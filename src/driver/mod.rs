@@ -65,6 +65,16 @@ impl Drop for Op<'_> {
     }
 }
 
+/// Reports a step that undoes part of a failed operation and itself failed.
+/// The caller returns the operation's own error; what the undo left (a
+/// device, a loop, files) is taken down by the next operation's
+/// reconciliation, or by running the operation again.
+fn undo_failed(what: &str, undo: Result<()>) {
+    if let Err(e) = undo {
+        tracing::warn!(undo = what, error = %e, "cannot undo a step of a failed operation");
+    }
+}
+
 fn now() -> u64 {
     now_ns() / 1_000_000_000
 }
@@ -120,8 +130,8 @@ impl Driver {
         p.remove_files()?;
         if let Err(e) = p.create(opts) {
             // Nothing was recorded: take back what was made.
-            let _ = p.deactivate();
-            let _ = p.remove_files();
+            undo_failed("deactivate the new pool", p.deactivate());
+            undo_failed("remove the new pool's files", p.remove_files());
             return Err(e);
         }
         failpoint::hit("init.after-pool");
@@ -739,7 +749,7 @@ impl Op<'_> {
             if let Err(e) = self.mount_fs_with(&dev, &target, l.kind.read_only(), nodev) {
                 let _ = fs::remove_dir(&target);
                 if !l.pinned {
-                    let _ = self.deactivate(&l);
+                    undo_failed("deactivate the layer's device", self.deactivate(&l));
                 }
                 return Err(e);
             }

@@ -48,9 +48,10 @@ impl Driver {
             Ok(source) => Ok((layer, source)),
             Err(e) => {
                 // Not left half made: the caller was told it failed.
-                if let Err(undo) = op.remove_layer(key) {
-                    tracing::warn!(key, error = %undo, "cannot remove the snapshot that failed to mount");
-                }
+                super::undo_failed(
+                    "remove the snapshot that failed to mount",
+                    op.remove_layer(key),
+                );
                 Err(e)
             }
         }
