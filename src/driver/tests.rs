@@ -394,6 +394,29 @@ fn a_failed_check_refuses_activation() {
 }
 
 #[test]
+fn the_check_at_activation_clears_the_kernels_needs_check_flag() {
+    let (w, d) = World::new();
+    w.sim.set_needs_check(&w.metadata_file(), true);
+    assert!(
+        d.status().unwrap().needs_check,
+        "the kernel's flag is shown"
+    );
+    drop(d);
+    w.sim.reboot();
+    let d = w.open();
+    assert!(
+        !d.status().unwrap().needs_check,
+        "the check run at activation found the metadata sound and cleared it"
+    );
+    assert!(
+        w.sim
+            .tool_runs()
+            .iter()
+            .any(|r| r.starts_with("thin_check"))
+    );
+}
+
+#[test]
 fn orphans_in_the_kernel_are_deleted_after_a_reboot() {
     let (w, d) = World::new();
     let pool = d.records().unwrap().pool.pool_name();
