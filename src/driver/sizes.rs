@@ -359,7 +359,7 @@ impl Op<'_> {
             self.kernel().dm_message(&name, "reserve_metadata_snap")?;
         }
         self.driver.sizes.dumps.fetch_add(1, Ordering::Relaxed);
-        let dump = self.kernel().thin_dump_snapshot(&meta, None);
+        let dump = self.kernel().thin_dump_snapshot(&meta);
         let released = self.kernel().dm_message(&name, "release_metadata_snap");
         let maps = parse_thin_dump(&dump?)?;
         released?;

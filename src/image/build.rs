@@ -180,11 +180,6 @@ impl LayerBuilder {
         self.device(EntryType::Char, path, major, minor)
     }
 
-    /// A block device.
-    pub fn block_device(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
-        self.device(EntryType::Block, path, major, minor)
-    }
-
     fn device(&mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
         let mut h = header(kind, 0o600, 0);
         h.set_device_major(major)

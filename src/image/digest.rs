@@ -180,10 +180,6 @@ impl<W: Write> DigestWriter<W> {
         self.hasher.is_empty()
     }
 
-    pub fn get_ref(&self) -> &W {
-        &self.inner
-    }
-
     /// The inner writer, the digest of everything written and its length.
     pub fn finish(self) -> (W, Digest, u64) {
         let len = self.hasher.len();

@@ -447,15 +447,11 @@ impl Kernel for Linux {
         .map(|_| ())
     }
 
-    fn thin_dump_snapshot(&self, metadata: &Path, dev: Option<u32>) -> Result<String> {
-        let meta = metadata.to_string_lossy();
-        let id;
-        let mut args = vec!["--metadata-snap", &meta];
-        if let Some(d) = dev {
-            id = d.to_string();
-            args = vec!["--metadata-snap", "--dev-id", &id, &meta];
-        }
-        run_tool("thin_dump", &args)
+    fn thin_dump_snapshot(&self, metadata: &Path) -> Result<String> {
+        run_tool(
+            "thin_dump",
+            &["--metadata-snap", &metadata.to_string_lossy()],
+        )
     }
 
     fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String> {

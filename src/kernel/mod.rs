@@ -167,8 +167,8 @@ pub trait Kernel: Send + Sync {
     /// Runs `thin_repair` from `metadata` into `into`.
     fn thin_repair(&self, metadata: &Path, into: &Path) -> Result<()>;
     /// `thin_dump` XML of the pool's held metadata snapshot (taken with
-    /// `reserve_metadata_snap`), restricted to `dev` when given.
-    fn thin_dump_snapshot(&self, metadata: &Path, dev: Option<u32>) -> Result<String>;
+    /// `reserve_metadata_snap`).
+    fn thin_dump_snapshot(&self, metadata: &Path) -> Result<String>;
     /// `thin_ls` of the held metadata snapshot: one line per thin device with
     /// `DEV MAPPED_BLOCKS EXCLUSIVE_BLOCKS SHARED_BLOCKS`.
     fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String>;

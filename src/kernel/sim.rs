@@ -699,7 +699,7 @@ impl Kernel for Sim {
         Ok(())
     }
 
-    fn thin_dump_snapshot(&self, metadata: &Path, dev: Option<u32>) -> Result<String> {
+    fn thin_dump_snapshot(&self, metadata: &Path) -> Result<String> {
         let s = self.lock();
         let m = s.meta_of(metadata, "thin_dump")?;
         if !m.held_snapshot {
@@ -713,9 +713,6 @@ impl Kernel for Sim {
             m.transaction, m.data_blocks
         );
         for (id, map) in &m.thins {
-            if dev.is_some_and(|d| d != *id) {
-                continue;
-            }
             let _ = writeln!(
                 x,
                 "  <device dev_id=\"{id}\" mapped_blocks=\"{}\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">",

@@ -183,11 +183,6 @@ impl Tree {
             .chain(self.retired.iter().copied())
     }
 
-    /// The layer holding `thin_id`.
-    pub fn by_thin_id(&self, thin_id: ThinId) -> Option<&Layer> {
-        self.layers.values().find(|l| l.thin_id == thin_id)
-    }
-
     /// The chain from `key` down to the layer just above the base.
     pub fn ancestry(&self, key: &str) -> Result<Vec<&Layer>> {
         let mut chain = Vec::new();
