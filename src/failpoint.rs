@@ -10,6 +10,7 @@
 
 /// The failpoints of `pool init`, in the order it reaches them: its own,
 /// then those of the base device's creation.
+#[cfg(any(test, feature = "testing"))]
 pub const INIT_POINTS: &[&str] = &[
     "init.after-files",
     "init.after-loops",

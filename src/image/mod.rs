@@ -13,6 +13,7 @@
 //! (`docker save | gzip`) is refused with a message saying to decompress it.
 
 mod archive;
+#[cfg(any(test, feature = "testing"))]
 pub mod build;
 mod digest;
 mod export;

@@ -349,6 +349,8 @@ impl Source {
 }
 
 /// Finds a member of an uncompressed tar file: its data offset and size.
+/// Used by the image builder, a test aid.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn tar_member(path: &Path, member: &str) -> Result<Member> {
     let src = Source::tar(path)?;
     let found = match (&src, clean_member(member)) {

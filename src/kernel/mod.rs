@@ -17,12 +17,14 @@
 //!   is suspended, or writes racing the snapshot can be lost.
 
 mod linux;
+#[cfg(any(test, feature = "testing"))]
 mod sim;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use linux::Linux;
+#[cfg(any(test, feature = "testing"))]
 pub use sim::Sim;
 
 use crate::error::Result;
