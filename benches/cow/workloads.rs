@@ -1071,7 +1071,7 @@ fn usage(b: &mut dyn Cow, cfg: &Config, res: &mut Results) -> Result<()> {
     let mut down = Ok(());
     let made = d.tree().map_err(|e| anyhow!("{e}"))?;
     for k in keys.iter().filter(|k| made.layers.contains_key(*k)) {
-        if let Err(e) = d.remove(k, false) {
+        if let Err(e) = d.remove_snapshot(k) {
             down = down.and(Err(anyhow!("remove {k}: {e}")));
         }
     }
