@@ -297,12 +297,17 @@ impl Fixture {
 
     /// Mount points under this test's directory.
     fn mounts(&self) -> thinlayer::Result<Vec<PathBuf>> {
+        self.mounts_under(&self.dir)
+    }
+
+    /// Mount points under `dir`.
+    pub fn mounts_under(&self, dir: &Path) -> thinlayer::Result<Vec<PathBuf>> {
         Ok(self
             .kernel
             .mounts()?
             .into_iter()
             .map(|m| m.target)
-            .filter(|t| t.starts_with(&self.dir))
+            .filter(|t| t.starts_with(dir))
             .collect())
     }
 
@@ -339,6 +344,19 @@ pub fn cli_at(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().expect("run thinlayer")
+}
+
+/// An image layer holding static busybox (the host's, from busybox-static)
+/// as `bin/busybox`, with `bin/APPLET` links to it; add more to it.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, builds no image
+pub fn busybox_layer(applets: &[&str]) -> thinlayer::image::build::LayerBuilder {
+    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed on the host");
+    let mut layer = thinlayer::image::build::LayerBuilder::new();
+    layer.dir("bin", 0o755).file("bin/busybox", &busybox, 0o755);
+    for applet in applets {
+        layer.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    layer
 }
 
 /// Writes `len` bytes of a pattern seeded by `seed` to `path`, and fsyncs.
@@ -430,4 +448,225 @@ pub fn tree_hash(dir: &Path) -> String {
         h.update(&data);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Processes a test runs beside thinlayer: daemons (a server, containerd,
+/// dockerd) and commands with a deadline.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, runs none
+pub mod process {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    use super::{DEADLINE, eventually, within};
+
+    /// How long the clean-up of a failing test gives a [`Daemon`] to stop on
+    /// SIGTERM before it kills it.
+    pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+    /// A long-running process of a test (a server, containerd, dockerd), its
+    /// stdout and stderr appended to a log file. Dropped while it runs (the
+    /// clean-up of a failing test), it gets SIGTERM, then SIGKILL after
+    /// [`STOP_GRACE`].
+    pub struct Daemon {
+        what: String,
+        child: Option<Child>,
+        log: PathBuf,
+    }
+
+    impl Daemon {
+        /// Starts `cmd` as `what`, stdin from /dev/null, output to `log`.
+        pub fn start(what: &str, mut cmd: Command, log: &Path) -> Daemon {
+            let out = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+            let err = out.try_clone().expect("clone the log's handle");
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {what} ({cmd:?}): {e}"));
+            Daemon {
+                what: what.to_string(),
+                child: Some(child),
+                log: log.to_path_buf(),
+            }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.as_ref().expect("running").id()
+        }
+
+        /// Waits until `check` passes (see [`eventually`]); fails the test at
+        /// once, with the end of the log, if the daemon exits meanwhile.
+        /// Returns `check`'s value.
+        pub fn wait_until<T, E: std::fmt::Display>(
+            &mut self,
+            what: &str,
+            mut check: impl FnMut() -> Result<T, E>,
+        ) -> T {
+            let started = Instant::now();
+            let v = eventually(&format!("{}: {what}", self.what), DEADLINE, || {
+                let child = self.child.as_mut().expect("running");
+                if let Some(st) = child.try_wait().expect("wait for a daemon") {
+                    panic!(
+                        "{} exited with {st} while waiting until {what}; its log ends:\n{}",
+                        self.what,
+                        self.log_tail(40)
+                    );
+                }
+                check()
+            });
+            eprintln!(
+                "{}: {what} after {:.1} s",
+                self.what,
+                started.elapsed().as_secs_f64()
+            );
+            v
+        }
+
+        /// Waits until something accepts connections on `sock`.
+        pub fn wait_socket(&mut self, sock: &Path) {
+            self.wait_until(&format!("{} accepts connections", sock.display()), || {
+                std::os::unix::net::UnixStream::connect(sock)
+            });
+        }
+
+        /// Sends SIGTERM and waits until the daemon exits; returns its status.
+        pub fn stop(mut self) -> ExitStatus {
+            let mut child = self.child.take().expect("running");
+            signal(&child, Signal::SIGTERM);
+            let what = format!("{} exits on SIGTERM", self.what);
+            eventually(&what, DEADLINE, || exited(&mut child))
+        }
+
+        /// The last `lines` lines of the log.
+        pub fn log_tail(&self, lines: usize) -> String {
+            log_tail(&self.log, lines)
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let Some(mut child) = self.child.take() else {
+                return;
+            };
+            signal(&child, Signal::SIGTERM);
+            if within(STOP_GRACE, || exited(&mut child)).is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+        let _ = kill(Pid::from_raw(child.id() as i32), sig);
+    }
+
+    /// The last `lines` lines of the log file `log`.
+    pub fn log_tail(log: &Path, lines: usize) -> String {
+        let text = fs::read_to_string(log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The child's exit status, or, while it runs, that it does.
+    fn exited(child: &mut Child) -> Result<ExitStatus, String> {
+        child
+            .try_wait()
+            .expect("wait for a child")
+            .ok_or_else(|| format!("process {} still running", child.id()))
+    }
+
+    /// Runs `cmd` (stdin from /dev/null) and returns its output; fails the
+    /// test, killing it, if it has not finished after `deadline`.
+    pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {what}: {e}"));
+        let pid = Pid::from_raw(child.id() as i32);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(out) => out.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
+            Err(_) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                panic!("never happened: {what} finishes (deadline {deadline:?}); killed it")
+            }
+        }
+    }
+
+    /// A command's stdout then stderr, as text.
+    pub fn output_text(out: &Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// A containerd configuration (version 2: containerd 1.6 and 1.7) with
+    /// thinlayer's server on `serve_sock` as the proxy snapshotter `thinlayer`,
+    /// without the CRI plugin: containerd's root and `opt` directory in `dir`,
+    /// its state and its socket (`run/containerd.sock`) under `run`. `extra`
+    /// is appended.
+    pub fn containerd_config(dir: &Path, run: &Path, serve_sock: &Path, extra: &str) -> String {
+        let sock = run.join("containerd.sock");
+        format!(
+            r#"version = 2
+    root = "{root}"
+    state = "{state}"
+    disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+    [grpc]
+      address = "{sock}"
+
+    [ttrpc]
+      address = "{sock}.ttrpc"
+
+    [plugins."io.containerd.internal.v1.opt"]
+      path = "{opt}"
+
+    [proxy_plugins]
+      [proxy_plugins.thinlayer]
+        type = "snapshot"
+        address = "{serve}"
+    {extra}"#,
+            root = dir.join("containerd").display(),
+            state = run.join("state").display(),
+            sock = sock.display(),
+            opt = dir.join("opt").display(),
+            serve = serve_sock.display(),
+        )
+    }
+
+    /// Kills (SIGKILL) the containerd shims started for the containerd whose
+    /// socket is `sock`: shims outlive containerd by design.
+    pub fn kill_shims(sock: &Path) {
+        let needle = sock.to_string_lossy().into_owned();
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return;
+        };
+        let pids = procs.flatten().filter_map(|p| {
+            let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (cmdline.contains("containerd-shim") && cmdline.contains(&needle)).then_some(pid)
+        });
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
