@@ -11,6 +11,7 @@ mod concurrency;
 mod conformance;
 mod containerd;
 mod crash;
+mod docker;
 mod faults;
 mod images;
 mod kernel;
