@@ -117,32 +117,7 @@ impl<'a> Cluster<'a> {
         let config = fx.dir.join("containerd.toml");
         fs::write(
             &config,
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{cd_sock}"
-
-[ttrpc]
-  address = "{cd_sock}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-
-[proxy_plugins]
-  [proxy_plugins.thinlayer]
-    type = "snapshot"
-    address = "{serve_sock}"
-{extra}"#,
-                root = fx.dir.join("containerd").display(),
-                state = run.join("state").display(),
-                cd_sock = cd_sock.display(),
-                opt = fx.dir.join("opt").display(),
-                serve_sock = serve_sock.display(),
-            ),
+            fixture::process::containerd_config(&fx.dir, &run, &serve_sock, extra),
         )
         .unwrap();
         Cluster {
