@@ -4,8 +4,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{Ctx, output};
-use crate::image::DigestWriter;
+use super::Ctx;
+use super::output::{Done, Report, Said};
 use crate::tree::ImageRef;
 
 #[derive(Subcommand, Debug)]
@@ -51,7 +51,7 @@ struct Mounted<'a> {
     mount: std::path::PathBuf,
 }
 
-pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<Report> {
     let driver = ctx.open()?;
     match cmd {
         ContainerCmd::Create { image, name } => {
@@ -63,33 +63,28 @@ pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
             let layer = driver
                 .create_container(&name, image.as_ref())
                 .with_context(|| format!("cannot create container {name}"))?;
-            if ctx.json {
-                return output::json(&layer);
-            }
-            println!("{name}");
+            Report::of(&Said::new(layer, name))
         }
         ContainerCmd::Mount { name } => {
             let mount = driver
                 .mount(&name)
                 .with_context(|| format!("cannot mount container {name}"))?;
-            if ctx.json {
-                return output::json(&Mounted { name: &name, mount });
-            }
-            println!("{}", mount.display());
+            let text = mount.display().to_string();
+            Report::of(&Said::new(Mounted { name: &name, mount }, text))
         }
         ContainerCmd::Umount { name } => {
             driver
                 .umount(&name)
                 .with_context(|| format!("cannot unmount container {name}"))?;
-            output::Done::new("unmounted", "container", &name).print(ctx.json)?;
+            Done::new("unmounted", "container", &name).report()
         }
         ContainerCmd::Rm(a) => {
             driver
                 .remove(&a.name, a.force)
                 .with_context(|| format!("cannot remove container {}", a.name))?;
-            output::Done::new("removed", "container", &a.name)
+            Done::new("removed", "container", &a.name)
                 .text(&a.name)
-                .print(ctx.json)?;
+                .report()
         }
         ContainerCmd::Commit {
             name,
@@ -97,30 +92,10 @@ pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
             digest,
         } => {
             let image = ImageRef::parse(&image)?;
-            let mut layer = driver
-                .commit(&name, &image)
-                .with_context(|| format!("cannot commit container {name}"))?;
-            if digest {
-                let diff_id = driver
-                    .with_layer_and_parent(&layer.key, |lower, upper| {
-                        let mut w = DigestWriter::new(std::io::sink());
-                        crate::layer::write_diff(Some(lower), upper, &mut w)?;
-                        Ok(w.finish().1)
-                    })
-                    .with_context(|| format!("cannot compute the content digest of {image}"))?;
-                layer = driver.label_layer(
-                    &layer.key,
-                    std::collections::BTreeMap::from([(
-                        super::image::DIFF_ID.to_string(),
-                        diff_id.to_string(),
-                    )]),
-                )?;
-            }
-            if ctx.json {
-                return output::json(&layer);
-            }
-            println!("{image}");
+            let layer = driver
+                .commit_container(&name, &image, digest)
+                .with_context(|| format!("cannot commit container {name} as {image}"))?;
+            Report::of(&Said::new(layer, image.to_string()))
         }
     }
-    Ok(())
 }

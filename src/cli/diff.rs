@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
-use super::{Ctx, output};
+use super::Ctx;
+use super::output::Report;
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
@@ -22,68 +23,67 @@ pub struct DiffArgs {
 #[derive(Serialize)]
 struct Written<'a> {
     name: &'a str,
-    output: Option<&'a PathBuf>,
+    output: &'a PathBuf,
     #[serde(flatten)]
     stats: crate::layer::DiffStats,
+}
+
+impl std::fmt::Display for Written<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} entries, {} bytes of content, {} whiteouts",
+            self.name, self.stats.entries, self.stats.bytes, self.stats.whiteouts
+        )
+    }
 }
 
 /// Writes a layer's changes against its parent as an OCI layer tar:
 /// added and changed files in full, `.wh.NAME` for deletions,
 /// `.wh..wh..opq` where a directory was replaced.
-pub fn diff(ctx: &Ctx, a: DiffArgs) -> anyhow::Result<()> {
+/// With -o, the answer is what was written; without, stdout is the tar and
+/// nothing else is printed there.
+pub fn diff(ctx: &Ctx, a: DiffArgs) -> anyhow::Result<Report> {
     let driver = ctx.open()?;
-    let stats = match &a.output {
-        Some(path) => {
-            let file = fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            let stats = driver.with_layer_and_parent(&a.name, |lower, upper| {
+    let Some(path) = &a.output else {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            anyhow::bail!(crate::Error::invalid(
+                "output",
+                "a terminal",
+                "a tar is binary: give -o FILE or redirect stdout"
+            ));
+        }
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        driver
+            .with_layer_and_parent(&a.name, |lower, upper| {
                 crate::layer::write_diff(Some(lower), upper, &mut w)
-            });
-            match stats.and_then(|s| {
-                w.flush()
-                    .map(|()| s)
-                    .map_err(|e| crate::Error::io("write", path, e))
-            }) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = fs::remove_file(path);
-                    return Err(e)
-                        .with_context(|| format!("cannot write the changes of {}", a.name));
-                }
-            }
-        }
-        None => {
-            let stdout = std::io::stdout();
-            if stdout.is_terminal() {
-                anyhow::bail!(crate::Error::invalid(
-                    "output",
-                    "a terminal",
-                    "a tar is binary: give -o FILE or redirect stdout"
-                ));
-            }
-            let mut w = std::io::BufWriter::new(stdout.lock());
-            let s = driver
-                .with_layer_and_parent(&a.name, |lower, upper| {
-                    crate::layer::write_diff(Some(lower), upper, &mut w)
-                })
-                .with_context(|| format!("cannot write the changes of {}", a.name))?;
-            w.flush()?;
-            s
-        }
+            })
+            .with_context(|| format!("cannot write the changes of {}", a.name))?;
+        w.flush()?;
+        return Ok(Report::none());
     };
-    if a.output.is_some() {
-        if ctx.json {
-            return output::json(&Written {
-                name: &a.name,
-                output: a.output.as_ref(),
-                stats,
-            });
+    let file =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let stats = driver
+        .with_layer_and_parent(&a.name, |lower, upper| {
+            crate::layer::write_diff(Some(lower), upper, &mut w)
+        })
+        .and_then(|s| {
+            w.flush()
+                .map(|()| s)
+                .map_err(|e| crate::Error::io("write", path, e))
+        });
+    match stats {
+        Ok(stats) => Report::of(&Written {
+            name: &a.name,
+            output: path,
+            stats,
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e).with_context(|| format!("cannot write the changes of {}", a.name))
         }
-        eprintln!(
-            "{}: {} entries, {} bytes of content, {} whiteouts",
-            a.name, stats.entries, stats.bytes, stats.whiteouts
-        );
     }
-    Ok(())
 }

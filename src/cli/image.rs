@@ -1,21 +1,17 @@
 //! `thinlayer image ...`
 
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::{Ctx, output, progress};
-use crate::driver::ImportLayer;
-use crate::image::{ExportImage, ImageArchive, write_oci_layout};
+use super::output::{Done, Report, Said, Table};
+use super::{Ctx, progress};
+use crate::driver::{DIFF_ID, Progress};
+use crate::image::ImageArchive;
 use crate::tree::ImageRef;
-
-/// Labels recorded on imported layers.
-pub const DIFF_ID: &str = "thinlayer.io/diff-id";
-pub const BLOB: &str = "thinlayer.io/blob";
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
@@ -57,12 +53,6 @@ struct ImageRow {
 }
 
 #[derive(Serialize)]
-struct Imported {
-    name: String,
-    layers: Vec<crate::driver::ImportedLayer>,
-}
-
-#[derive(Serialize)]
 struct LayerInfo {
     key: String,
     thin_id: u32,
@@ -79,10 +69,25 @@ struct Inspect {
     config: Option<serde_json::Value>,
 }
 
-pub fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<Report> {
     match cmd {
         ImageCmd::Import { path, name } => import(ctx, &path, name.as_deref()),
-        ImageCmd::Export { image, output } => export(ctx, &image, &output),
+        ImageCmd::Export { image, output } => {
+            let r = ImageRef::parse(&image)?;
+            let done = ctx
+                .open()?
+                .export_image(&r, &output)
+                .with_context(|| format!("cannot export {r} to {}", output.display()))?;
+            Done::new("exported", "image", &r)
+                .field("path", &done.path)
+                .field("layers", done.layers)
+                .text(format!(
+                    "{r} exported to {} ({} layers)",
+                    done.path.display(),
+                    done.layers
+                ))
+                .report()
+        }
         ImageCmd::Ls => ls(ctx),
         ImageCmd::Inspect { image } => inspect(ctx, &image),
         ImageCmd::History { image } => history(ctx, &image),
@@ -91,123 +96,54 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<()> {
             ctx.open()?
                 .remove_image(&r)
                 .with_context(|| format!("cannot remove image {r}"))?;
-            output::Done::new("removed", "image", &r)
+            Done::new("removed", "image", &r)
                 .text(r.to_string())
-                .print(ctx.json)
+                .report()
         }
     }
 }
 
-fn import(ctx: &Ctx, path: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
+/// The progress bar of an import: which layer, and bytes applied.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn layer(&self, image: &ImageRef, index: usize, count: usize) {
+        self.0
+            .set_message(format!("importing {image}: layer {} of {count}", index + 1));
+    }
+
+    fn bytes(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+fn import(ctx: &Ctx, path: &std::path::Path, name: Option<&str>) -> anyhow::Result<Report> {
+    let name = name.map(ImageRef::parse).transpose()?;
     let archive = ImageArchive::open(path)
         .with_context(|| format!("cannot read image archive {}", path.display()))?;
-    let images = archive.images();
-    if name.is_some() && images.len() != 1 {
-        anyhow::bail!(crate::Error::invalid(
-            "--name",
-            name.unwrap_or_default(),
-            &format!(
-                "the archive holds {} images; --name names exactly one",
-                images.len()
+    let driver = ctx.open()?;
+    let bar = Bar(progress::bar("importing"));
+    let imported = driver
+        .import_archive(&archive, name.as_ref(), &bar)
+        .with_context(|| format!("cannot import {}", path.display()));
+    bar.0.finish_and_clear();
+    let imported = imported?;
+    let text: Vec<String> = imported
+        .iter()
+        .map(|i| {
+            let new = i.new_layers();
+            format!(
+                "{}: {} layers, {new} new, {} already stored",
+                i.name,
+                i.layers.len(),
+                i.layers.len() - new
             )
-        ));
-    }
-    let driver = ctx.open()?;
-    let mut reports = Vec::new();
-    for img in images {
-        let name = match name.or(img.name.as_deref()) {
-            Some(n) => ImageRef::parse(n)?,
-            None => anyhow::bail!(crate::Error::invalid(
-                "image archive",
-                &path.display().to_string(),
-                "it names no image; give --name NAME[:TAG]"
-            )),
-        };
-        let layers: Vec<ImportLayer> = img
-            .layers
-            .iter()
-            .map(|l| ImportLayer {
-                key: l.chain_id.to_string(),
-                labels: BTreeMap::from([
-                    (DIFF_ID.to_string(), l.diff_id.to_string()),
-                    (BLOB.to_string(), l.blob.to_string()),
-                ]),
-            })
-            .collect();
-        let bar = progress::bar(&format!("importing {name}"));
-        let n = img.layers.len();
-        let report = driver
-            .import_image(&name, &layers, Some(img.config.raw.clone()), |i, mount| {
-                let layer = &img.layers[i];
-                bar.set_message(format!("importing {name}: layer {} of {n}", i + 1));
-                let reader = archive.open_layer(layer)?;
-                let mut reader = progress::Counted::new(reader, &bar);
-                crate::layer::apply_layer(mount, &mut reader)?;
-                reader.into_inner().finish()
-            })
-            .with_context(|| format!("cannot import {name} from {}", path.display()))?;
-        bar.finish_and_clear();
-        if !ctx.json {
-            let new = report.iter().filter(|l| !l.reused).count();
-            println!(
-                "{name}: {} layers, {new} new, {} already stored",
-                report.len(),
-                report.len() - new
-            );
-        }
-        reports.push(Imported {
-            name: name.to_string(),
-            layers: report,
-        });
-    }
-    if ctx.json {
-        return output::json(&reports);
-    }
-    Ok(())
+        })
+        .collect();
+    Report::of(&Said::new(imported, text.join("\n")))
 }
 
-fn export(ctx: &Ctx, image: &str, dest: &std::path::Path) -> anyhow::Result<()> {
-    let r = ImageRef::parse(image)?;
-    let driver = ctx.open()?;
-    let (img, layers) = driver.image_layers(&r)?;
-    let work = ctx.root.join(format!("export-{}", std::process::id()));
-    fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let result = (|| -> anyhow::Result<()> {
-        let mut tars = Vec::new();
-        for (i, l) in layers.iter().enumerate() {
-            let path = work.join(format!("{i}.tar"));
-            let file = fs::File::create(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            driver.with_layer_and_parent(&l.key, |lower, upper| {
-                crate::layer::write_diff(Some(lower), upper, std::io::BufWriter::new(file))
-                    .map(|_| ())
-            })?;
-            tars.push(path);
-        }
-        write_oci_layout(
-            dest,
-            &[ExportImage {
-                name: r.to_string(),
-                layers: tars,
-                config: img.config.clone(),
-            }],
-        )?;
-        Ok(())
-    })();
-    let _ = fs::remove_dir_all(&work);
-    result.with_context(|| format!("cannot export {r} to {}", dest.display()))?;
-    output::Done::new("exported", "image", &r)
-        .field("path", dest)
-        .field("layers", layers.len())
-        .text(format!(
-            "{r} exported to {} ({} layers)",
-            dest.display(),
-            layers.len()
-        ))
-        .print(ctx.json)
-}
-
-fn ls(ctx: &Ctx) -> anyhow::Result<()> {
+fn ls(ctx: &Ctx) -> anyhow::Result<Report> {
     let tree = ctx.open()?.tree()?;
     let rows: Vec<ImageRow> = tree
         .images
@@ -224,9 +160,6 @@ fn ls(ctx: &Ctx) -> anyhow::Result<()> {
             created: i.created,
         })
         .collect();
-    if ctx.json {
-        return output::json(&rows);
-    }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -238,11 +171,14 @@ fn ls(ctx: &Ctx) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["IMAGE", "TOP LAYER", "THIN ID", "LAYERS"], &cells);
-    Ok(())
+    let table = Table {
+        headers: &["IMAGE", "TOP LAYER", "THIN ID", "LAYERS"],
+        rows: cells,
+    };
+    Report::of(&Said::new(rows, table.to_string()))
 }
 
-fn inspect(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
+fn inspect(ctx: &Ctx, image: &str) -> anyhow::Result<Report> {
     let r = ImageRef::parse(image)?;
     let driver = ctx.open()?;
     let (img, layers) = driver.image_layers(&r)?;
@@ -262,10 +198,6 @@ fn inspect(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
             .collect(),
         config: img.config.clone(),
     };
-    if ctx.json {
-        return output::json(&info);
-    }
-    println!("{}", info.name);
     let rows: Vec<Vec<String>> = info
         .layers
         .iter()
@@ -280,8 +212,12 @@ fn inspect(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["THIN ID", "LAYER", "DIFF ID", "SIZE"], &rows);
-    Ok(())
+    let table = Table {
+        headers: &["THIN ID", "LAYER", "DIFF ID", "SIZE"],
+        rows,
+    };
+    let text = format!("{}\n{table}", info.name);
+    Report::of(&Said::new(info, text))
 }
 
 #[derive(Serialize)]
@@ -292,7 +228,7 @@ struct HistoryRow {
     empty_layer: bool,
 }
 
-fn history(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
+fn history(ctx: &Ctx, image: &str) -> anyhow::Result<Report> {
     let r = ImageRef::parse(image)?;
     let (img, layers) = ctx.open()?.image_layers(&r)?;
     let from_config = img
@@ -328,9 +264,6 @@ fn history(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
             })
             .collect()
     });
-    if ctx.json {
-        return output::json(&rows);
-    }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .rev()
@@ -347,6 +280,9 @@ fn history(ctx: &Ctx, image: &str) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["CREATED", "CREATED BY", "LAYER", "COMMENT"], &cells);
-    Ok(())
+    let table = Table {
+        headers: &["CREATED", "CREATED BY", "LAYER", "COMMENT"],
+        rows: cells,
+    };
+    Report::of(&Said::new(rows, table.to_string()))
 }

@@ -189,7 +189,13 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Runs a command and prints its answer: the one place where commands'
+/// answers reach stdout.
 pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    answer(ctx, command)?.print(ctx.json)
+}
+
+fn answer(ctx: &Ctx, command: Command) -> anyhow::Result<output::Report> {
     match command {
         Command::Pool(c) => pool::run(ctx, c),
         Command::Container(c) => container::run(ctx, c),

@@ -1,14 +1,17 @@
 //! `thinlayer pool ...`
 
+use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
-use super::{Ctx, output};
+use super::Ctx;
+use super::output::{Done, Report, Said};
 use crate::Driver;
 use crate::fs::FsKind;
-use crate::pool::{PoolOptions, SourceOptions};
+use crate::pool::{PoolOptions, PoolStatus, SourceOptions};
 use crate::units::{BlockSize, Bytes};
 
 #[derive(Subcommand, Debug)]
@@ -78,16 +81,17 @@ pub struct InitArgs {
     existing_pool: Option<String>,
 }
 
-pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
+    let root = ctx.root.display().to_string();
     match cmd {
         PoolCmd::Init(a) => init(ctx, a),
         PoolCmd::Activate => {
             ctx.open()?;
-            output::Done::new("activated", "pool", ctx.root.display())
-                .text(format!("pool at {} is active", ctx.root.display()))
-                .print(ctx.json)
+            Done::new("activated", "pool", &root)
+                .text(format!("pool at {root} is active"))
+                .report()
         }
-        PoolCmd::Status => status(ctx),
+        PoolCmd::Status => Report::of(&Status(ctx.open()?.status()?)),
         PoolCmd::Grow {
             data_size,
             metadata_size,
@@ -96,49 +100,46 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 .open()?
                 .grow(data_size, metadata_size)
                 .context("cannot grow the pool")?;
-            if ctx.json {
-                return output::json(&st);
-            }
-            println!(
+            let text = format!(
                 "pool {}: {} data, {} metadata, {}",
                 st.name,
                 st.data_total,
                 st.metadata_total,
                 st.mode.as_str()
             );
-            Ok(())
+            Report::of(&Said::new(st, text))
         }
         PoolCmd::Check => {
             Driver::open_offline(&ctx.root, ctx.kernel.clone())?
                 .check()
                 .context("pool check failed")?;
-            output::Done::new("checked", "pool", ctx.root.display())
+            Done::new("checked", "pool", &root)
                 .field("sound", true)
-                .text(format!("pool metadata at {} is sound", ctx.root.display()))
-                .print(ctx.json)
+                .text(format!("pool metadata at {root} is sound"))
+                .report()
         }
         PoolCmd::Repair => {
             let kept = Driver::open_offline(&ctx.root, ctx.kernel.clone())?
                 .repair()
                 .context("pool repair failed")?;
-            output::Done::new("repaired", "pool", ctx.root.display())
+            Done::new("repaired", "pool", &root)
                 .field("damaged_metadata", &kept)
                 .text(format!(
                     "pool repaired; the damaged metadata is kept as {}",
                     kept.display()
                 ))
-                .print(ctx.json)
+                .report()
         }
         PoolCmd::Destroy => {
             ctx.open()?.destroy().context("cannot destroy the pool")?;
-            output::Done::new("destroyed", "pool", ctx.root.display())
-                .text(format!("pool at {} destroyed", ctx.root.display()))
-                .print(ctx.json)
+            Done::new("destroyed", "pool", &root)
+                .text(format!("pool at {root} destroyed"))
+                .report()
         }
     }
 }
 
-fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<()> {
+fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<Report> {
     let source = match (a.data_device, a.metadata_device, a.existing_pool) {
         (Some(data), Some(metadata), None) => SourceOptions::Devices { data, metadata },
         (None, None, Some(pool)) => SourceOptions::Existing { pool },
@@ -157,10 +158,7 @@ fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<()> {
     let driver = Driver::init(&ctx.root, ctx.kernel.clone(), &opts)
         .with_context(|| format!("cannot create a pool at {}", ctx.root.display()))?;
     let st = driver.status()?;
-    if ctx.json {
-        return output::json(&st);
-    }
-    println!(
+    let text = format!(
         "pool {} ready at {}: {} data, {} metadata, {} blocks, {} layers of {}",
         st.name,
         ctx.root.display(),
@@ -170,45 +168,51 @@ fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<()> {
         opts.filesystem,
         opts.base_size
     );
-    Ok(())
+    Report::of(&Said::new(st, text))
 }
 
-fn status(ctx: &Ctx) -> anyhow::Result<()> {
-    let st = ctx.open()?.status()?;
-    if ctx.json {
-        return output::json(&st);
+/// `pool status`: the status, one field a line for people.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Status(PoolStatus);
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = &self.0;
+        let pct = |u: Bytes, t: Bytes| {
+            if t.0 == 0 {
+                0.0
+            } else {
+                u.0 as f64 * 100.0 / t.0 as f64
+            }
+        };
+        writeln!(f, "pool:            {}", st.name)?;
+        writeln!(
+            f,
+            "mode:            {}{}",
+            st.mode.as_str(),
+            if st.needs_check { " (needs check)" } else { "" }
+        )?;
+        writeln!(
+            f,
+            "data:            {} of {} used ({:.1}%), {} bytes of {}",
+            st.data_used,
+            st.data_total,
+            pct(st.data_used, st.data_total),
+            st.data_used.0,
+            st.data_total.0
+        )?;
+        writeln!(
+            f,
+            "metadata:        {} of {} used ({:.1}%), {} bytes of {}",
+            st.metadata_used,
+            st.metadata_total,
+            pct(st.metadata_used, st.metadata_total),
+            st.metadata_used.0,
+            st.metadata_total.0
+        )?;
+        writeln!(f, "block size:      {}", st.block_size)?;
+        writeln!(f, "transaction id:  {}", st.transaction_id)?;
+        writeln!(f, "thin devices:    {}", st.thin_devices)
     }
-    let pct = |u: Bytes, t: Bytes| {
-        if t.0 == 0 {
-            0.0
-        } else {
-            u.0 as f64 * 100.0 / t.0 as f64
-        }
-    };
-    println!("pool:            {}", st.name);
-    println!(
-        "mode:            {}{}",
-        st.mode.as_str(),
-        if st.needs_check { " (needs check)" } else { "" }
-    );
-    println!(
-        "data:            {} of {} used ({:.1}%), {} bytes of {}",
-        st.data_used,
-        st.data_total,
-        pct(st.data_used, st.data_total),
-        st.data_used.0,
-        st.data_total.0
-    );
-    println!(
-        "metadata:        {} of {} used ({:.1}%), {} bytes of {}",
-        st.metadata_used,
-        st.metadata_total,
-        pct(st.metadata_used, st.metadata_total),
-        st.metadata_used.0,
-        st.metadata_total.0
-    );
-    println!("block size:      {}", st.block_size);
-    println!("transaction id:  {}", st.transaction_id);
-    println!("thin devices:    {}", st.thin_devices);
-    Ok(())
 }

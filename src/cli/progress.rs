@@ -1,6 +1,6 @@
 //! A progress bar on long work, at a terminal only.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -18,28 +18,4 @@ pub fn bar(message: &str) -> ProgressBar {
     );
     bar.set_message(message.to_string());
     bar
-}
-
-/// A reader that moves a bar by the bytes read through it.
-pub struct Counted<'a, R> {
-    inner: R,
-    bar: &'a ProgressBar,
-}
-
-impl<'a, R> Counted<'a, R> {
-    pub fn new(inner: R, bar: &'a ProgressBar) -> Self {
-        Counted { inner, bar }
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-}
-
-impl<R: Read> Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bar.inc(n as u64);
-        Ok(n)
-    }
 }

@@ -1,8 +1,13 @@
 //! `thinlayer ps` and `thinlayer tree`.
 
-use clap::Args;
+use std::fmt;
 
-use super::{Ctx, output};
+use clap::Args;
+use serde::Serialize;
+
+use super::Ctx;
+use super::output::{Report, Table};
+use crate::driver::ContainerInfo;
 use crate::tree::Tree;
 
 #[derive(Args, Debug)]
@@ -13,63 +18,96 @@ pub struct PsArgs {
     size: bool,
 }
 
-pub fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
+/// Containers, as `ps` lists them.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Containers {
+    list: Vec<ContainerInfo>,
+    #[serde(skip)]
+    sizes: bool,
+}
+
+impl fmt::Display for Containers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut headers = vec!["NAME", "IMAGE", "THIN ID"];
+        if self.sizes {
+            headers.extend(["SIZE", "VIRTUAL SIZE"]);
+        }
+        headers.push("MOUNT");
+        let rows: Vec<Vec<String>> = self
+            .list
+            .iter()
+            .map(|c| {
+                let mut r = vec![
+                    c.name.clone(),
+                    c.image.clone().unwrap_or_default(),
+                    c.thin_id.to_string(),
+                ];
+                if let Some(s) = &c.size {
+                    r.push(format!("{} ({} B)", s.size, s.size.0));
+                    r.push(format!("{} ({} B)", s.virtual_size, s.virtual_size.0));
+                }
+                r.push(
+                    c.mount
+                        .as_ref()
+                        .map(|m| m.display().to_string())
+                        .unwrap_or_else(|| "-".into()),
+                );
+                r
+            })
+            .collect();
+        Table {
+            headers: &headers,
+            rows,
+        }
+        .fmt(f)
+    }
+}
+
+pub fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<Report> {
     let list = ctx.open()?.containers(a.size)?;
-    if ctx.json {
-        return output::json(&list);
-    }
-    let mut headers = vec!["NAME", "IMAGE", "THIN ID"];
-    if a.size {
-        headers.extend(["SIZE", "VIRTUAL SIZE"]);
-    }
-    headers.push("MOUNT");
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|c| {
-            let mut r = vec![
-                c.name.clone(),
-                c.image.clone().unwrap_or_default(),
-                c.thin_id.to_string(),
-            ];
-            if let Some(s) = &c.size {
-                r.push(format!("{} ({} B)", s.size, s.size.0));
-                r.push(format!("{} ({} B)", s.virtual_size, s.virtual_size.0));
-            }
-            r.push(
-                c.mount
-                    .as_ref()
-                    .map(|m| m.display().to_string())
-                    .unwrap_or_else(|| "-".into()),
-            );
-            r
-        })
-        .collect();
-    output::table(&headers, &rows);
-    Ok(())
+    Report::of(&Containers {
+        list,
+        sizes: a.size,
+    })
 }
 
-pub fn tree(ctx: &Ctx) -> anyhow::Result<()> {
-    let tree = ctx.open()?.tree()?;
-    if ctx.json {
-        return output::json(&tree);
+/// The layer tree, drawn.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Drawn(Tree);
+
+impl fmt::Display for Drawn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tree = &self.0;
+        let base = tree
+            .base
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into());
+        writeln!(f, "base (thin {base})")?;
+        draw_children(f, tree, None, "")?;
+        if !tree.retired.is_empty() {
+            let ids: Vec<String> = tree.retired.iter().map(|id| format!("thin {id}")).collect();
+            writeln!(
+                f,
+                "retired, deleted once unmounted (layers committed while mounted): {}",
+                ids.join(", ")
+            )?;
+        }
+        Ok(())
     }
-    let base = tree
-        .base
-        .map(|b| b.to_string())
-        .unwrap_or_else(|| "-".into());
-    println!("base (thin {base})");
-    print_children(&tree, None, "");
-    if !tree.retired.is_empty() {
-        let ids: Vec<String> = tree.retired.iter().map(|id| format!("thin {id}")).collect();
-        println!(
-            "retired, deleted once unmounted (layers committed while mounted): {}",
-            ids.join(", ")
-        );
-    }
-    Ok(())
 }
 
-fn print_children(tree: &Tree, parent: Option<&str>, indent: &str) {
+pub fn tree(ctx: &Ctx) -> anyhow::Result<Report> {
+    Report::of(&Drawn(ctx.open()?.tree()?))
+}
+
+fn draw_children(
+    f: &mut fmt::Formatter<'_>,
+    tree: &Tree,
+    parent: Option<&str>,
+    indent: &str,
+) -> fmt::Result {
     let kids: Vec<_> = tree
         .layers
         .values()
@@ -89,13 +127,15 @@ fn print_children(tree: &Tree, parent: Option<&str>, indent: &str) {
             format!(" [{}]", tags.join(", "))
         };
         let kind = l.kind.name();
-        println!(
+        writeln!(
+            f,
             "{indent}{} {} (thin {}, {kind}){tags}",
             if last { "└─" } else { "├─" },
             l.key,
             l.thin_id
-        );
+        )?;
         let next = format!("{indent}{}", if last { "   " } else { "│  " });
-        print_children(tree, Some(&l.key), &next);
+        draw_children(f, tree, Some(&l.key), &next)?;
     }
+    Ok(())
 }

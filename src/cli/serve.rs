@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::Ctx;
+use super::output::{Done, Report};
 use crate::service::Snapshots;
 
 #[derive(Args, Debug)]
@@ -26,7 +27,9 @@ pub struct ServeArgs {
     pub socket: PathBuf,
 }
 
-pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
+/// Answers, once stopped by a signal, with what stopped: nothing for
+/// people (the log says it), an object for scripts.
+pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
     // Opening the root brings the pool up and settles whatever a killed
     // earlier server or command left, before any request is taken.
     let driver = Arc::new(ctx.open()?);
@@ -37,7 +40,10 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run(snapshots, &socket, &ctx.root))
+    rt.block_on(run(snapshots, &socket, &ctx.root))?;
+    Done::new("stopped", "server", socket.display())
+        .field("root", &ctx.root)
+        .report()
 }
 
 async fn run(snapshots: Snapshots, socket: &Path, root: &Path) -> anyhow::Result<()> {

@@ -19,6 +19,14 @@ use crate::units::ThinId;
 /// left by a killed import or removal, and is removed.
 pub const IMPORTING: &str = "thinlayer.io/importing";
 
+/// Label on an imported layer, and on a layer committed with its digest:
+/// the digest of the layer's uncompressed tar (its OCI diff id).
+pub const DIFF_ID: &str = "thinlayer.io/diff-id";
+
+/// Label on an imported layer: the digest of its blob as the archive stored
+/// it (compressed or not).
+pub const BLOB: &str = "thinlayer.io/blob";
+
 /// One layer of an image to import, bottom first.
 #[derive(Clone, Debug)]
 pub struct ImportLayer {
@@ -131,31 +139,7 @@ impl Driver {
         key: &str,
         f: impl FnOnce(&Path, &Path) -> Result<T>,
     ) -> Result<T> {
-        let mut op = self.begin()?;
-        let layer = op.rec.tree.get(key)?.clone();
-        let parent_mount = match &layer.parent {
-            Some(p) => op.mount(p)?,
-            None => op.mount_base()?,
-        };
-        let result = op.mount(key).and_then(|m| {
-            let r = f(&parent_mount, &m);
-            op.umount(key).and(r)
-        });
-        let down = match &layer.parent {
-            Some(p) => op.umount(p),
-            None => op.umount_base(),
-        };
-        result.and_then(|r| down.map(|()| r))
-    }
-
-    /// Sets labels on a layer.
-    pub fn label_layer(&self, key: &str, labels: BTreeMap<String, String>) -> Result<Layer> {
-        let mut op = self.begin()?;
-        let l = op.rec.tree.get_mut(key)?;
-        l.labels.extend(labels);
-        let l = l.clone();
-        op.save()?;
-        Ok(l)
+        self.begin()?.with_layer_and_parent(key, f)
     }
 
     /// The committed layers of an image, bottom first.
@@ -175,6 +159,28 @@ impl Driver {
 }
 
 impl Op<'_> {
+    /// See [`Driver::with_layer_and_parent`].
+    pub(super) fn with_layer_and_parent<T>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&Path, &Path) -> Result<T>,
+    ) -> Result<T> {
+        let layer = self.rec.tree.get(key)?.clone();
+        let parent_mount = match &layer.parent {
+            Some(p) => self.mount(p)?,
+            None => self.mount_base()?,
+        };
+        let result = self.mount(key).and_then(|m| {
+            let r = f(&parent_mount, &m);
+            self.umount(key).and(r)
+        });
+        let down = match &layer.parent {
+            Some(p) => self.umount(p),
+            None => self.umount_base(),
+        };
+        result.and_then(|r| down.map(|()| r))
+    }
+
     /// Mounts the base device read-only (never written after its mkfs).
     /// Not reference counted: one user at a time, under the root's lock; the
     /// reconciler removes a mount a crash left.

@@ -8,6 +8,7 @@
 //! several handles, threads and processes share a root safely.
 
 mod content;
+mod images;
 mod maintenance;
 mod reconcile;
 mod service;
@@ -21,7 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-pub use content::{IMPORTING, ImportLayer, ImportedLayer};
+pub use content::{BLOB, DIFF_ID, IMPORTING, ImportLayer, ImportedLayer};
+pub use images::{ExportedImage, ImportedImage, Progress};
 pub use service::SnapshotSource;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
 
@@ -317,27 +319,7 @@ impl Driver {
     /// Turns a container into a committed image layer named `image`. The
     /// container must not be mounted: its filesystem must be clean.
     pub fn commit(&self, key: &str, image: &ImageRef) -> Result<Layer> {
-        let mut op = self.begin()?;
-        let image = image.to_string();
-        let new_key = format!(
-            "commit-{:016x}",
-            now() << 24 | u64::from(op.rec.tree.get(key)?.thin_id.get())
-        );
-        // Named in memory first, so the commit's one record write carries
-        // the image too: a crash leaves the container or the image, never a
-        // layer without a name (`commit` saves nothing if it refuses).
-        op.rec.tree.images.insert(
-            image.clone(),
-            Image {
-                name: image.clone(),
-                top: new_key.clone(),
-                created: now(),
-                config: None,
-            },
-        );
-        let layer = op.commit(key, &new_key)?;
-        failpoint::hit("commit.after-record");
-        Ok(layer)
+        self.begin()?.commit_as_image(key, image)
     }
 
     /// Commits an active layer under `new_key` (containerd's Commit) without
@@ -788,6 +770,31 @@ impl Op<'_> {
         }
         self.rec.tree.get_mut(key)?.mounts -= 1;
         self.save_atomic()
+    }
+
+    /// Commits container `key` as the top layer of a new image named
+    /// `image` (see [`Driver::commit`]).
+    fn commit_as_image(&mut self, key: &str, image: &ImageRef) -> Result<Layer> {
+        let image = image.to_string();
+        let new_key = format!(
+            "commit-{:016x}",
+            now() << 24 | u64::from(self.rec.tree.get(key)?.thin_id.get())
+        );
+        // Named in memory first, so the commit's one record write carries
+        // the image too: a crash leaves the container or the image, never a
+        // layer without a name (`commit` saves nothing if it refuses).
+        self.rec.tree.images.insert(
+            image.clone(),
+            Image {
+                name: image.clone(),
+                top: new_key.clone(),
+                created: now(),
+                config: None,
+            },
+        );
+        let layer = self.commit(key, &new_key)?;
+        failpoint::hit("commit.after-record");
+        Ok(layer)
     }
 
     /// Commits the active layer `key` as the committed layer `new_key`.
