@@ -79,6 +79,13 @@ pub enum Error {
     #[error("pool {pool} metadata check failed: {detail}")]
     CheckFailed { pool: String, detail: String },
 
+    /// The kernel failed the pool: its status has nothing to read until its
+    /// metadata is checked or repaired.
+    #[error(
+        "pool {pool} has failed: the kernel reports nothing of it; run `thinlayer pool check`, then `pool repair` if the check fails"
+    )]
+    PoolFailed { pool: String },
+
     /// The pool is in a mode that refuses the operation.
     #[error("pool {pool} is {mode}: {detail}")]
     PoolMode {

@@ -33,6 +33,12 @@ impl Bytes {
             .is_multiple_of(SECTOR_SIZE)
             .then_some(Sectors(self.0 / SECTOR_SIZE))
     }
+
+    /// The whole sectors in this many bytes, a partial last one left out
+    /// (a device's usable length).
+    pub fn whole_sectors(self) -> Sectors {
+        Sectors(self.0 / SECTOR_SIZE)
+    }
 }
 
 impl Sectors {

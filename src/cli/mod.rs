@@ -122,6 +122,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         Error::NoDeviceMapper { .. } | Error::NotRoot => exit::ENVIRONMENT,
         Error::Inconsistent { .. }
         | Error::CheckFailed { .. }
+        | Error::PoolFailed { .. }
         | Error::CorruptRecords { .. }
         | Error::CorruptTree { .. } => exit::DAMAGED,
         Error::Unexpected { .. } => exit::UNEXPECTED,

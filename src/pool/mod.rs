@@ -18,10 +18,12 @@ mod status;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
+use devicemapper::ThinPoolTargetParams;
 use serde::{Deserialize, Serialize};
 
-pub use status::{KernelPoolStatus, META_BLOCK, PoolMode};
+pub use status::{KernelPoolStatus, META_BLOCK, PoolMode, PoolState};
 
 use crate::error::{Error, Result};
 use crate::fs::FsKind;
@@ -372,17 +374,18 @@ impl Pool<'_> {
             for (file, size) in [(meta_path, metadata), (data_path, data)] {
                 let Some(size) = size else { continue };
                 let current = file_len(file)?;
-                if size.0 < current {
+                if size < current {
                     return Err(Error::invalid(
                         "size",
                         &size.0.to_string(),
                         &format!(
-                            "{} is {current} bytes; a pool never shrinks",
-                            file.display()
+                            "{} is {} bytes; a pool never shrinks",
+                            file.display(),
+                            current.0
                         ),
                     ));
                 }
-                if size.0 > current {
+                if size > current {
                     let f = OpenOptions::new()
                         .write(true)
                         .open(file)
@@ -406,31 +409,14 @@ impl Pool<'_> {
             ));
         }
         let name = self.name();
-        let live = self.kernel.dm_table(&name)?;
-        let fields: Vec<&str> = live
-            .first()
-            .map(|t| t.params.split(' ').collect())
-            .unwrap_or_default();
-        let parse = |s: &str| -> Option<DevNum> {
-            let (a, b) = s.split_once(':')?;
-            Some(DevNum {
-                major: a.parse().ok()?,
-                minor: b.parse().ok()?,
-            })
-        };
-        let (Some(meta_dev), Some(data_dev)) = (
-            fields.first().and_then(|f| parse(f)),
-            fields.get(1).and_then(|f| parse(f)),
-        ) else {
-            return Err(Error::not_found("thin pool table", name));
-        };
+        let (meta_dev, data_dev) = self.live_devices()?;
         let data_len = match &self.config.source {
             PoolSource::LoopFiles { data, .. } => file_len(data)?,
             _ => block_len(data_path)?,
         };
         self.kernel.dm_load(
             &name,
-            &self.table(meta_dev, data_dev, Sectors(data_len / 512)),
+            &self.table(meta_dev, data_dev, data_len.whole_sectors()),
         )?;
         self.kernel.dm_suspend(&name, true)?;
         self.kernel.dm_resume(&name)
@@ -446,7 +432,7 @@ impl Pool<'_> {
                     metadata: m.info.devnum,
                     metadata_path: m.info.device.clone(),
                     data: d.info.devnum,
-                    data_len: Sectors(len / 512),
+                    data_len: len.whole_sectors(),
                     _holds: vec![m, d],
                 })
             }
@@ -454,26 +440,34 @@ impl Pool<'_> {
                 metadata: block_devnum(metadata)?,
                 metadata_path: metadata.clone(),
                 data: block_devnum(data)?,
-                data_len: Sectors(block_len(data)? / 512),
+                data_len: block_len(data)?.whole_sectors(),
                 _holds: Vec::new(),
             }),
             PoolSource::Existing { .. } => unreachable!("existing pools are not loaded by us"),
         }
     }
 
+    /// The metadata and data devices of the live pool's table, read with
+    /// the devicemapper crate's parser.
+    fn live_devices(&self) -> Result<(DevNum, DevNum)> {
+        let name = self.name();
+        let table = self.kernel.dm_table(&name)?;
+        let line = table
+            .first()
+            .ok_or_else(|| Error::not_found("thin pool table", &name))?;
+        let params =
+            ThinPoolTargetParams::from_str(&format!("{} {}", line.kind, line.params.trim()))
+                .map_err(|e| Error::unexpected("thin-pool table", &line.params, &e.to_string()))?;
+        let devnum = |d: devicemapper::Device| DevNum {
+            major: d.major,
+            minor: d.minor,
+        };
+        Ok((devnum(params.metadata_dev), devnum(params.data_dev)))
+    }
+
     /// The metadata device of the live pool, for the thin tools.
     pub fn metadata_device(&self) -> Result<PathBuf> {
-        let table = self.kernel.dm_table(&self.name())?;
-        let meta = table
-            .first()
-            .and_then(|t| t.params.split(' ').next().map(str::to_string))
-            .ok_or_else(|| Error::not_found("thin pool table", self.name()))?;
-        let bad = || Error::unexpected("thin-pool table", &meta, "no MAJOR:MINOR metadata device");
-        let (ma, mi) = meta.split_once(':').ok_or_else(bad)?;
-        let devnum = DevNum {
-            major: ma.parse().map_err(|_| bad())?,
-            minor: mi.parse().map_err(|_| bad())?,
-        };
+        let (devnum, _) = self.live_devices()?;
         if let Some(l) = self
             .kernel
             .loop_list()?
@@ -485,12 +479,22 @@ impl Pool<'_> {
         Ok(PathBuf::from(format!("/dev/block/{devnum}")))
     }
 
-    pub fn kernel_status(&self) -> Result<KernelPoolStatus> {
+    /// What the kernel says of the pool: its figures, or that it failed.
+    pub fn state(&self) -> Result<PoolState> {
         let st = self.kernel.dm_status(&self.name())?;
         let line = st
             .first()
             .ok_or_else(|| Error::not_found("thin pool status", self.name()))?;
-        KernelPoolStatus::parse(&line.params)
+        PoolState::parse(&line.params)
+    }
+
+    /// The figures of the working pool; a failed pool has none to give and
+    /// is an error ([`Error::PoolFailed`]).
+    pub fn kernel_status(&self) -> Result<KernelPoolStatus> {
+        match self.state()? {
+            PoolState::Working(st) => Ok(st),
+            PoolState::Failed => Err(Error::PoolFailed { pool: self.name() }),
+        }
     }
 
     pub fn status(&self, thin_devices: usize) -> Result<PoolStatus> {
@@ -558,9 +562,9 @@ fn zero_start(dev: &Path) -> Result<()> {
     f.sync_all().map_err(|e| Error::io("fsync", dev, e))
 }
 
-fn file_len(path: &Path) -> Result<u64> {
+fn file_len(path: &Path) -> Result<Bytes> {
     fs::metadata(path)
-        .map(|m| m.len())
+        .map(|m| Bytes(m.len()))
         .map_err(|e| Error::io("stat", path, e))
 }
 
@@ -580,10 +584,11 @@ fn block_devnum(path: &Path) -> Result<DevNum> {
     })
 }
 
-fn block_len(path: &Path) -> Result<u64> {
+fn block_len(path: &Path) -> Result<Bytes> {
     use std::io::{Seek, SeekFrom};
     let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     f.seek(SeekFrom::End(0))
+        .map(Bytes)
         .map_err(|e| Error::io("size", path, e))
 }
 

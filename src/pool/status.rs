@@ -8,6 +8,9 @@
 //! or `Fail` when the pool has failed. Metadata blocks are 4 KiB; data blocks
 //! are the pool's block size.
 
+use std::str::FromStr;
+
+use devicemapper::{ThinPoolStatus, ThinPoolStatusSummary, ThinPoolWorkingStatus};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -22,7 +25,6 @@ pub enum PoolMode {
     /// and counts its metadata reserve (a tenth) as used, so used equals
     /// total. Growing the metadata brings the pool back to read-write.
     OutOfMetadataSpace,
-    Failed,
 }
 
 impl PoolMode {
@@ -32,12 +34,21 @@ impl PoolMode {
             PoolMode::ReadOnly => "read-only",
             PoolMode::OutOfDataSpace => "out of data space",
             PoolMode::OutOfMetadataSpace => "out of metadata space",
-            PoolMode::Failed => "failed",
         }
     }
 }
 
-/// The parsed status line.
+/// What the kernel says of a pool: working, with its figures, or failed,
+/// when it reports nothing to read (`Fail`, or `Error` when device-mapper
+/// could not get the status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolState {
+    Working(KernelPoolStatus),
+    Failed,
+}
+
+/// The figures of a working pool. Metadata counts are of [`META_BLOCK`]s,
+/// data counts of the pool's blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelPoolStatus {
     pub transaction: u64,
@@ -54,56 +65,52 @@ pub struct KernelPoolStatus {
 /// Metadata blocks are always 4 KiB.
 pub const META_BLOCK: u64 = 4096;
 
-impl KernelPoolStatus {
+impl PoolState {
+    /// Reads a thin-pool status line with the devicemapper crate's parser.
     pub fn parse(line: &str) -> Result<Self> {
-        let bad = || {
-            Error::unexpected(
-                "thin-pool status",
-                line,
-                "not in the format thinlayer knows",
-            )
-        };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first() == Some(&"Fail") || f.first() == Some(&"Error") {
-            return Ok(KernelPoolStatus {
-                transaction: 0,
-                meta_used: 0,
-                meta_total: 0,
-                data_used: 0,
-                data_total: 0,
-                held_metadata_snapshot: false,
-                mode: PoolMode::Failed,
-                error_if_no_space: false,
-                needs_check: true,
-            });
+        let line = line.trim();
+        let bad = |why: &str| Error::unexpected("thin-pool status", line, why);
+        // The crate indexes the used/total pairs without looking: a pair
+        // with no '/' would panic there.
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() >= 3
+            && f[0].parse::<u64>().is_ok()
+            && !(f[1].contains('/') && f[2].contains('/'))
+        {
+            return Err(bad("no used/total pairs"));
         }
-        if f.len() < 8 {
-            return Err(bad());
-        }
-        let pair = |s: &str| -> Result<(u64, u64)> {
-            let (a, b) = s.split_once('/').ok_or_else(bad)?;
-            Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
-        };
-        let (meta_used, meta_total) = pair(f[1])?;
-        let (data_used, data_total) = pair(f[2])?;
-        let mode = match f[4] {
-            "rw" => PoolMode::ReadWrite,
-            "ro" if meta_total > 0 && meta_used >= meta_total => PoolMode::OutOfMetadataSpace,
-            "ro" => PoolMode::ReadOnly,
-            "out_of_data_space" => PoolMode::OutOfDataSpace,
-            _ => return Err(bad()),
-        };
-        Ok(KernelPoolStatus {
-            transaction: f[0].parse().map_err(|_| bad())?,
-            meta_used,
-            meta_total,
-            data_used,
-            data_total,
-            held_metadata_snapshot: f[3] != "-",
-            mode,
-            error_if_no_space: f[6] == "error_if_no_space",
-            needs_check: f.get(7) == Some(&"needs_check"),
+        let status = ThinPoolStatus::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        Ok(match status {
+            ThinPoolStatus::Working(w) => PoolState::Working(KernelPoolStatus::of(&w)),
+            ThinPoolStatus::Fail | ThinPoolStatus::Error => PoolState::Failed,
         })
+    }
+}
+
+impl KernelPoolStatus {
+    fn of(w: &ThinPoolWorkingStatus) -> Self {
+        let u = &w.usage;
+        let mode = match w.summary {
+            ThinPoolStatusSummary::Good => PoolMode::ReadWrite,
+            ThinPoolStatusSummary::ReadOnly
+                if u.total_meta.0 > 0 && u.used_meta >= u.total_meta =>
+            {
+                PoolMode::OutOfMetadataSpace
+            }
+            ThinPoolStatusSummary::ReadOnly => PoolMode::ReadOnly,
+            ThinPoolStatusSummary::OutOfSpace => PoolMode::OutOfDataSpace,
+        };
+        KernelPoolStatus {
+            transaction: w.transaction_id,
+            meta_used: u.used_meta.0,
+            meta_total: u.total_meta.0,
+            data_used: u.used_data.0,
+            data_total: u.total_data.0,
+            held_metadata_snapshot: w.held_metadata_root.is_some(),
+            mode,
+            error_if_no_space: w.no_space_policy == devicemapper::ThinPoolNoSpacePolicy::Error,
+            needs_check: w.needs_check,
+        }
     }
 }
 
@@ -111,38 +118,40 @@ impl KernelPoolStatus {
 mod tests {
     use super::*;
 
+    fn working(line: &str) -> Result<KernelPoolStatus> {
+        match PoolState::parse(line)? {
+            PoolState::Working(w) => Ok(w),
+            PoolState::Failed => panic!("{line:?} read as failed"),
+        }
+    }
+
     #[test]
     fn parses_kernel_status_lines() {
-        let s = KernelPoolStatus::parse(
-            "3 27/4096 150/16384 - rw discard_passdown error_if_no_space - 1024",
-        )
-        .unwrap();
+        let s =
+            working("3 27/4096 150/16384 - rw discard_passdown error_if_no_space - 1024").unwrap();
         assert_eq!(
             (s.transaction, s.meta_used, s.data_used, s.data_total),
             (3, 27, 150, 16384)
         );
         assert_eq!(s.mode, PoolMode::ReadWrite);
         assert!(s.error_if_no_space && !s.needs_check && !s.held_metadata_snapshot);
-        let s = KernelPoolStatus::parse(
+        let s = working(
             "9 1/2 2/2 17 out_of_data_space no_discard_passdown queue_if_no_space needs_check 1",
         )
         .unwrap();
         assert_eq!(s.mode, PoolMode::OutOfDataSpace);
         assert!(s.needs_check && s.held_metadata_snapshot && !s.error_if_no_space);
-        let s = KernelPoolStatus::parse(
-            "161 512/512 3557/65536 - ro discard_passdown error_if_no_space - 128",
-        )
-        .unwrap();
+        let s = working("161 512/512 3557/65536 - ro discard_passdown error_if_no_space - 128")
+            .unwrap();
         assert_eq!(s.mode, PoolMode::OutOfMetadataSpace);
-        let s = KernelPoolStatus::parse(
+        let s = working(
             "161 300/512 3557/65536 - ro discard_passdown error_if_no_space needs_check 128",
         )
         .unwrap();
         assert_eq!(s.mode, PoolMode::ReadOnly);
-        assert_eq!(
-            KernelPoolStatus::parse("Fail").unwrap().mode,
-            PoolMode::Failed
-        );
-        assert!(KernelPoolStatus::parse("1 2 3").is_err());
+        assert_eq!(PoolState::parse("Fail").unwrap(), PoolState::Failed);
+        assert_eq!(PoolState::parse("Error").unwrap(), PoolState::Failed);
+        assert!(PoolState::parse("1 2 3").is_err());
+        assert!(PoolState::parse("3 27 150 - rw discard_passdown error_if_no_space - 1").is_err());
     }
 }

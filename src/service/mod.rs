@@ -72,7 +72,8 @@ pub fn status(e: Error) -> Status {
         Error::CorruptTree { .. }
         | Error::CorruptRecords { .. }
         | Error::Inconsistent { .. }
-        | Error::CheckFailed { .. } => Status::data_loss(msg),
+        | Error::CheckFailed { .. }
+        | Error::PoolFailed { .. } => Status::data_loss(msg),
         Error::NoSpace { .. } | Error::PoolMode { .. } => Status::resource_exhausted(msg),
         Error::Kernel {
             errno: Some(Errno::EBUSY),

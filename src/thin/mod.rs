@@ -7,7 +7,9 @@
 mod usage;
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
+use devicemapper::ThinStatus;
 use nix::errno::Errno;
 
 pub use usage::{Mappings, parse_thin_dump};
@@ -15,7 +17,7 @@ pub use usage::{Mappings, parse_thin_dump};
 use crate::error::{Error, Result};
 use crate::kernel::{DmInfo, Kernel, Target};
 use crate::pool::Pool;
-use crate::units::{Bytes, ThinId};
+use crate::units::{Bytes, Sectors, ThinId};
 
 pub fn dm_name(prefix: &str, id: ThinId) -> String {
     format!("{prefix}-{id}")
@@ -162,18 +164,16 @@ impl Thins<'_> {
     }
 
     /// Mapped sectors of a live thin device, from its status line
-    /// `<mapped sectors> <highest mapped sector>`.
+    /// `<mapped sectors> <highest mapped sector>` (or `Fail`).
     pub fn mapped(&self, id: ThinId) -> Result<Bytes> {
         let name = dm_name(&self.pool.config.prefix, id);
         let st = self.kernel().dm_status(&name)?;
-        let field = st
-            .first()
-            .and_then(|t| t.params.split(' ').next().map(str::to_string))
-            .unwrap_or_default();
-        let sectors: u64 = field
-            .parse()
-            .map_err(|_| Error::unexpected("thin status", &field, "expected mapped sectors"))?;
-        Ok(Bytes(sectors * 512))
+        let params = st.first().map(|t| t.params.trim()).unwrap_or_default();
+        let bad = |why: &str| Error::unexpected("thin status", params, why);
+        match ThinStatus::from_str(params).map_err(|e| bad(&e.to_string()))? {
+            ThinStatus::Working(w) => Ok(Sectors(w.nr_mapped_sectors.0).bytes()),
+            ThinStatus::Fail | ThinStatus::Error => Err(bad("the thin device has failed")),
+        }
     }
 }
 
