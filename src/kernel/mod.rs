@@ -16,6 +16,8 @@
 //! - `create_snap` of an origin that is active must be sent while the origin
 //!   is suspended, or writes racing the snapshot can be lost.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 mod linux;
 #[cfg(any(test, feature = "testing"))]
 mod sim;

@@ -410,6 +410,20 @@ impl Kernel for Sim {
         let mut s = self.lock();
         s.fail("message", message)?;
         let file = s.pool_meta_file(name)?;
+        // Thin ids that a device's table (live or loaded) opens: the
+        // kernel refuses to delete those.
+        let pool_dev = format!("{DM_MAJOR}:{}", s.dev(name)?.minor);
+        let open_ids: Vec<String> = s
+            .devices
+            .values()
+            .flat_map(|d| d.live.iter().chain(d.inactive.iter()))
+            .filter_map(|t| t.first())
+            .filter(|t| t.kind == "thin")
+            .filter_map(|t| {
+                let mut p = t.params.split(' ');
+                (p.next() == Some(pool_dev.as_str())).then(|| p.next().unwrap_or("").to_string())
+            })
+            .collect();
         let m = s.metadata.get_mut(&file).expect("pool metadata");
         let words: Vec<&str> = message.split(' ').collect();
         let num = |i: usize| -> Result<u64> {
@@ -443,6 +457,9 @@ impl Kernel for Sim {
             }
             "delete" => {
                 let id = num(1)? as u32;
+                if open_ids.iter().any(|o| o == words[1]) {
+                    return Err(kerr("message", message, Errno::EBUSY));
+                }
                 let map = m
                     .thins
                     .remove(&id)
@@ -492,8 +509,13 @@ impl Kernel for Sim {
                     } else {
                         "rw"
                     };
+                    let no_space = if t.params.split(' ').any(|f| f == "error_if_no_space") {
+                        "error_if_no_space"
+                    } else {
+                        "queue_if_no_space"
+                    };
                     format!(
-                        "{} {}/{} {}/{} {} {mode} discard_passdown queue_if_no_space {} 1024",
+                        "{} {}/{} {}/{} {} {mode} discard_passdown {no_space} {} 1024",
                         m.transaction,
                         10 + m.thins.len(),
                         4096,
@@ -733,6 +755,12 @@ impl Kernel for Sim {
     fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String> {
         let s = self.lock();
         let m = s.meta_of(metadata, "thin_ls")?;
+        if !m.held_snapshot {
+            return Err(Error::Tool {
+                tool: "thin_ls".into(),
+                detail: "no metadata snapshot is held".into(),
+            });
+        }
         let mut out = String::new();
         for (id, map) in &m.thins {
             let excl = map.values().filter(|b| m.refs.get(b) == Some(&1)).count();

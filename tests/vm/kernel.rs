@@ -163,3 +163,17 @@ fn busy_devices_are_removed_deferred() {
         assert!(fx.kernel.dm_info(&name).unwrap().is_none());
     });
 }
+
+/// The contract the simulated kernel is held to on the host
+/// (`thinlayer::kernel::contract`), on the real one: what every host test
+/// assumes of device-mapper, loop devices and mounts is checked here.
+#[test]
+fn the_real_kernel_keeps_the_simulators_contract() {
+    fixture::run("contract", |fx| {
+        thinlayer::kernel::contract::check(
+            &thinlayer::kernel::Linux::new(),
+            &fx.root.join("contract"),
+            &fx.prefix,
+        );
+    });
+}
