@@ -582,24 +582,7 @@ impl Op<'_> {
     fn empty_base_root(&self, dev: &Path) -> Result<()> {
         let target = self.base_mount_path();
         self.mount_fs(dev, &target, false)?;
-        let emptied = empty_dir(&target).and_then(|()| {
-            let epoch = nix::sys::time::TimeSpec::new(0, 0);
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &target,
-                &epoch,
-                &epoch,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| {
-                Error::kernel(
-                    "set times of",
-                    target.display().to_string(),
-                    Some(e),
-                    e.desc(),
-                )
-            })
-        });
+        let emptied = empty_dir(&target).and_then(|()| self.kernel().reset_times(&target));
         let down = self.umount_settled(&target);
         let _ = fs::remove_dir(&target);
         emptied.and(down)

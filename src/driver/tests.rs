@@ -639,3 +639,36 @@ fn an_older_base_is_emptied_once_nothing_is_built_on_it() {
     assert!(d.records().unwrap().base_empty);
     w.check_invariants();
 }
+
+#[test]
+fn a_pool_on_given_block_devices_is_made_reopened_and_checked_for_devices() {
+    let dir = TempDir::new("devices");
+    let sim = Sim::new();
+    let file = |name: &str, len: u64| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    };
+    let (data_file, meta_file) = (file("data.img", 512 << 20), file("meta.img", 16 << 20));
+    let data = sim.loop_attach(&data_file).unwrap().info.device;
+    let metadata = sim.loop_attach(&meta_file).unwrap().info.device;
+    let with = |data, metadata| PoolOptions {
+        source: SourceOptions::Devices { data, metadata },
+        ..opts()
+    };
+    let root = dir.path().join("root");
+    let d = Driver::init(&root, Arc::new(sim.clone()), &with(data, metadata)).unwrap();
+    assert_eq!(d.status().unwrap().data_total, Bytes(512 << 20));
+    d.create_container("c", None).unwrap();
+    drop(d);
+    let d = Driver::open(&root, Arc::new(sim.clone())).unwrap();
+    assert_eq!(d.containers(false).unwrap()[0].name, "c");
+
+    // Files are not block devices: refused, nothing made.
+    let other = dir.path().join("other");
+    let err = Driver::init(&other, Arc::new(sim.clone()), &with(data_file, meta_file))
+        .err()
+        .expect("files given as devices are refused");
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    assert!(!other.join("state.json").exists());
+}

@@ -15,7 +15,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use super::{DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Target};
 use crate::error::{Error, Result};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 /// The running kernel. Opening `/dev/mapper/control` is deferred to the first
 /// device-mapper call, so commands that need none (help, records) work anywhere.
@@ -376,6 +376,57 @@ impl Kernel for Linux {
     fn loop_detach(&self, device: &Path) -> Result<()> {
         let dev = loopdev::LoopDevice::open(device).map_err(|e| Error::io("open", device, e))?;
         dev.detach().map_err(|e| Error::io("detach", device, e))
+    }
+
+    fn block_device(&self, path: &Path) -> Result<(DevNum, Bytes)> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        if !m.file_type().is_block_device() {
+            return Err(Error::invalid(
+                "device",
+                &path.display().to_string(),
+                "not a block device",
+            ));
+        }
+        let devnum = DevNum {
+            major: libc::major(m.rdev()),
+            minor: libc::minor(m.rdev()),
+        };
+        let len = File::open(path)
+            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+            .map_err(|e| Error::io("size", path, e))?;
+        Ok((devnum, Bytes(len)))
+    }
+
+    fn zero_start(&self, device: &Path) -> Result<()> {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(device)
+            .map_err(|e| Error::io("open", device, e))?;
+        f.write_all(&[0u8; 4096])
+            .map_err(|e| Error::io("zero the start of", device, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", device, e))
+    }
+
+    fn reset_times(&self, path: &Path) -> Result<()> {
+        let epoch = nix::sys::time::TimeSpec::new(0, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &epoch,
+            &epoch,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| {
+            Error::kernel(
+                "set times of",
+                path.display().to_string(),
+                Some(e),
+                e.desc(),
+            )
+        })
     }
 
     /// Every layer is mounted `nodev` and `noatime`: under the default

@@ -30,7 +30,7 @@ pub use linux::Linux;
 pub use sim::Sim;
 
 use crate::error::Result;
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 /// A block device number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -157,6 +157,17 @@ pub trait Kernel: Send + Sync {
     /// Re-reads the size of the backing file (after it grew).
     fn loop_refresh_size(&self, device: &Path) -> Result<()>;
     fn loop_detach(&self, device: &Path) -> Result<()>;
+
+    /// The device number and length of a block device given by path
+    /// (a pool's own data and metadata devices); a path that is not a block
+    /// device is [`crate::Error::Invalid`].
+    fn block_device(&self, path: &Path) -> Result<(DevNum, Bytes)>;
+    /// Zeroes the first 4 KiB of a block device and flushes it: the kernel
+    /// formats a thin-pool metadata device whose first block is zero, and
+    /// takes anything else there for existing metadata.
+    fn zero_start(&self, device: &Path) -> Result<()>;
+    /// Sets a path's access and modification times to the epoch.
+    fn reset_times(&self, path: &Path) -> Result<()>;
 
     fn mount(&self, request: &MountRequest<'_>) -> Result<()>;
     /// Unmounts `target`; `lazy` detaches it even while busy (MNT_DETACH).

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 
 use super::{DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Target};
 use crate::error::{Error, Result};
+use crate::units::Bytes;
 
 const DM_MAJOR: u32 = 253;
 const LOOP_MAJOR: u32 = 7;
@@ -611,6 +612,54 @@ impl Kernel for Sim {
 
     fn loop_refresh_size(&self, _device: &Path) -> Result<()> {
         Ok(())
+    }
+
+    /// Block devices here are the simulated loop devices: `/dev/loopN`, as
+    /// long as the file behind it.
+    fn block_device(&self, path: &Path) -> Result<(DevNum, Bytes)> {
+        let s = self.lock();
+        let file = s.loop_file_of_path(path).ok_or_else(|| {
+            Error::invalid("device", &path.display().to_string(), "not a block device")
+        })?;
+        let minor = path
+            .to_string_lossy()
+            .trim_start_matches("/dev/loop")
+            .parse()
+            .expect("a loop device path");
+        let len = std::fs::metadata(&file)
+            .map_err(|e| Error::io("stat", &file, e))?
+            .len();
+        Ok((
+            DevNum {
+                major: LOOP_MAJOR,
+                minor,
+            },
+            Bytes(len),
+        ))
+    }
+
+    /// Forgets the pool metadata kept for the device's file: the kernel
+    /// formats afresh a metadata device whose start is zero.
+    fn zero_start(&self, device: &Path) -> Result<()> {
+        let mut s = self.lock();
+        let file = s
+            .loop_file_of_path(device)
+            .ok_or_else(|| kerr("open", &device.to_string_lossy(), Errno::ENOENT))?;
+        s.metadata.remove(&file);
+        Ok(())
+    }
+
+    fn reset_times(&self, path: &Path) -> Result<()> {
+        let epoch = std::time::SystemTime::UNIX_EPOCH;
+        std::fs::File::open(path)
+            .and_then(|f| {
+                f.set_times(
+                    std::fs::FileTimes::new()
+                        .set_accessed(epoch)
+                        .set_modified(epoch),
+                )
+            })
+            .map_err(|e| Error::io("set times of", path, e))
     }
 
     fn loop_detach(&self, device: &Path) -> Result<()> {

@@ -16,7 +16,7 @@
 mod status;
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -289,7 +289,12 @@ impl Pool<'_> {
                 make_sparse(data, *data_size)?;
                 crate::failpoint::hit("init.after-files");
             }
-            (PoolSource::Devices { metadata, .. }, _) => zero_start(metadata)?,
+            (PoolSource::Devices { data, metadata }, _) => {
+                // Both must be block devices before anything is written.
+                self.kernel.block_device(data)?;
+                self.kernel.block_device(metadata)?;
+                self.kernel.zero_start(metadata)?
+            }
             (PoolSource::Existing { .. }, _) => {
                 return self.devnum().map(|_| ());
             }
@@ -412,7 +417,7 @@ impl Pool<'_> {
         let (meta_dev, data_dev) = self.live_devices()?;
         let data_len = match &self.config.source {
             PoolSource::LoopFiles { data, .. } => file_len(data)?,
-            _ => block_len(data_path)?,
+            _ => self.kernel.block_device(data_path)?.1,
         };
         self.kernel.dm_load(
             &name,
@@ -436,13 +441,17 @@ impl Pool<'_> {
                     _holds: vec![m, d],
                 })
             }
-            PoolSource::Devices { data, metadata } => Ok(Backing {
-                metadata: block_devnum(metadata)?,
-                metadata_path: metadata.clone(),
-                data: block_devnum(data)?,
-                data_len: block_len(data)?.whole_sectors(),
-                _holds: Vec::new(),
-            }),
+            PoolSource::Devices { data, metadata } => {
+                let (metadata_dev, _) = self.kernel.block_device(metadata)?;
+                let (data_dev, data_len) = self.kernel.block_device(data)?;
+                Ok(Backing {
+                    metadata: metadata_dev,
+                    metadata_path: metadata.clone(),
+                    data: data_dev,
+                    data_len: data_len.whole_sectors(),
+                    _holds: Vec::new(),
+                })
+            }
             PoolSource::Existing { .. } => unreachable!("existing pools are not loaded by us"),
         }
     }
@@ -549,47 +558,10 @@ fn make_sparse(path: &Path, size: Bytes) -> Result<()> {
     f.sync_all().map_err(|e| Error::io("fsync", path, e))
 }
 
-/// The kernel formats a metadata device whose first block is zero; anything
-/// else there is taken for existing metadata.
-fn zero_start(dev: &Path) -> Result<()> {
-    use std::io::Write;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(dev)
-        .map_err(|e| Error::io("open", dev, e))?;
-    f.write_all(&[0u8; 4096])
-        .map_err(|e| Error::io("zero the start of", dev, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", dev, e))
-}
-
 fn file_len(path: &Path) -> Result<Bytes> {
     fs::metadata(path)
         .map(|m| Bytes(m.len()))
         .map_err(|e| Error::io("stat", path, e))
-}
-
-fn block_devnum(path: &Path) -> Result<DevNum> {
-    let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    if !m.file_type().is_block_device() {
-        return Err(Error::invalid(
-            "device",
-            &path.display().to_string(),
-            "not a block device",
-        ));
-    }
-    let rdev = m.rdev();
-    Ok(DevNum {
-        major: libc::major(rdev),
-        minor: libc::minor(rdev),
-    })
-}
-
-fn block_len(path: &Path) -> Result<Bytes> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    f.seek(SeekFrom::End(0))
-        .map(Bytes)
-        .map_err(|e| Error::io("size", path, e))
 }
 
 #[cfg(test)]
