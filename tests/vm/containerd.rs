@@ -13,11 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use thinlayer::image::Compression;
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::kernel::Kernel;
@@ -26,13 +24,11 @@ use crate::crash::{
     CONTAINERD_ROWS, check_content, check_root, kills_during, layer_digest, note_kill, open,
     records,
 };
+use crate::fixture::process::{Daemon, kill_shims, output_text as text};
 use crate::fixture::{self, DEADLINE, Fixture, eventually, write_file};
 
 const IMAGE: &str = "localhost/tlbox:1";
 const IMAGE2: &str = "localhost/tlbox:2";
-/// How long a failing test's clean-up gives containerd and the server to
-/// stop on SIGTERM before it kills them.
-const STOP_GRACE: Duration = Duration::from_secs(20);
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Layer 1: static busybox with a few applet links, `etc/greeting` and a
@@ -96,8 +92,8 @@ struct Cluster<'a> {
     serve_sock: PathBuf,
     cd_sock: PathBuf,
     config: PathBuf,
-    serve: Option<Child>,
-    containerd: Option<Child>,
+    serve: Option<Daemon>,
+    containerd: Option<Daemon>,
     /// How many servers were started, to name their logs.
     serves: u32,
 }
@@ -143,15 +139,14 @@ impl<'a> Cluster<'a> {
             .arg("-vv")
             .arg("serve")
             .arg("--socket")
-            .arg(&self.serve_sock)
-            .stdin(Stdio::null());
-        log_to(&mut c, &log);
+            .arg(&self.serve_sock);
         for (k, v) in env {
             c.env(k, v);
         }
-        self.serve = Some(c.spawn().expect("start thinlayer serve"));
+        let mut serve = Daemon::start("thinlayer serve", c, &log);
         let sock = self.serve_sock.clone();
-        wait_socket(&sock, self.serve.as_mut().unwrap(), &log);
+        serve.wait_socket(&sock);
+        self.serve = Some(serve);
         let mode = fs::metadata(&sock).unwrap().permissions();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
@@ -167,13 +162,11 @@ impl<'a> Cluster<'a> {
         self.start_serve(&[("THINLAYER_FAILPOINT", point)]);
         self.wait_reconnected();
         call(self);
-        let child = self.serve.as_mut().expect("a server was started");
-        let st = eventually(
-            &format!("the server exits, killed at {point}"),
-            DEADLINE,
-            || exit_status(child),
-        );
-        self.serve = None;
+        let st = self
+            .serve
+            .take()
+            .expect("a server was started")
+            .wait_exit(&format!("killed at {point}"));
         assert_eq!(
             st.signal(),
             Some(9),
@@ -188,12 +181,7 @@ impl<'a> Cluster<'a> {
 
     /// Stops the server with SIGTERM; it must exit 0 and remove its socket.
     fn stop_serve(&mut self) {
-        let child = self.serve.as_mut().expect("a server was started");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let st = eventually("the server stops on SIGTERM", DEADLINE, || {
-            exit_status(child)
-        });
-        self.serve = None;
+        let st = self.serve.take().expect("a server was started").stop();
         assert!(st.success(), "thinlayer serve exited with {st}");
         assert!(!self.serve_sock.exists(), "the socket is removed on exit");
     }
@@ -201,25 +189,19 @@ impl<'a> Cluster<'a> {
     fn start_containerd(&mut self) {
         let log = self.fx.dir.join("containerd.log");
         let mut c = Command::new("containerd");
-        c.arg("--config")
-            .arg(&self.config)
-            .env("PATH", PATH)
-            .stdin(Stdio::null());
-        log_to(&mut c, &log);
-        self.containerd = Some(c.spawn().expect("start containerd"));
-        let sock = self.cd_sock.clone();
-        wait_socket(&sock, self.containerd.as_mut().unwrap(), &log);
+        c.arg("--config").arg(&self.config).env("PATH", PATH);
+        let mut containerd = Daemon::start("containerd", c, &log);
+        containerd.wait_socket(&self.cd_sock);
+        self.containerd = Some(containerd);
     }
 
     /// Stops containerd with SIGTERM (if it does not stop, the test fails
     /// and the clean-up kills it).
     fn stop_containerd(&mut self) {
-        let child = self.containerd.as_mut().expect("containerd was started");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        eventually("containerd stops on SIGTERM", DEADLINE, || {
-            exit_status(child)
-        });
-        self.containerd = None;
+        self.containerd
+            .take()
+            .expect("containerd was started")
+            .stop();
     }
 
     /// Runs `ctr ARGS` on containerd.
@@ -352,14 +334,11 @@ impl Drop for Cluster<'_> {
         if std::thread::panicking() {
             self.print_logs();
         }
-        if let Some(c) = self.containerd.take() {
-            terminate(c);
-        }
+        // Dropped, a daemon is stopped (SIGTERM, then SIGKILL).
+        drop(self.containerd.take());
         // Shims outlive containerd by design; ours name our socket.
         kill_shims(&self.cd_sock);
-        if let Some(s) = self.serve.take() {
-            terminate(s);
-        }
+        drop(self.serve.take());
         // Best effort: a test that checks mounts fails on a listing error.
         let mut left = self.leftover_mounts().unwrap_or_default();
         left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
@@ -367,24 +346,6 @@ impl Drop for Cluster<'_> {
             let _ = self.fx.kernel.umount(&m, true);
         }
         let _ = fs::remove_dir_all(&self.run);
-    }
-}
-
-/// Kills containerd-shim processes started for the containerd at `sock`.
-fn kill_shims(sock: &Path) {
-    let needle = sock.to_string_lossy().into_owned();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
     }
 }
 
@@ -407,63 +368,6 @@ fn ctr_at(sock: &Path, args: &[&str]) -> Output {
         started.elapsed().as_secs_f64()
     );
     out
-}
-
-/// Sends a child's stdout and stderr to one log file.
-fn log_to(c: &mut Command, log: &Path) {
-    let f = fs::File::create(log).unwrap();
-    c.stdout(f.try_clone().unwrap()).stderr(f);
-}
-
-/// The child's exit status, or, while it runs, that it does.
-fn exit_status(child: &mut Child) -> Result<ExitStatus, String> {
-    match child.try_wait().expect("wait for child") {
-        Some(st) => Ok(st),
-        None => Err(format!("process {} still running", child.id())),
-    }
-}
-
-/// Stops `child` with SIGTERM, or SIGKILL after [`STOP_GRACE`]; for the
-/// clean-up of a failing test, which cannot fail again.
-fn terminate(mut child: Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    if fixture::within(STOP_GRACE, || exit_status(&mut child)).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// Waits until something accepts connections on `sock`, failing at once
-/// if `child` exits.
-fn wait_socket(sock: &Path, child: &mut Child, log: &Path) {
-    let started = Instant::now();
-    eventually(
-        &format!("{} accepts connections", sock.display()),
-        DEADLINE,
-        || {
-            if let Some(st) = child.try_wait().expect("wait for child") {
-                panic!(
-                    "the server for {} exited with {st}:\n{}",
-                    sock.display(),
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            std::os::unix::net::UnixStream::connect(sock)
-        },
-    );
-    eprintln!(
-        "{} ready in {:.1} s",
-        sock.display(),
-        started.elapsed().as_secs_f64()
-    );
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `ctr snapshots usage`: KEY, SIZE (a number and a unit), INODES.

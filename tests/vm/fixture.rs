@@ -545,6 +545,14 @@ pub mod process {
             eventually(&what, DEADLINE, || exited(&mut child))
         }
 
+        /// Waits until the daemon exits by itself (`what` says why it
+        /// should); returns its status.
+        pub fn wait_exit(mut self, what: &str) -> ExitStatus {
+            let mut child = self.child.take().expect("running");
+            let what = format!("{} exits: {what}", self.what);
+            eventually(&what, DEADLINE, || exited(&mut child))
+        }
+
         /// The last `lines` lines of the log.
         pub fn log_tail(&self, lines: usize) -> String {
             log_tail(&self.log, lines)
