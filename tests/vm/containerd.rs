@@ -470,15 +470,17 @@ fn containerd_runs_containers_on_thinlayer() {
 
         // c1 and c2 keep their snapshots (no --rm): containerd's usage and
         // thinlayer's own view of the same tree.
-        // c3 ran with --rm: containerd's garbage collector removes its
-        // snapshot in the background, a moment later on a busy machine.
+        // c3 ran with --rm: containerd drops it from its own records at
+        // once, and its garbage collector removes the snapshot from
+        // thinlayer in the background, a moment later on a busy machine.
         let usage = eventually(
-            "containerd's collector removes the --rm container c3's snapshot",
+            "containerd's collector removes the --rm container c3's snapshot from thinlayer",
             DEADLINE,
             || {
                 let usage = cl.ctr_ok(&["snapshots", "--snapshotter", "thinlayer", "usage"]);
-                if usage_rows(&usage).iter().any(|r| r.0 == "c3") {
-                    Err(usage)
+                let ps = fx.json(&["ps"]).to_string();
+                if usage_rows(&usage).iter().any(|r| r.0 == "c3") || ps.contains("/c3\"") {
+                    Err(format!("{usage}\nthinlayer ps: {ps}"))
                 } else {
                     Ok(usage)
                 }
