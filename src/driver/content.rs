@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Driver, Op};
 use crate::error::{Error, Result};
+use crate::failpoint::{self, import};
 use crate::tree::{ImageRef, Kind, Layer};
 use crate::units::ThinId;
 
@@ -95,15 +96,15 @@ impl Driver {
                 let layer =
                     op.create_layer(&work, parent.as_deref(), Kind::Active, None, labels, false)?;
                 made.push(work.clone());
-                crate::failpoint::hit("import.after-create");
+                failpoint::hit(import::AFTER_CREATE);
                 let mount = op.mount(&work)?;
-                crate::failpoint::hit("import.after-mount");
+                failpoint::hit(import::AFTER_MOUNT);
                 let applied = apply(i, &mount);
                 op.umount(&work)?;
                 applied?;
-                crate::failpoint::hit("import.after-apply");
+                failpoint::hit(import::AFTER_APPLY);
                 op.commit(&work, &l.key)?;
-                crate::failpoint::hit("import.after-commit");
+                failpoint::hit(import::AFTER_COMMIT);
                 made.pop();
                 made.push(l.key.clone());
                 out.push(ImportedLayer {
@@ -113,7 +114,7 @@ impl Driver {
                 });
                 parent = Some(l.key.clone());
             }
-            crate::failpoint::hit("import.after-layers");
+            failpoint::hit(import::AFTER_LAYERS);
             // Named, the layers are the image's: drop the in-progress marks.
             for key in &made {
                 op.rec.tree.get_mut(key)?.labels.remove(IMPORTING);

@@ -136,7 +136,7 @@ impl Driver {
             undo_failed("remove the new pool's files", p.remove_files());
             return Err(e);
         }
-        failpoint::hit("init.after-pool");
+        failpoint::hit(failpoint::init::AFTER_POOL);
         lock.set_busy(true);
         let mut op = Op {
             driver: &driver,
@@ -149,7 +149,7 @@ impl Driver {
             // else made (LVM) may have its own, which we adopt.
             op.rec.transaction = op.pool().kernel_status()?.transaction;
             op.save()?;
-            failpoint::hit("init.after-records");
+            failpoint::hit(failpoint::init::AFTER_RECORDS);
             op.make_base()
         })();
         if let Err(e) = made {
@@ -169,7 +169,7 @@ impl Driver {
     pub fn open(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
         let driver = Driver::open_offline(root, kernel)?;
         drop(driver.begin()?);
-        failpoint::hit("activate.after-reconcile");
+        failpoint::hit(failpoint::activate::AFTER_RECONCILE);
         Ok(driver)
     }
 
@@ -355,10 +355,10 @@ impl Driver {
             l.labels.insert(IMPORTING.to_string(), "true".to_string());
         }
         op.save()?;
-        failpoint::hit("image-rm.after-mark");
+        failpoint::hit(failpoint::image_rm::AFTER_MARK);
         for key in doomed {
             op.remove_layer(&key)?;
-            failpoint::hit("image-rm.after-layer");
+            failpoint::hit(failpoint::image_rm::AFTER_LAYER);
         }
         Ok(())
     }
@@ -478,10 +478,11 @@ impl Op<'_> {
     }
 
     /// Runs one change of the pool's thin ids under the transaction protocol
-    /// of [`crate::records`]: intent, kernel message, transaction id, record.
+    /// of [`crate::records`]: intent, kernel message, transaction id, record,
+    /// with a failpoint after each (`points`).
     fn transact(
         &mut self,
-        name: &str,
+        points: failpoint::Transaction,
         intent: Intent,
         send: impl FnOnce(&Thins<'_>) -> Result<()>,
     ) -> Result<()> {
@@ -489,12 +490,12 @@ impl Op<'_> {
         debug_assert_eq!(intent.transaction(), t + 1);
         self.rec.pending = Some(intent);
         self.save()?;
-        failpoint::hit(&format!("{name}.after-intent"));
+        failpoint::hit(points.after_intent);
         let sent = {
             let pool = self.pool();
             let thins = Thins { pool: &pool };
             send(&thins).and_then(|()| {
-                failpoint::hit(&format!("{name}.after-message"));
+                failpoint::hit(points.after_message);
                 thins.set_transaction(t, t + 1)
             })
         };
@@ -505,13 +506,13 @@ impl Op<'_> {
             }
             return Err(e);
         }
-        failpoint::hit(&format!("{name}.after-transaction"));
+        failpoint::hit(points.after_transaction);
         let intent = self.rec.pending.take().expect("set above");
         self.apply(intent);
         // Durable already: the intent on disk and the kernel's transaction
         // id finish this record after a power cut.
         self.save_atomic()?;
-        failpoint::hit(&format!("{name}.after-record"));
+        failpoint::hit(points.after_record);
         Ok(())
     }
 
@@ -551,7 +552,7 @@ impl Op<'_> {
                 transaction: self.rec.transaction + 1,
                 thin_id: id,
             };
-            self.transact("base", intent, |t| t.create(id))?;
+            self.transact(failpoint::base::TRANSACTION, intent, |t| t.create(id))?;
         }
         let id = self.rec.tree.base.expect("made above");
         let pool = self.pool();
@@ -565,7 +566,7 @@ impl Op<'_> {
         let down = thins.deactivate(id);
         made?;
         down?;
-        failpoint::hit("base.after-mkfs");
+        failpoint::hit(failpoint::base::AFTER_MKFS);
         self.rec.base_ready = true;
         self.rec.base_empty = true;
         self.save()
@@ -684,10 +685,12 @@ impl Op<'_> {
             origin,
             layer: layer.clone(),
         };
-        self.transact("create", intent, |t| t.snapshot(thin_id, origin))?;
+        self.transact(failpoint::create::TRANSACTION, intent, |t| {
+            t.snapshot(thin_id, origin)
+        })?;
         if pinned {
             self.activate(&layer)?;
-            failpoint::hit("create.after-activate");
+            failpoint::hit(failpoint::create::AFTER_ACTIVATE);
         }
         Ok(layer)
     }
@@ -707,7 +710,7 @@ impl Op<'_> {
         let target = self.mount_path(&l);
         if l.mounts == 0 {
             let (dev, _) = self.activate(&l)?;
-            failpoint::hit("mount.after-activate");
+            failpoint::hit(failpoint::mount::AFTER_ACTIVATE);
             // A containerd snapshot is a container's root, as on any
             // snapshotter: its device nodes must work.
             let nodev = !l.snapshotter;
@@ -718,7 +721,7 @@ impl Op<'_> {
                 }
                 return Err(e);
             }
-            failpoint::hit("mount.after-mount");
+            failpoint::hit(failpoint::mount::AFTER_MOUNT);
         }
         self.rec.tree.get_mut(key)?.mounts += 1;
         // Mount counts do not outlive a reboot.
@@ -744,11 +747,11 @@ impl Op<'_> {
                     e
                 }
             })?;
-            failpoint::hit("umount.after-umount");
+            failpoint::hit(failpoint::umount::AFTER_UMOUNT);
             let _ = fs::remove_dir(&target);
             if !l.pinned {
                 self.deactivate(&l)?;
-                failpoint::hit("umount.after-deactivate");
+                failpoint::hit(failpoint::umount::AFTER_DEACTIVATE);
             }
         }
         self.rec.tree.get_mut(key)?.mounts -= 1;
@@ -776,7 +779,7 @@ impl Op<'_> {
             },
         );
         let layer = self.commit(key, &new_key)?;
-        failpoint::hit("commit.after-record");
+        failpoint::hit(failpoint::commit::AFTER_RECORD);
         Ok(layer)
     }
 
@@ -836,14 +839,16 @@ impl Op<'_> {
                 layer: layer.clone(),
             };
             let (new, origin) = (layer.thin_id, l.thin_id);
-            self.transact("commit", intent, |t| t.snapshot(new, origin))?;
+            self.transact(failpoint::commit::TRANSACTION, intent, |t| {
+                t.snapshot(new, origin)
+            })?;
             // The holder keeps the device; it goes at its last close.
             self.deactivate(&l)?;
             return Ok(layer);
         }
         if l.pinned {
             self.deactivate(&l)?;
-            failpoint::hit("commit.after-deactivate");
+            failpoint::hit(failpoint::commit::AFTER_DEACTIVATE);
         }
         self.rec.tree.layers.remove(key);
         self.rec
@@ -886,7 +891,9 @@ impl Op<'_> {
             key: key.to_string(),
             thin_id: l.thin_id,
         };
-        self.transact("remove", intent, |t| t.delete(l.thin_id).map(|_| ()))
+        self.transact(failpoint::remove::TRANSACTION, intent, |t| {
+            t.delete(l.thin_id).map(|_| ())
+        })
     }
 
     fn destroy(&mut self) -> Result<()> {

@@ -24,6 +24,7 @@ use std::fs;
 
 use super::Op;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::records::Intent;
 use crate::thin::{self, Thins};
 use crate::units::ThinId;
@@ -201,7 +202,7 @@ impl Op<'_> {
                 key: String::new(),
                 thin_id: id,
             };
-            self.transact("orphan", intent, |t| {
+            self.transact(failpoint::orphan::TRANSACTION, intent, |t| {
                 t.deactivate(id)?;
                 t.delete(id).map(|_| ())
             })?;

@@ -103,7 +103,7 @@ impl Driver {
         // and the records are not saved if it refuses.
         op.rec.tree.get_mut(key)?.labels = labels;
         let layer = op.commit(key, name)?;
-        failpoint::hit("commit.after-record");
+        failpoint::hit(failpoint::commit::AFTER_RECORD);
         Ok(layer)
     }
 
@@ -120,7 +120,7 @@ impl Driver {
         l.updated_ns = super::now_ns();
         let l = l.clone();
         op.save()?;
-        failpoint::hit("labels.after-record");
+        failpoint::hit(failpoint::labels::AFTER_RECORD);
         Ok(l)
     }
 }

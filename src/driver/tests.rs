@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use super::*;
+use crate::failpoint::Point;
 use crate::kernel::Sim;
 use crate::pool::SourceOptions;
 use crate::testutil::TempDir;
@@ -206,49 +207,52 @@ fn a_failed_snapshot_resumes_the_origin_and_leaves_nothing() {
 /// operation dead), then open the root again and check the invariants.
 #[test]
 fn recovers_from_a_crash_at_every_step() {
+    use crate::failpoint::{commit, create, image_rm, import, mount, remove, umount};
     type Step = fn(&Driver);
-    let ops: Vec<(&str, Step)> = vec![
-        ("create", |d| {
+    let ops: Vec<(&str, &[Point], Step)> = vec![
+        ("create", create::POINTS, |d| {
             d.create_container("new", Some(&image("app"))).unwrap();
         }),
-        ("remove", |d| d.remove("victim", false).unwrap()),
-        ("mount", |d| {
+        ("remove", remove::POINTS, |d| {
+            d.remove("victim", false).unwrap()
+        }),
+        ("mount", mount::POINTS, |d| {
             d.mount("victim").unwrap();
         }),
-        ("umount", |d| d.umount("mounted").unwrap()),
-        ("remove", |d| d.remove_image(&image("spare")).unwrap()),
-        ("image-rm", |d| d.remove_image(&image("spare")).unwrap()),
-        ("commit", |d| {
+        ("umount", umount::POINTS, |d| d.umount("mounted").unwrap()),
+        ("remove", remove::POINTS, |d| {
+            d.remove_image(&image("spare")).unwrap()
+        }),
+        ("image-rm", image_rm::POINTS, |d| {
+            d.remove_image(&image("spare")).unwrap()
+        }),
+        ("commit", commit::POINTS, |d| {
             d.commit("victim", &image("made")).unwrap();
         }),
-        ("import", |d| {
-            d.import_image(
-                &image("imp:1"),
-                &import_layers(&["i1"]),
-                None,
-                |_, _| Ok(()),
-            )
-            .unwrap();
-        }),
-    ];
-    let points = [
-        "after-intent",
-        "after-message",
-        "after-transaction",
-        "after-record",
-        "after-activate",
-        "after-mount",
-        "after-umount",
-        "after-deactivate",
-        "after-mark",
-        "after-layer",
-        "after-create",
-        "after-commit",
-        "after-layers",
+        // `import.after-apply` has a test of its own:
+        // `a_crashed_import_is_removed_by_the_next_command`.
+        (
+            "import",
+            &[
+                import::AFTER_CREATE,
+                import::AFTER_MOUNT,
+                import::AFTER_COMMIT,
+                import::AFTER_LAYERS,
+            ],
+            |d| {
+                d.import_image(
+                    &image("imp:1"),
+                    &import_layers(&["i1"]),
+                    None,
+                    |_, _| Ok(()),
+                )
+                .unwrap();
+            },
+        ),
     ];
     let mut crashed = 0;
-    for (name, op) in &ops {
-        for point in points {
+    for (name, points, op) in &ops {
+        for &point in *points {
             let (w, d) = World::new();
             d.create_container("base", None).unwrap();
             d.commit("base", &image("app")).unwrap();
@@ -258,9 +262,9 @@ fn recovers_from_a_crash_at_every_step() {
             d.create_container("mounted", Some(&image("app"))).unwrap();
             d.mount("mounted").unwrap();
             let before = d.records().unwrap();
-            crate::failpoint::arm(&format!("{name}.{point}"));
+            crate::failpoint::arm(point);
             let result = catch_unwind(AssertUnwindSafe(|| op(&d)));
-            crate::failpoint::arm("disarmed");
+            crate::failpoint::disarm();
             if result.is_ok() {
                 continue; // this operation has no such step
             }
@@ -271,31 +275,31 @@ fn recovers_from_a_crash_at_every_step() {
             match *name {
                 "create" => assert_eq!(
                     after.tree.layers.contains_key("new"),
-                    point != "after-intent" && point != "after-message",
-                    "{name}.{point}"
+                    point != create::AFTER_INTENT && point != create::AFTER_MESSAGE,
+                    "{point}"
                 ),
                 "remove" => {
                     let gone = !after.tree.layers.contains_key("victim")
                         || !after.tree.images.contains_key("spare:latest");
-                    assert!(gone || before == after, "{name}.{point}: half done");
+                    assert!(gone || before == after, "{point}: half done");
                 }
                 "image-rm" => {
                     let spare = &before.tree.images["spare:latest"].top;
                     assert!(
                         !after.tree.images.contains_key("spare:latest")
                             && !after.tree.layers.contains_key(spare),
-                        "{name}.{point}: the image and its layer are gone"
+                        "{point}: the image and its layer are gone"
                     );
                 }
                 "commit" => assert_ne!(
                     after.tree.layers.contains_key("victim"),
                     after.tree.images.contains_key("made:latest"),
-                    "{name}.{point}: the container or the image"
+                    "{point}: the container or the image"
                 ),
                 "import" => assert!(
                     !after.tree.images.contains_key("imp:1")
                         && !after.tree.layers.contains_key("i1"),
-                    "{name}.{point}: nothing of the import is left"
+                    "{point}: nothing of the import is left"
                 ),
                 _ => {}
             }
@@ -322,7 +326,7 @@ fn recovers_from_a_crash_in_init_and_activation() {
         let r = catch_unwind(AssertUnwindSafe(|| {
             let _ = Driver::init(dir.path(), Arc::new(sim.clone()), &opts());
         }));
-        crate::failpoint::arm("disarmed");
+        crate::failpoint::disarm();
         assert!(r.is_err(), "{point} was reached");
         let w = World { dir, sim };
         let d = match Driver::open(w.dir.path(), Arc::new(w.sim.clone())) {
@@ -336,12 +340,7 @@ fn recovers_from_a_crash_in_init_and_activation() {
         d.create_container("c", None).unwrap();
         w.check_invariants();
     }
-    for point in [
-        "activate.after-loops",
-        "activate.after-check",
-        "activate.after-load",
-        "activate.after-reconcile",
-    ] {
+    for &point in crate::failpoint::activate::POINTS {
         let (w, d) = World::new();
         d.create_container("c", None).unwrap();
         drop(d);
@@ -350,7 +349,7 @@ fn recovers_from_a_crash_in_init_and_activation() {
         let r = catch_unwind(AssertUnwindSafe(|| {
             let _ = Driver::open(w.dir.path(), Arc::new(w.sim.clone()));
         }));
-        crate::failpoint::arm("disarmed");
+        crate::failpoint::disarm();
         assert!(r.is_err(), "{point} was reached");
         assert!(w.open().tree().unwrap().layers.contains_key("c"), "{point}");
         w.check_invariants();
@@ -466,9 +465,9 @@ fn an_operation_that_died_makes_the_next_one_check_every_device() {
     // A process dies half-way through mounting `b`, after something
     // (say, a snapshot of `a`'s device) had suspended `a`.
     w.sim.dm_suspend(&dev, true).unwrap();
-    crate::failpoint::arm("mount.after-mount");
+    crate::failpoint::arm(crate::failpoint::mount::AFTER_MOUNT);
     let died = catch_unwind(AssertUnwindSafe(|| d.mount("b")));
-    crate::failpoint::arm("disarmed");
+    crate::failpoint::disarm();
     assert!(died.is_err(), "the mount was to die at its failpoint");
     d.status().unwrap();
     let info = w.sim.dm_info(&dev).unwrap().expect("a is mounted");
@@ -599,7 +598,7 @@ fn a_crashed_import_is_removed_by_the_next_command() {
         Ok(())
     })
     .unwrap();
-    crate::failpoint::arm("import.after-apply");
+    crate::failpoint::arm(crate::failpoint::import::AFTER_APPLY);
     let r = catch_unwind(AssertUnwindSafe(|| {
         let _ = d.import_image(
             &image("app:1"),

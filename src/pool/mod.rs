@@ -287,7 +287,7 @@ impl Pool<'_> {
             ) => {
                 make_sparse(metadata, *metadata_size)?;
                 make_sparse(data, *data_size)?;
-                crate::failpoint::hit("init.after-files");
+                crate::failpoint::hit(crate::failpoint::init::AFTER_FILES);
             }
             (PoolSource::Devices { data, metadata }, _) => {
                 // Both must be block devices before anything is written.
@@ -301,7 +301,7 @@ impl Pool<'_> {
             _ => unreachable!("config_for pairs source and options"),
         }
         let backing = self.open_backing()?;
-        crate::failpoint::hit("init.after-loops");
+        crate::failpoint::hit(crate::failpoint::init::AFTER_LOOPS);
         self.load(&backing)
     }
 
@@ -316,7 +316,7 @@ impl Pool<'_> {
             return Err(Error::not_found("thin pool device", self.name()));
         }
         let backing = self.open_backing()?;
-        crate::failpoint::hit("activate.after-loops");
+        crate::failpoint::hit(crate::failpoint::activate::AFTER_LOOPS);
         // LVM checks a thin pool's metadata on every activation; so do we.
         // The check also clears a needs_check flag the kernel set after an
         // error, once the metadata is found sound.
@@ -333,9 +333,9 @@ impl Pool<'_> {
                 pool: self.name(),
                 detail: format!("{e}; the pool was not activated: {hint}"),
             })?;
-        crate::failpoint::hit("activate.after-check");
+        crate::failpoint::hit(crate::failpoint::activate::AFTER_CHECK);
         self.load(&backing)?;
-        crate::failpoint::hit("activate.after-load");
+        crate::failpoint::hit(crate::failpoint::activate::AFTER_LOAD);
         Ok(true)
     }
 

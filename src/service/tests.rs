@@ -416,7 +416,7 @@ async fn a_commit_stopped_after_its_record_is_whole() {
     // Armed on the blocking thread that runs the commit: it panics there.
     let d = s.driver.clone();
     let crashed = tokio::task::spawn_blocking(move || {
-        crate::failpoint::arm("commit.after-record");
+        crate::failpoint::arm(crate::failpoint::commit::AFTER_RECORD);
         d.commit_snapshot(
             "default/1/a",
             "default/2/b",

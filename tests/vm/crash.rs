@@ -8,21 +8,25 @@
 //!   changes as a layer tar is the one taken before the matrix;
 //! - the killed operation is complete or absent, and can be done again.
 //!
-//! [`failpoints_in_src`] reads every failpoint name out of the sources, and a
-//! test insists that the matrix (here and the containerd part in
-//! [`crate::containerd`]) kills at each of them. Running, each (operation,
-//! point) pair must kill a process at its point exactly once
+//! The matrix names its points with the constants of
+//! [`thinlayer::failpoint`], and a test insists that it (here and the
+//! containerd part in [`crate::containerd`]) kills at each point of
+//! [`failpoint::ALL`], the list of every point there is. Running, each
+//! (operation, point) pair must kill a process at its point exactly once
 //! ([`kills_during`]).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use thinlayer::Driver;
+use thinlayer::failpoint::{
+    self, Point, activate, commit, create, image_rm, import, labels, mount, orphan, remove, umount,
+};
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::image::{Compression, DigestWriter};
 use thinlayer::kernel::Kernel;
@@ -34,22 +38,12 @@ use crate::fixture::{self, DEADLINE, Fixture, eventually, write_file};
 /// one of them, recover, check and bring the root back to the baseline.
 struct Row {
     op: &'static str,
-    points: &'static [&'static str],
+    points: &'static [Point],
     run: fn(&Fixture, &Baseline, &str),
 }
 
-const CREATE: &[&str] = &[
-    "create.after-intent",
-    "create.after-message",
-    "create.after-transaction",
-    "create.after-record",
-];
-const REMOVE: &[&str] = &[
-    "remove.after-intent",
-    "remove.after-message",
-    "remove.after-transaction",
-    "remove.after-record",
-];
+const CREATE: &[Point] = &create::TRANSACTION.points();
+const REMOVE: &[Point] = remove::POINTS;
 
 /// The command-line operations.
 const ROWS: &[Row] = &[
@@ -60,22 +54,12 @@ const ROWS: &[Row] = &[
     },
     Row {
         op: "pool activate",
-        points: &[
-            "activate.after-loops",
-            "activate.after-check",
-            "activate.after-load",
-            "activate.after-reconcile",
-        ],
+        points: activate::POINTS,
         run: pool_activate,
     },
     Row {
         op: "pool activate with an orphan thin id",
-        points: &[
-            "orphan.after-intent",
-            "orphan.after-message",
-            "orphan.after-transaction",
-            "orphan.after-record",
-        ],
+        points: orphan::POINTS,
         run: orphan,
     },
     Row {
@@ -85,17 +69,17 @@ const ROWS: &[Row] = &[
     },
     Row {
         op: "container mount",
-        points: &["mount.after-activate", "mount.after-mount"],
+        points: mount::POINTS,
         run: container_mount,
     },
     Row {
         op: "container umount",
-        points: &["umount.after-umount", "umount.after-deactivate"],
+        points: umount::POINTS,
         run: container_umount,
     },
     Row {
         op: "container commit",
-        points: &["commit.after-record"],
+        points: &[commit::AFTER_RECORD],
         run: container_commit,
     },
     Row {
@@ -107,24 +91,18 @@ const ROWS: &[Row] = &[
         op: "image import",
         // Between these, the layer's create, mount and umount (killed in
         // the rows above).
-        points: &[
-            "import.after-create",
-            "import.after-mount",
-            "import.after-apply",
-            "import.after-commit",
-            "import.after-layers",
-        ],
+        points: import::POINTS,
         run: image_import,
     },
     Row {
         op: "image rm",
         points: &[
-            "image-rm.after-mark",
-            "remove.after-intent",
-            "remove.after-message",
-            "remove.after-transaction",
-            "remove.after-record",
-            "image-rm.after-layer",
+            image_rm::AFTER_MARK,
+            remove::AFTER_INTENT,
+            remove::AFTER_MESSAGE,
+            remove::AFTER_TRANSACTION,
+            remove::AFTER_RECORD,
+            image_rm::AFTER_LAYER,
         ],
         run: image_rm,
     },
@@ -132,43 +110,14 @@ const ROWS: &[Row] = &[
 
 /// The containerd calls, killed in `thinlayer serve`
 /// ([`crate::containerd`] runs them).
-pub const CONTAINERD_ROWS: &[(&str, &[&str])] = &[
-    (
-        "Prepare",
-        &[
-            "create.after-intent",
-            "create.after-message",
-            "create.after-transaction",
-            "create.after-record",
-            "create.after-activate",
-        ],
-    ),
-    (
-        "View",
-        &[
-            "create.after-intent",
-            "create.after-message",
-            "create.after-transaction",
-            "create.after-record",
-            "create.after-activate",
-        ],
-    ),
-    (
-        "Commit",
-        &["commit.after-deactivate", "commit.after-record"],
-    ),
+pub const CONTAINERD_ROWS: &[(&str, &[Point])] = &[
+    ("Prepare", create::POINTS),
+    ("View", create::POINTS),
+    ("Commit", &[commit::AFTER_DEACTIVATE, commit::AFTER_RECORD]),
     // A Commit of a snapshot its client still has mounted: the committed
     // layer is a snapshot taken at the commit, one more transaction.
-    (
-        "CommitMounted",
-        &[
-            "commit.after-intent",
-            "commit.after-message",
-            "commit.after-transaction",
-            "commit.after-record",
-        ],
-    ),
-    ("Update", &["labels.after-record"]),
+    ("CommitMounted", &commit::TRANSACTION.points()),
+    ("Update", labels::POINTS),
     ("Remove", REMOVE),
 ];
 
@@ -206,12 +155,12 @@ fn every_operation_killed_at_every_failpoint_recovers() {
         let started = Instant::now();
         let mut ran = 0;
         for row in ROWS {
-            for point in row.points {
+            for point in row.points.iter().map(|p| p.name()) {
                 let t = Instant::now();
                 let killed = kills_during(|| (row.run)(fx, &base, point));
                 assert_eq!(
                     killed,
-                    [*point],
+                    [point],
                     "{}: the points at which the row killed thinlayer",
                     row.op
                 );
@@ -232,19 +181,22 @@ fn every_operation_killed_at_every_failpoint_recovers() {
 
 #[test]
 fn the_crash_matrix_covers_every_failpoint() {
-    let in_src = failpoints_in_src();
-    let covered: BTreeSet<String> = ROWS
+    let every: BTreeSet<Point> = failpoint::ALL
+        .iter()
+        .flat_map(|op| op.iter().copied())
+        .collect();
+    let covered: BTreeSet<Point> = ROWS
         .iter()
         .flat_map(|r| r.points.iter())
         .chain(CONTAINERD_ROWS.iter().flat_map(|r| r.1.iter()))
-        .map(|p| p.to_string())
+        .copied()
         .collect();
-    let missing: Vec<&String> = in_src.difference(&covered).collect();
+    let missing: Vec<&Point> = every.difference(&covered).collect();
     assert!(
         missing.is_empty(),
         "failpoints no test kills at: {missing:?}"
     );
-    let unknown: Vec<&String> = covered.difference(&in_src).collect();
+    let unknown: Vec<&Point> = covered.difference(&every).collect();
     assert!(
         unknown.is_empty(),
         "the matrix names no such failpoint: {unknown:?}"
@@ -253,55 +205,8 @@ fn the_crash_matrix_covers_every_failpoint() {
         + CONTAINERD_ROWS.iter().map(|r| r.1.len()).sum::<usize>();
     println!(
         "crash matrix: {} failpoints, {pairs} points × operations",
-        in_src.len()
+        every.len()
     );
-}
-
-/// Every failpoint name in `src/`: the literal names given to `hit`, and
-/// for the names `transact` makes (`{name}.after-...`), each of its suffixes
-/// with each operation name passed to `transact`. Any other form of call
-/// fails, so that no point escapes the count.
-pub fn failpoints_in_src() -> BTreeSet<String> {
-    let mut literal = BTreeSet::new();
-    let mut suffixes = BTreeSet::new();
-    let mut ops = BTreeSet::new();
-    let mut files = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(p) = files.pop() {
-        if p.is_dir() {
-            files.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        if p.extension().is_none_or(|e| e != "rs") || p.ends_with("failpoint.rs") {
-            continue;
-        }
-        let text = fs::read_to_string(&p).unwrap();
-        let quoted = |rest: &str| rest[..rest.find('"').expect("closing quote")].to_string();
-        for (i, _) in text.match_indices("hit(") {
-            let rest = &text[i + 4..];
-            if let Some(r) = rest.strip_prefix('"') {
-                literal.insert(quoted(r));
-            } else if let Some(r) = rest.strip_prefix("&format!(\"{name}.") {
-                suffixes.insert(quoted(r));
-            } else {
-                panic!(
-                    "{}: a failpoint whose name this count cannot read: hit({}",
-                    p.display(),
-                    &rest[..rest.len().min(40)]
-                );
-            }
-        }
-        for (i, _) in text.match_indices("transact(\"") {
-            ops.insert(quoted(&text[i + 10..]));
-        }
-    }
-    assert!(!suffixes.is_empty() && !ops.is_empty(), "transact's points");
-    let mut all = literal;
-    for op in &ops {
-        for s in &suffixes {
-            all.insert(format!("{op}.{s}"));
-        }
-    }
-    all
 }
 
 thread_local! {

@@ -476,7 +476,10 @@ fn commit_records_the_layer_digest_and_a_killed_import_leaves_nothing() {
         write_oci_archive(&archive, "app:1", &app_layers(), Compression::Gzip, true).unwrap();
         let out = fx.cli_env(
             &["image", "import", archive.to_str().unwrap()],
-            &[("THINLAYER_FAILPOINT", "import.after-apply")],
+            &[(
+                "THINLAYER_FAILPOINT",
+                thinlayer::failpoint::import::AFTER_APPLY.name(),
+            )],
         );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(
