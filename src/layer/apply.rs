@@ -27,7 +27,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
-use super::xattr_is_local;
+use super::xattr::{Xattrs, xattr_is_local};
 use crate::error::{Error, Result};
 
 /// What [`apply_layer`] did.
@@ -254,94 +254,6 @@ fn parse_pax_time(v: &[u8]) -> Option<TimeSpec> {
         Some(TimeSpec::new(-secs, 0))
     } else {
         Some(TimeSpec::new(-secs - 1, 1_000_000_000 - nsec))
-    }
-}
-
-/// Where xattrs are set: an open descriptor, or a path that is not followed.
-enum XattrTarget<'a> {
-    Fd(BorrowedFd<'a>),
-    Path(CString),
-}
-
-impl XattrTarget<'_> {
-    fn list(&self) -> io::Result<Vec<Vec<u8>>> {
-        let mut buf = vec![0u8; 1024];
-        loop {
-            let n = match self {
-                // SAFETY: `buf` is writable for the length passed.
-                XattrTarget::Fd(fd) => unsafe {
-                    libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                },
-                // SAFETY: `p` is NUL-terminated, `buf` is writable for the length passed.
-                XattrTarget::Path(p) => unsafe {
-                    libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                },
-            };
-            if n >= 0 {
-                buf.truncate(n as usize);
-                break;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-                Some(libc::ENOTSUP) => return Ok(Vec::new()),
-                _ => return Err(e),
-            }
-        }
-        Ok(buf
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect())
-    }
-
-    fn set(&self, name: &CStr, value: &[u8]) -> io::Result<()> {
-        let r = match self {
-            // SAFETY: `name` is NUL-terminated, `value` readable for its length.
-            XattrTarget::Fd(fd) => unsafe {
-                libc::fsetxattr(
-                    fd.as_raw_fd(),
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            },
-            // SAFETY: as above, and `p` is NUL-terminated.
-            XattrTarget::Path(p) => unsafe {
-                libc::lsetxattr(
-                    p.as_ptr(),
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            },
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    fn remove(&self, name: &CStr) -> io::Result<()> {
-        let r = match self {
-            // SAFETY: `name` is NUL-terminated.
-            XattrTarget::Fd(fd) => unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) },
-            // SAFETY: both strings are NUL-terminated.
-            XattrTarget::Path(p) => unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) },
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENODATA) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
     }
 }
 
@@ -845,7 +757,7 @@ impl Applier<'_> {
             Some(Gid::from_raw(meta.gid)),
         )
         .map_err(|e| self.io_err("chown", key, e))?;
-        self.set_xattrs(name, key, &XattrTarget::Fd(fd), meta)?;
+        self.set_xattrs(name, key, &Xattrs::Fd(fd), meta)?;
         fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(|e| self.io_err("chmod", key, e))
     }
 
@@ -873,7 +785,7 @@ impl Applier<'_> {
         // component.
         let mut p = format!("/proc/self/fd/{}/", pfd.as_raw_fd()).into_bytes();
         p.extend_from_slice(fname.to_bytes());
-        self.set_xattrs(name, key, &XattrTarget::Path(cstr(&p)), meta)?;
+        self.set_xattrs(name, key, &Xattrs::Path(cstr(&p)), meta)?;
         if !symlink {
             // The node was created by the call before, as a fifo or device:
             // there is no symlink to follow.
@@ -897,7 +809,7 @@ impl Applier<'_> {
 
     /// Sets the entry's xattrs and removes any others (inherited default
     /// ACLs, or those of a directory kept from below).
-    fn set_xattrs(&self, name: &str, key: &[u8], t: &XattrTarget<'_>, meta: &Meta) -> Result<()> {
+    fn set_xattrs(&self, name: &str, key: &[u8], t: &Xattrs<'_>, meta: &Meta) -> Result<()> {
         let existing = t
             .list()
             .map_err(|e| self.io_err("list xattrs of", key, e))?;
@@ -1099,7 +1011,7 @@ mod tests {
     use tar::EntryType;
 
     use super::*;
-    use crate::layer::read_xattrs;
+    use crate::layer::xattr::read_xattrs;
     use crate::testutil::TempDir;
 
     /// Builds layer tars entry by entry, with names and targets verbatim.

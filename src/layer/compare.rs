@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::read_xattrs;
+use super::xattr::read_xattrs;
 
 /// Test aid, used by the unit tests and the VM integration tests: compares
 /// two directory trees and describes every difference found (up to a limit).

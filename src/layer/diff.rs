@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::read_xattrs;
+use super::xattr::read_xattrs;
 use crate::error::{Error, Result};
 
 /// What [`write_diff`] wrote.

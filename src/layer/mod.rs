@@ -14,93 +14,12 @@ mod apply;
 #[cfg(any(test, feature = "testing"))]
 mod compare;
 mod diff;
+mod xattr;
 
 pub use apply::{ApplyStats, apply_layer};
 #[cfg(any(test, feature = "testing"))]
 pub use compare::compare_trees;
 pub use diff::{DiffStats, write_diff};
-
-use std::ffi::CString;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
-/// Extended attributes that are not part of layer content.
-pub(crate) fn xattr_is_local(name: &[u8]) -> bool {
-    name == b"security.selinux"
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-/// The extended attributes of `path` itself (symlinks are not followed),
-/// sorted by name, without the host-local ones (see [`xattr_is_local`]).
-/// A filesystem without xattr support has none.
-pub(crate) fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let cpath = c_path(path)?;
-    let mut names = vec![0u8; 1024];
-    let len = loop {
-        // SAFETY: `cpath` is a valid NUL-terminated string and `names` is a
-        // writable buffer of the length passed.
-        let n = unsafe {
-            libc::llistxattr(
-                cpath.as_ptr(),
-                names.as_mut_ptr().cast::<libc::c_char>(),
-                names.len(),
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            _ => return Err(e),
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if xattr_is_local(name) {
-            continue;
-        }
-        let cname = CString::new(name).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "xattr name contains a NUL byte")
-        })?;
-        let mut value = vec![0u8; 256];
-        loop {
-            // SAFETY: both strings are NUL-terminated and `value` is a
-            // writable buffer of the length passed.
-            let n = unsafe {
-                libc::lgetxattr(
-                    cpath.as_ptr(),
-                    cname.as_ptr(),
-                    value.as_mut_ptr().cast::<libc::c_void>(),
-                    value.len(),
-                )
-            };
-            if n >= 0 {
-                value.truncate(n as usize);
-                break;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
-                // Removed between listing and reading.
-                Some(libc::ENODATA) => {
-                    value.clear();
-                    break;
-                }
-                _ => return Err(e),
-            }
-        }
-        out.push((name.to_vec(), value));
-    }
-    out.sort();
-    Ok(out)
-}
 
 #[cfg(test)]
 pub(crate) mod testtree {
