@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use super::digest::{Digest, DigestReader, DigestWriter};
 use super::{Compression, host_architecture, media_type as mt};
 use crate::error::{Error, Result};
+use crate::layer::read_up_to;
 
 /// One image to export.
 #[derive(Clone, Debug)]
@@ -344,19 +345,6 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.root);
         }
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Packs the directory `root` into the tar file `out`, sorted, with fixed

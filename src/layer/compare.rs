@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::read_up_to;
 use super::xattr::read_xattrs;
 
 /// Test aid, used by the unit tests and the VM integration tests: compares
@@ -222,8 +222,8 @@ fn same_content(a: &Path, b: &Path) -> Result<(), String> {
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     let mut offset = 0u64;
     loop {
-        let na = read_full(&mut fa, &mut ba).map_err(|e| format!("read {}: {e}", a.display()))?;
-        let nb = read_full(&mut fb, &mut bb).map_err(|e| format!("read {}: {e}", b.display()))?;
+        let na = read_up_to(&mut fa, &mut ba).map_err(|e| format!("read {}: {e}", a.display()))?;
+        let nb = read_up_to(&mut fb, &mut bb).map_err(|e| format!("read {}: {e}", b.display()))?;
         if ba[..na] != bb[..nb] {
             return Err(format!("content differs after byte {offset}"));
         }
@@ -232,19 +232,6 @@ fn same_content(a: &Path, b: &Path) -> Result<(), String> {
         }
         offset += na as u64;
     }
-}
-
-fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -21,6 +21,23 @@ pub use apply::{ApplyStats, apply_layer};
 pub use compare::compare_trees;
 pub use diff::{DiffStats, write_diff};
 
+use std::io::{self, Read};
+
+/// Reads until `buf` is full or the input ends; returns how much it read.
+/// Interrupted reads are retried.
+pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 pub(crate) mod testtree {
     //! Building trees with every kind of entry, for the tests of both halves.
