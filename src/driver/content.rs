@@ -182,9 +182,11 @@ impl Op<'_> {
         result.and_then(|r| down.map(|()| r))
     }
 
-    /// Mounts the base device read-only (never written after its mkfs).
-    /// Not reference counted: one user at a time, under the root's lock; the
-    /// reconciler removes a mount a crash left.
+    /// Mounts the base device read-only: once made (its mkfs, its root
+    /// emptied), nothing writes it but the one-time emptying of an older
+    /// pool's base (`Op::empty_old_base`). Not reference counted: one user
+    /// at a time, under the root's lock; the reconciler removes a mount a
+    /// crash left.
     fn mount_base(&mut self) -> Result<std::path::PathBuf> {
         let id = self
             .rec
@@ -224,7 +226,9 @@ impl Op<'_> {
         }
     }
 
-    /// Removes what a crashed import left: layers still marked as importing.
+    /// Removes what a killed import or image removal left: the layers still
+    /// marked [`IMPORTING`], deepest first. A marked layer that still has a
+    /// child (one not marked) is kept.
     pub(super) fn remove_crashed_imports(&mut self) -> Result<()> {
         let mut left: Vec<(u64, String)> = self
             .rec

@@ -76,8 +76,9 @@ impl Driver {
 }
 
 impl Op<'_> {
-    /// Unmounts nothing: refuses while a layer is mounted, otherwise
-    /// deactivates every thin device and the pool.
+    /// Unmounts nothing: refuses while a layer is mounted, and refuses a
+    /// pool thinlayer did not make; otherwise deactivates every thin device
+    /// and the pool.
     fn take_offline(&mut self) -> Result<()> {
         let mounted = self.rec.tree.mounted();
         if !mounted.is_empty() {

@@ -3,9 +3,12 @@
 //! A [`Driver`] is a handle on one root. Every operation takes the root's
 //! lock, reads the records, makes sure the pool is live and that no earlier
 //! operation was left half done (see the `reconcile` module), then does its
-//! work. The handle keeps nothing between operations but layer sizes,
-//! checked against the kernel before each use (see the `sizes` module), so
-//! several handles, threads and processes share a root safely.
+//! work; but `check` and `repair`, for a pool that may not come up, do
+//! their work first and that repair after it, and [`Driver::layer_size`]
+//! answers without the lock while the figures it keeps are current. The
+//! handle keeps nothing between operations but layer sizes, checked against
+//! the kernel before each use (see the `sizes` module), so several handles,
+//! threads and processes share a root safely.
 
 mod content;
 mod images;
@@ -233,7 +236,10 @@ impl Driver {
         op.pool().status(n)
     }
 
-    /// Re-activates the pool (after a reboot); reports whether it had to.
+    /// Brings the pool up if it is down (after a reboot) and repairs what
+    /// an interrupted operation left: what every operation does first (see
+    /// the `reconcile` module), and nothing more. It does not say whether
+    /// anything had to be done.
     pub fn activate(&self) -> Result<()> {
         self.begin().map(|_| ())
     }
@@ -269,8 +275,13 @@ impl Driver {
         )
     }
 
-    /// Creates a layer under an arbitrary key (the containerd service's
-    /// Prepare and View). `pinned` keeps its device active between commands.
+    /// Creates a layer of `kind` under `key` (a snapshot key, see
+    /// [`crate::tree::validate_key`]) on `parent`, or on the empty base when
+    /// `None`, with `labels`; it is not mounted. A `pinned` layer's device is
+    /// activated at once and kept up between commands, also while the layer
+    /// is not mounted, and its mounts allow device nodes. The containerd
+    /// service makes its snapshots with [`Driver::create_snapshot`] instead,
+    /// which also mounts an active one.
     pub fn create_layer(
         &self,
         key: &str,
@@ -290,14 +301,16 @@ impl Driver {
         op.mount(key)
     }
 
-    /// Drops one mount reference; the last one unmounts and deactivates.
+    /// Drops one mount reference; the last one unmounts the layer and, unless
+    /// it is pinned, takes its device down.
     pub fn umount(&self, key: &str) -> Result<()> {
         let mut op = self.begin()?;
         op.umount(key)
     }
 
-    /// Makes the layer's device live and returns its node (for mounts done
-    /// by someone else, e.g. containerd).
+    /// Makes the layer's device live and returns its node, for a mount done
+    /// by someone else. The device of a layer that is neither mounted nor
+    /// pinned is one no layer needs: the next operation takes it down.
     pub fn activate_layer(&self, key: &str) -> Result<PathBuf> {
         let op = self.begin()?;
         let l = op.rec.tree.get(key)?.clone();
@@ -322,8 +335,12 @@ impl Driver {
         self.begin()?.commit_as_image(key, image)
     }
 
-    /// Commits an active layer under `new_key` (containerd's Commit) without
-    /// naming an image.
+    /// Commits the active layer `key` as the committed layer `new_key`,
+    /// keeping its labels, without naming an image. Refused while the layer
+    /// is mounted. A pinned layer whose device is held open elsewhere is
+    /// committed as a snapshot of it taken now (see `Op::commit`). The
+    /// containerd service's Commit is [`Driver::commit_snapshot`], which
+    /// releases thinlayer's own mount first and sets the request's labels.
     pub fn commit_layer(&self, key: &str, new_key: &str) -> Result<Layer> {
         crate::tree::validate_key(new_key)?;
         let mut op = self.begin()?;
@@ -785,17 +802,18 @@ impl Op<'_> {
 
     /// Commits the active layer `key` as the committed layer `new_key`.
     ///
-    /// A layer whose device nobody holds open becomes the committed layer
-    /// in place: its device is removed and its record renamed. One whose
-    /// device is still open (containerd commits snapshots its clients may
-    /// still have mounted) cannot be frozen that way, since the holder
+    /// A layer whose device nobody holds open becomes the committed layer in
+    /// place: its record is renamed, and a pinned layer's device (the only
+    /// kind left up between commands) is taken down first. A pinned layer
+    /// whose device is still open (containerd commits snapshots its clients
+    /// may still have mounted) cannot be frozen that way, since the holder
     /// could go on writing into what is now an image layer. Its committed
-    /// layer is instead a snapshot of it taken at this instant: the device
-    /// is suspended around `create_snap`, which freezes the filesystem on
-    /// it (the kernel's suspend syncs and freezes a mounted filesystem
-    /// unless told to skip that), so the copy holds a clean filesystem.
-    /// The old device and thin id are left to the holder and retired:
-    /// deleted once the device has closed (see [`Op::delete_retired`]).
+    /// layer is instead a snapshot of it taken at this instant: the device is
+    /// suspended around `create_snap`, which freezes the filesystem on it
+    /// (the kernel's suspend syncs and freezes a mounted filesystem unless
+    /// told to skip that), so the copy holds a clean filesystem. The old
+    /// device and thin id are left to the holder and retired: deleted once
+    /// the device has closed (see [`Op::delete_retired`]).
     fn commit(&mut self, key: &str, new_key: &str) -> Result<Layer> {
         let l = self.rec.tree.get(key)?.clone();
         if l.kind != Kind::Active {
@@ -872,7 +890,9 @@ impl Op<'_> {
         self.save()
     }
 
-    /// Deletes a layer's device and thin id (checks are the caller's).
+    /// Deletes a layer's device and thin id. The tree's checks (children,
+    /// mounts) are the caller's; a device still open elsewhere once its
+    /// removal was asked (its removal deferred) is refused as busy.
     fn remove_layer(&mut self, key: &str) -> Result<()> {
         let l = self.rec.tree.get(key)?.clone();
         self.deactivate(&l)?;

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use super::read_up_to;
 use super::xattr::read_xattrs;
 
-/// Test aid, used by the unit tests and the VM integration tests: compares
-/// two directory trees and describes every difference found (up to a limit).
+/// Test aid, used by the unit tests, the fuzz tests and the VM integration
+/// tests: compares two directory trees and describes every difference found
+/// (up to 50).
 ///
 /// Compared, for every path below the two roots (the roots' own metadata is
 /// not compared): presence, file type, permission bits including setuid,
