@@ -14,6 +14,8 @@ mod content;
 mod images;
 mod maintenance;
 mod reconcile;
+#[cfg(any(test, feature = "testing"))]
+pub mod scenarios;
 mod service;
 mod sizes;
 
@@ -245,6 +247,13 @@ impl Driver {
     }
 
     /// The records as they stand.
+    /// The thin ids the pool's metadata holds, from a dump of a metadata
+    /// snapshot: for tests comparing the kernel with the tree.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn kernel_thin_ids(&self) -> Result<std::collections::BTreeSet<u32>> {
+        Ok(self.begin()?.kernel_mappings()?.into_keys().collect())
+    }
+
     pub fn records(&self) -> Result<Records> {
         Ok(self.begin()?.rec.clone())
     }

@@ -1,17 +1,14 @@
 //! The driver against the simulated kernel: the tree, the transaction
 //! protocol and the reconciler, including a crash at every failpoint.
 
-use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use super::*;
-use crate::failpoint::Point;
 use crate::kernel::Sim;
 use crate::pool::SourceOptions;
 use crate::testutil::TempDir;
 use crate::units::Bytes;
-use std::collections::BTreeMap;
 
 fn opts() -> PoolOptions {
     PoolOptions {
@@ -27,48 +24,27 @@ fn opts() -> PoolOptions {
 struct World {
     dir: TempDir,
     sim: Sim,
+    on: scenarios::World,
 }
 
 impl World {
     fn new() -> (World, Driver) {
         let dir = TempDir::new("driver");
         let sim = Sim::new();
-        let d = Driver::init(dir.path(), Arc::new(sim.clone()), &opts()).unwrap();
-        (World { dir, sim }, d)
+        let (on, d) = scenarios::World::new(Arc::new(sim.clone()), dir.path(), &opts());
+        (World { dir, sim, on }, d)
     }
 
     fn open(&self) -> Driver {
-        Driver::open(self.dir.path(), Arc::new(self.sim.clone())).unwrap()
+        self.on.open()
     }
 
     fn metadata_file(&self) -> std::path::PathBuf {
         self.dir.path().join("metadata")
     }
 
-    /// The invariants every command must leave: the kernel's thin ids are the
-    /// tree's, nothing is pending, the transaction ids agree, and only the
-    /// devices and mounts of mounted layers exist.
     fn check_invariants(&self) {
-        let d = self.open();
-        let rec = d.records().unwrap();
-        assert!(
-            rec.pending.is_none(),
-            "pending intent left: {:?}",
-            rec.pending
-        );
-        let kernel: BTreeSet<u32> = self
-            .sim
-            .thin_ids(&self.metadata_file())
-            .into_iter()
-            .collect();
-        let tree: BTreeSet<u32> = rec.tree.thin_ids().map(ThinId::get).collect();
-        assert_eq!(kernel, tree, "kernel thin ids vs tree");
-        let status = d.status().unwrap();
-        assert_eq!(status.transaction_id, rec.transaction);
-        let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0).count();
-        assert_eq!(self.sim.mounts().unwrap().len(), mounted, "mounts");
-        let devices = self.sim.dm_list().unwrap();
-        assert_eq!(devices.len(), 1 + mounted, "devices: {devices:?}");
+        self.on.check_invariants()
     }
 }
 
@@ -207,110 +183,13 @@ fn a_failed_snapshot_resumes_the_origin_and_leaves_nothing() {
 /// operation dead), then open the root again and check the invariants.
 #[test]
 fn recovers_from_a_crash_at_every_step() {
-    use crate::failpoint::{commit, create, image_rm, import, mount, remove, umount};
-    type Step = fn(&Driver);
-    let ops: Vec<(&str, &[Point], Step)> = vec![
-        ("create", create::POINTS, |d| {
-            d.create_container("new", Some(&image("app"))).unwrap();
-        }),
-        ("remove", remove::POINTS, |d| {
-            d.remove("victim", false).unwrap()
-        }),
-        ("mount", mount::POINTS, |d| {
-            d.mount("victim").unwrap();
-        }),
-        ("umount", umount::POINTS, |d| d.umount("mounted").unwrap()),
-        ("remove", remove::POINTS, |d| {
-            d.remove_image(&image("spare")).unwrap()
-        }),
-        ("image-rm", image_rm::POINTS, |d| {
-            d.remove_image(&image("spare")).unwrap()
-        }),
-        ("commit", commit::POINTS, |d| {
-            d.commit("victim", &image("made")).unwrap();
-        }),
-        // `import.after-apply` has a test of its own:
-        // `a_crashed_import_is_removed_by_the_next_command`.
-        (
-            "import",
-            &[
-                import::AFTER_CREATE,
-                import::AFTER_MOUNT,
-                import::AFTER_COMMIT,
-                import::AFTER_LAYERS,
-            ],
-            |d| {
-                d.import_image(
-                    &image("imp:1"),
-                    &import_layers(&["i1"]),
-                    None,
-                    |_, _| Ok(()),
-                )
-                .unwrap();
-            },
-        ),
-    ];
-    let mut crashed = 0;
-    for (name, points, op) in &ops {
-        for &point in *points {
-            let (w, d) = World::new();
-            d.create_container("base", None).unwrap();
-            d.commit("base", &image("app")).unwrap();
-            d.create_container("spare-src", None).unwrap();
-            d.commit("spare-src", &image("spare")).unwrap();
-            d.create_container("victim", Some(&image("app"))).unwrap();
-            d.create_container("mounted", Some(&image("app"))).unwrap();
-            d.mount("mounted").unwrap();
-            let before = d.records().unwrap();
-            crate::failpoint::arm(point);
-            let result = catch_unwind(AssertUnwindSafe(|| op(&d)));
-            crate::failpoint::disarm();
-            if result.is_ok() {
-                continue; // this operation has no such step
-            }
-            crashed += 1;
-            w.check_invariants();
-            // The interrupted operation is complete or absent.
-            let after = w.open().records().unwrap();
-            match *name {
-                "create" => assert_eq!(
-                    after.tree.layers.contains_key("new"),
-                    point != create::AFTER_INTENT && point != create::AFTER_MESSAGE,
-                    "{point}"
-                ),
-                "remove" => {
-                    let gone = !after.tree.layers.contains_key("victim")
-                        || !after.tree.images.contains_key("spare:latest");
-                    assert!(gone || before == after, "{point}: half done");
-                }
-                "image-rm" => {
-                    let spare = &before.tree.images["spare:latest"].top;
-                    assert!(
-                        !after.tree.images.contains_key("spare:latest")
-                            && !after.tree.layers.contains_key(spare),
-                        "{point}: the image and its layer are gone"
-                    );
-                }
-                "commit" => assert_ne!(
-                    after.tree.layers.contains_key("victim"),
-                    after.tree.images.contains_key("made:latest"),
-                    "{point}: the container or the image"
-                ),
-                "import" => assert!(
-                    !after.tree.images.contains_key("imp:1")
-                        && !after.tree.layers.contains_key("i1"),
-                    "{point}: nothing of the import is left"
-                ),
-                _ => {}
-            }
-            // And the root is fully usable again.
-            let d = w.open();
-            d.create_container("afterwards", Some(&image("app")))
-                .unwrap();
-            d.remove("afterwards", false).unwrap();
-            w.check_invariants();
-        }
-    }
+    let mut dirs = Vec::new();
+    let crashed = scenarios::crash_at_every_step(&mut || {
+        let dir = TempDir::new("driver");
+        let made = scenarios::World::new(Arc::new(Sim::new()), dir.path(), &opts());
+        dirs.push(dir);
+        made
+    });
     assert_eq!(crashed, 23, "crash points reached");
 }
 
@@ -328,7 +207,11 @@ fn recovers_from_a_crash_in_init_and_activation() {
         }));
         crate::failpoint::disarm();
         assert!(r.is_err(), "{point} was reached");
-        let w = World { dir, sim };
+        let on = scenarios::World {
+            root: dir.path().to_path_buf(),
+            kernel: Arc::new(sim.clone()),
+        };
+        let w = World { dir, sim, on };
         let d = match Driver::open(w.dir.path(), Arc::new(w.sim.clone())) {
             Ok(d) => d,
             Err(Error::NotInitialized { .. }) => {
@@ -483,28 +366,7 @@ fn an_operation_that_died_makes_the_next_one_check_every_device() {
 #[test]
 fn threads_share_one_handle() {
     let (w, d) = World::new();
-    let d = Arc::new(d);
-    let handles: Vec<_> = (0..4)
-        .map(|t| {
-            let d = d.clone();
-            std::thread::spawn(move || {
-                for i in 0..10 {
-                    let name = format!("t{t}-{i}");
-                    d.create_container(&name, None).unwrap();
-                    d.mount(&name).unwrap();
-                    d.umount(&name).unwrap();
-                    if i % 2 == 0 {
-                        d.remove(&name, false).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    assert_eq!(d.tree().unwrap().layers.len(), 20);
-    w.check_invariants();
+    scenarios::threads_share_one_handle(&w.on, d);
 }
 
 #[test]
@@ -520,14 +382,7 @@ fn destroy_leaves_nothing() {
     assert!(!w.dir.path().join("state.json").exists());
 }
 
-fn import_layers(keys: &[&str]) -> Vec<ImportLayer> {
-    keys.iter()
-        .map(|k| ImportLayer {
-            key: k.to_string(),
-            labels: BTreeMap::from([("thinlayer.io/diff-id".to_string(), format!("diff-{k}"))]),
-        })
-        .collect()
-}
+use scenarios::import_layers;
 
 #[test]
 fn imports_share_layers_and_failures_leave_nothing() {

@@ -4,7 +4,14 @@
 
 use std::path::Path;
 
-use crate::fixture::{self, write_file};
+use std::sync::Arc;
+
+use thinlayer::driver::scenarios::{self, World};
+use thinlayer::kernel::Linux;
+use thinlayer::pool::{PoolOptions, SourceOptions};
+use thinlayer::units::Bytes;
+
+use crate::fixture::{self, Fixture, write_file};
 
 const KIB: u64 = 1024;
 const BLOCK: u64 = 64 * KIB;
@@ -116,5 +123,38 @@ fn twenty_containers_from_a_three_layer_image() {
             used, base_used,
             "pool data after removing everything vs the base alone"
         );
+    });
+}
+
+fn linux_pool(fx: &Fixture) -> (World, thinlayer::Driver) {
+    let opts = PoolOptions {
+        source: SourceOptions::LoopFiles {
+            data_size: Bytes(2 << 30),
+            metadata_size: Bytes(64 << 20),
+        },
+        base_size: Bytes(256 << 20),
+        ..PoolOptions::default()
+    };
+    World::new(Arc::new(Linux::new()), &fx.root, &opts)
+}
+
+/// The host's crash scenario (`driver::scenarios`), on the real kernel:
+/// every driver operation stopped at each of its failpoints, then the next
+/// handle finds it complete or absent and the pool as the tree says.
+#[test]
+fn every_operation_stopped_at_each_failpoint_recovers_as_on_the_simulator() {
+    fixture::run("scenario-crash", |fx| {
+        let crashed = scenarios::crash_at_every_step(&mut || linux_pool(fx));
+        assert_eq!(crashed, 23, "crash points reached");
+    });
+}
+
+/// The host's thread scenario, on the real kernel.
+#[test]
+fn threads_share_one_handle_as_on_the_simulator() {
+    fixture::run("scenario-threads", |fx| {
+        let (w, d) = linux_pool(fx);
+        scenarios::threads_share_one_handle(&w, d);
+        w.open().destroy().unwrap();
     });
 }
