@@ -1,0 +1,754 @@
+// peers drives one containerd through its snapshots API, against several
+// snapshotters in turn (thinlayer's proxy plugin, containerd's overlayfs and
+// devmapper), and prints what it measured as JSON on stdout. It is started
+// by benches/cow (the peers workload), which sets up each snapshotter on
+// its own loop devices and starts containerd; see benches/README.md.
+//
+// Every call goes through containerd's client: snapshots are made, mounted
+// and removed as containerd's own users do, removals reach the snapshotter
+// through containerd's garbage collector. Nothing in a timed step starts a
+// process.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/leases"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/pkg/dialer"
+	"github.com/containerd/containerd/snapshots"
+	"github.com/containerd/containerd/snapshots/proxy"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+)
+
+// Figure is one measured quantity of one snapshotter: the values of its
+// repetitions, or why it could not be measured.
+type Figure struct {
+	Workload    string    `json:"workload"`
+	Metric      string    `json:"metric"`
+	Unit        string    `json:"unit"`
+	Param       uint64    `json:"param"`
+	Snapshotter string    `json:"snapshotter"`
+	Values      []float64 `json:"values"`
+	Error       string    `json:"error,omitempty"`
+}
+
+// Peer is one snapshotter under test and how to observe it from outside
+// containerd.
+type Peer struct {
+	Name string
+	// Loop devices (loop3, ...) that take its writes.
+	Loops []string
+	// Where its space in use is read: "statfs:PATH" (a filesystem) or
+	// "pool:NAME:BLOCKBYTES" (a thin pool's data blocks in use).
+	Space string
+	// Kind of backend, for telling when a removed snapshot is gone from
+	// it: "proxy:SOCKET", "overlayfs" or "devmapper".
+	Backend string
+}
+
+type config struct {
+	socket    string
+	dir       string
+	cycles    int
+	layers    int
+	files     int
+	fileSize  int64
+	writeSize int64
+	reps      int
+	idle      int
+	deadline  time.Duration
+	peers     []Peer
+}
+
+// The bench's namespace in containerd.
+const namespace = "peers"
+
+var out []Figure
+
+func main() {
+	var cfg config
+	var peers string
+	flag.StringVar(&cfg.socket, "socket", "", "containerd's socket")
+	flag.StringVar(&cfg.dir, "dir", "", "a directory for mount points")
+	flag.IntVar(&cfg.cycles, "cycles", 10, "prepare cycles")
+	flag.IntVar(&cfg.layers, "layers", 16, "layers of the containerd-shaped image")
+	flag.IntVar(&cfg.files, "files", 10, "files per layer")
+	flag.Int64Var(&cfg.fileSize, "file-size", 1<<20, "bytes per file")
+	flag.Int64Var(&cfg.writeSize, "first-write-size", 1<<30, "the file of the first-write workload")
+	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
+	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
+	flag.DurationVar(&cfg.deadline, "deadline", 300*time.Second, "how long a removal may take to reach the snapshotter")
+	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND entries separated by |")
+	flag.Parse()
+	for _, p := range strings.Split(peers, "|") {
+		f := strings.Split(p, ";")
+		if len(f) != 4 {
+			fatal(fmt.Errorf("bad -peers entry %q", p))
+		}
+		cfg.peers = append(cfg.peers, Peer{f[0], strings.Split(f[1], ","), f[2], f[3]})
+	}
+	client, err := containerd.New(cfg.socket, containerd.WithDefaultNamespace(namespace), containerd.WithTimeout(cfg.deadline))
+	if err != nil {
+		fatal(fmt.Errorf("connect to containerd on %s: %w", cfg.socket, err))
+	}
+	defer client.Close()
+	for _, p := range cfg.peers {
+		r, err := newRunner(client, p, cfg)
+		if err != nil {
+			fatal(err)
+		}
+		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost} {
+			w(r)
+			// What the workload removed is gone before the next one
+			// measures.
+			if err := r.settle(); err != nil {
+				fatal(err)
+			}
+		}
+		r.close()
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintf(os.Stderr, "peers: error: %v\n", err)
+	os.Exit(1)
+}
+
+func logf(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "peers: "+format+"\n", args...)
+}
+
+// runner runs the workloads on one snapshotter.
+type runner struct {
+	Peer
+	cfg    config
+	client *containerd.Client
+	sn     snapshots.Snapshotter
+	// The snapshotter behind thinlayer's proxy plugin, asked directly.
+	backend snapshots.Snapshotter
+	conn    *grpc.ClientConn
+	ctx     context.Context
+	// The lease that holds every snapshot made, so that nothing is
+	// collected before it is removed; deleted at the end.
+	lease leases.Lease
+	n     int
+}
+
+func newRunner(client *containerd.Client, p Peer, cfg config) (*runner, error) {
+	l, err := client.LeasesService().Create(context.Background(), leases.WithRandomID(), leases.WithExpiration(24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	ctx := leases.WithLease(context.Background(), l.ID)
+	r := &runner{Peer: p, cfg: cfg, client: client, sn: client.SnapshotService(p.Name), ctx: ctx, lease: l}
+	if sock := strings.TrimPrefix(p.Backend, "proxy:"); sock != p.Backend {
+		conn, err := grpc.Dial(dialer.DialAddress(sock), grpc.WithInsecure(), grpc.WithContextDialer(dialer.ContextDialer))
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", sock, err)
+		}
+		r.conn = conn
+		r.backend = proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), p.Name)
+	}
+	return r, nil
+}
+
+func (r *runner) close() {
+	// Synchronous: the garbage collector has removed what the lease held
+	// when this returns.
+	if err := r.client.LeasesService().Delete(context.Background(), r.lease, leases.SynchronousDelete); err != nil {
+		logf("%s: end the lease: %v", r.Name, err)
+	}
+	if r.conn != nil {
+		r.conn.Close()
+	}
+}
+
+// key is a new snapshot name.
+func (r *runner) key(what string) string {
+	r.n++
+	return fmt.Sprintf("%s-%d", what, r.n)
+}
+
+// figures records metrics of one workload, all failed with err if not nil.
+func (r *runner) figures(workload string, param uint64, err error, metrics ...metric) {
+	for _, m := range metrics {
+		f := Figure{Workload: workload, Metric: m.name, Unit: m.unit, Param: param, Snapshotter: r.Name, Values: m.values}
+		if f.Values == nil {
+			f.Values = []float64{}
+		}
+		if err != nil {
+			f.Error = err.Error()
+			logf("%s / %s on %s: %v", workload, m.name, r.Name, err)
+		}
+		out = append(out, f)
+	}
+}
+
+type metric struct {
+	name   string
+	unit   string
+	values []float64
+}
+
+// written is the bytes written so far to the peer's loop devices.
+func (r *runner) written() (uint64, error) {
+	var sum uint64
+	for _, l := range r.Loops {
+		p := "/sys/block/" + l + "/stat"
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return 0, err
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 7 {
+			return 0, fmt.Errorf("%s: fewer than 7 fields", p)
+		}
+		s, err := strconv.ParseUint(f[6], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", p, err)
+		}
+		sum += s * 512
+	}
+	return sum, nil
+}
+
+// measured runs step between two syncs: its wall time and the bytes the
+// peer's devices took from it, its write-back included.
+func (r *runner) measured(step func() error) (time.Duration, uint64, error) {
+	unix.Sync()
+	before, err := r.written()
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	if err := step(); err != nil {
+		return 0, 0, err
+	}
+	t := time.Since(start)
+	unix.Sync()
+	after, err := r.written()
+	if err != nil {
+		return 0, 0, err
+	}
+	return t, after - before, nil
+}
+
+// mountPoint is a fresh directory for a mount.
+func (r *runner) mountPoint() (string, error) {
+	return os.MkdirTemp(r.cfg.dir, r.Name+"-")
+}
+
+// mounted prepares key on parent and mounts it; returns the mount point.
+func (r *runner) mounted(key, parent string) (string, []mount.Mount, error) {
+	ms, err := r.sn.Prepare(r.ctx, key, parent)
+	if err != nil {
+		return "", nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+	dir, err := r.mountPoint()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := mount.All(ms, dir); err != nil {
+		return "", nil, fmt.Errorf("mount %s: %w", key, err)
+	}
+	return dir, ms, nil
+}
+
+func unmount(dir string) error {
+	if err := mount.UnmountAll(dir, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return os.Remove(dir)
+}
+
+// gone tells whether the backend no longer holds containerd's snapshot
+// key, whose mounts were ms.
+func (r *runner) gone(key string, ms []mount.Mount) (bool, error) {
+	switch {
+	case r.backend != nil:
+		// containerd names a snapshot NAMESPACE/ID/KEY in its backend.
+		found := false
+		err := r.backend.Walk(r.ctx, func(_ context.Context, info snapshots.Info) error {
+			if strings.HasPrefix(info.Name, namespace+"/") && strings.HasSuffix(info.Name, "/"+key) {
+				found = true
+			}
+			return nil
+		})
+		return !found, err
+	case r.Backend == "overlayfs":
+		// The snapshot's directory: the parent of its upper directory,
+		// or of what a snapshot without parent bind-mounts.
+		dir := ""
+		for _, m := range ms {
+			if m.Type == "bind" {
+				dir = filepath.Dir(m.Source)
+			}
+			for _, o := range m.Options {
+				if u := strings.TrimPrefix(o, "upperdir="); u != o {
+					dir = filepath.Dir(u)
+				}
+			}
+		}
+		if dir == "" {
+			return false, fmt.Errorf("no directory in the mounts of %s: %v", key, ms)
+		}
+		_, err := os.Stat(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return true, nil
+		}
+		return false, err
+	case r.Backend == "devmapper":
+		// The snapshot's thin device, /dev/mapper/NAME, no longer active.
+		if len(ms) != 1 {
+			return false, fmt.Errorf("mounts of %s: %v", key, ms)
+		}
+		name := filepath.Base(ms[0].Source)
+		names, err := filepath.Glob("/sys/block/dm-*/dm/name")
+		if err != nil {
+			return false, err
+		}
+		for _, n := range names {
+			b, err := os.ReadFile(n)
+			if err == nil && strings.TrimSpace(string(b)) == name {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("unknown backend %q", r.Backend)
+}
+
+// removed removes key through containerd and waits until its garbage
+// collector has removed it from the backend too.
+func (r *runner) removed(key string, ms []mount.Mount) error {
+	if err := r.sn.Remove(r.ctx, key); err != nil {
+		return fmt.Errorf("remove %s: %w", key, err)
+	}
+	return r.collected(key, ms)
+}
+
+// collected waits until the backend no longer holds key.
+func (r *runner) collected(key string, ms []mount.Mount) error {
+	end := time.Now().Add(r.cfg.deadline)
+	for {
+		g, err := r.gone(key, ms)
+		if err != nil {
+			return err
+		}
+		if g {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("never happened: containerd's garbage collector removes %s from %s (deadline %v)", key, r.Name, r.cfg.deadline)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// settle returns once containerd's garbage collector has run after every
+// removal made so far: deleting a lease synchronously runs a collection and
+// waits for it, and collections run one after another. Needed because
+// containerd 1.6's scheduler drops the event of a removal made while a
+// collection runs (its time is before the collection's end): that
+// snapshot stays in the backend until something else starts a collection.
+func (r *runner) settle() error {
+	ls := r.client.LeasesService()
+	l, err := ls.Create(context.Background(), leases.WithRandomID())
+	if err != nil {
+		return fmt.Errorf("lease: %w", err)
+	}
+	if err := ls.Delete(context.Background(), l, leases.SynchronousDelete); err != nil {
+		return fmt.Errorf("collect garbage: %w", err)
+	}
+	return nil
+}
+
+// committed makes a committed layer of files written by fill on parent.
+func (r *runner) committed(name, parent string, fill func(dir string) error) error {
+	key := r.key(name + "-active")
+	dir, _, err := r.mounted(key, parent)
+	if err != nil {
+		return err
+	}
+	ferr := fill(dir)
+	if err := unmount(dir); err != nil {
+		return err
+	}
+	if ferr != nil {
+		return ferr
+	}
+	if err := r.sn.Commit(r.ctx, name, key); err != nil {
+		return fmt.Errorf("commit %s: %w", key, err)
+	}
+	return nil
+}
+
+// writeFile writes size bytes of a pattern to path and fsyncs.
+func writeFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i*31) | 1
+	}
+	for left := size; left > 0; {
+		n := int64(len(chunk))
+		if left < n {
+			n = left
+		}
+		if _, err := f.Write(chunk[:n]); err != nil {
+			f.Close()
+			return err
+		}
+		left -= n
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// writeAt writes data at off into the existing file path and fsyncs it.
+func writeAt(path string, data []byte, off int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(data, off)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// smallFiles is an image layer of a few small files.
+func smallFiles(dir string) error {
+	if err := os.Mkdir(filepath.Join(dir, "etc"), 0o755); err != nil {
+		return err
+	}
+	for i := 0; i < 8; i++ {
+		if err := os.WriteFile(filepath.Join(dir, "etc", fmt.Sprintf("f%d", i)), []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func secs(d time.Duration) float64 { return d.Seconds() }
+
+const (
+	prepareCycle = "prepare cycle"
+	shape2988    = "containerd #2988 shape"
+	firstWrite   = "first write"
+	idleCost     = "idle cost"
+)
+
+// prepareCycle: Prepare + mount + unmount + Remove of a container on a
+// one-layer image, the removal timed until the garbage collector has
+// taken the snapshot out of the backend.
+func (r *runner) prepareCycle() {
+	logf("%s: %s", r.Name, prepareCycle)
+	names := []string{"prepare", "mount", "unmount", "remove call", "remove until collected", "total"}
+	vals := make([][]float64, len(names))
+	err := func() error {
+		base := r.key("cycle-base")
+		if err := r.committed(base, "", smallFiles); err != nil {
+			return err
+		}
+		for i := 0; i < r.cfg.cycles; i++ {
+			// No collection running when the cycle starts (see settle).
+			if err := r.settle(); err != nil {
+				return err
+			}
+			key := r.key("cycle")
+			dir, err := r.mountPoint()
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			ms, err := r.sn.Prepare(r.ctx, key, base)
+			if err != nil {
+				return fmt.Errorf("prepare %s: %w", key, err)
+			}
+			t1 := time.Now()
+			if err := mount.All(ms, dir); err != nil {
+				return fmt.Errorf("mount %s: %w", key, err)
+			}
+			t2 := time.Now()
+			if err := mount.UnmountAll(dir, 0); err != nil {
+				return fmt.Errorf("unmount %s: %w", key, err)
+			}
+			t3 := time.Now()
+			if err := r.sn.Remove(r.ctx, key); err != nil {
+				return fmt.Errorf("remove %s: %w", key, err)
+			}
+			t4 := time.Now()
+			if err := r.collected(key, ms); err != nil {
+				return err
+			}
+			t5 := time.Now()
+			os.Remove(dir)
+			for j, d := range []time.Duration{t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), t4.Sub(t3), t5.Sub(t3), t5.Sub(t0)} {
+				vals[j] = append(vals[j], secs(d))
+			}
+		}
+		return r.sn.Remove(r.ctx, base)
+	}()
+	var ms []metric
+	for j, n := range names {
+		ms = append(ms, metric{n, "seconds", vals[j]})
+	}
+	r.figures(prepareCycle, uint64(r.cfg.cycles), err, ms...)
+}
+
+// shape2988: layers of files, each layer a commit of a snapshot on the
+// previous one; then 4-byte writes + fsync in the middle of every file
+// from an active snapshot on top.
+func (r *runner) shape2988() {
+	logf("%s: %s", r.Name, shape2988)
+	var bt, bb, wt, wb, tt, tb []float64
+	err := func() error {
+		for rep := 0; rep < r.cfg.reps; rep++ {
+			var layers []string
+			parent := ""
+			var files []string
+			build, buildBytes, err := r.measured(func() error {
+				for l := 0; l < r.cfg.layers; l++ {
+					name := r.key("shape-layer")
+					err := r.committed(name, parent, func(dir string) error {
+						for f := 0; f < r.cfg.files; f++ {
+							rel := fmt.Sprintf("l%d-f%d", l, f)
+							if err := writeFile(filepath.Join(dir, rel), r.cfg.fileSize); err != nil {
+								return err
+							}
+							files = append(files, rel)
+						}
+						return nil
+					})
+					if err != nil {
+						return err
+					}
+					layers = append(layers, name)
+					parent = name
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			top := r.key("shape-top")
+			dir, ms, err := r.mounted(top, parent)
+			if err != nil {
+				return err
+			}
+			write, writeBytes, err := r.measured(func() error {
+				for _, rel := range files {
+					if err := writeAt(filepath.Join(dir, rel), []byte("1234"), r.cfg.fileSize/2); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				unmount(dir)
+				return err
+			}
+			if err := unmount(dir); err != nil {
+				return err
+			}
+			if err := r.removed(top, ms); err != nil {
+				return err
+			}
+			for i := len(layers) - 1; i >= 0; i-- {
+				if err := r.sn.Remove(r.ctx, layers[i]); err != nil {
+					return fmt.Errorf("remove %s: %w", layers[i], err)
+				}
+			}
+			bt, bb = append(bt, secs(build)), append(bb, float64(buildBytes))
+			wt, wb = append(wt, secs(write)), append(wb, float64(writeBytes))
+			tt, tb = append(tt, secs(build+write)), append(tb, float64(buildBytes+writeBytes))
+		}
+		return nil
+	}()
+	r.figures(shape2988, uint64(r.cfg.layers), err,
+		metric{"build time", "seconds", bt}, metric{"build bytes written", "bytes", bb},
+		metric{"write time", "seconds", wt}, metric{"write bytes written", "bytes", wb},
+		metric{"total time", "seconds", tt}, metric{"total bytes written", "bytes", tb})
+}
+
+// firstWrite: one 4 KiB write + fsync into the middle of a large file of
+// the image, from a new container, caches dropped before.
+func (r *runner) firstWrite() {
+	logf("%s: %s", r.Name, firstWrite)
+	var times, bytes []float64
+	size := r.cfg.writeSize
+	block := make([]byte, 4096)
+	for i := range block {
+		block[i] = 0xa5
+	}
+	err := func() error {
+		image := r.key("fw-image")
+		if err := r.committed(image, "", func(dir string) error {
+			return writeFile(filepath.Join(dir, "f"), size)
+		}); err != nil {
+			return err
+		}
+		for rep := 0; rep < r.cfg.reps; rep++ {
+			key := r.key("fw")
+			dir, ms, err := r.mounted(key, image)
+			if err != nil {
+				return err
+			}
+			unix.Sync()
+			if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+				unmount(dir)
+				return fmt.Errorf("drop caches: %w", err)
+			}
+			t, b, err := r.measured(func() error {
+				return writeAt(filepath.Join(dir, "f"), block, size/2/4096*4096)
+			})
+			if err != nil {
+				unmount(dir)
+				return err
+			}
+			if err := unmount(dir); err != nil {
+				return err
+			}
+			if err := r.removed(key, ms); err != nil {
+				return err
+			}
+			times, bytes = append(times, secs(t)), append(bytes, float64(b))
+		}
+		return r.sn.Remove(r.ctx, image)
+	}()
+	r.figures(firstWrite, uint64(size), err,
+		metric{"time", "seconds", times}, metric{"bytes written", "bytes", bytes})
+}
+
+// space is the peer's backing store in use, in bytes (not timed: it may
+// start dmsetup).
+func (r *runner) space() (float64, error) {
+	f := strings.Split(r.Space, ":")
+	switch {
+	case len(f) == 2 && f[0] == "statfs":
+		unix.Sync()
+		var st unix.Statfs_t
+		if err := unix.Statfs(f[1], &st); err != nil {
+			return 0, fmt.Errorf("statfs %s: %w", f[1], err)
+		}
+		return float64((st.Blocks - st.Bfree) * uint64(st.Bsize)), nil
+	case len(f) == 3 && f[0] == "pool":
+		unix.Sync()
+		block, err := strconv.ParseFloat(f[2], 64)
+		if err != nil {
+			return 0, err
+		}
+		o, err := exec.Command("dmsetup", "status", f[1]).Output()
+		if err != nil {
+			return 0, fmt.Errorf("dmsetup status %s: %w", f[1], err)
+		}
+		// 0 LEN thin-pool TRANSACTION META_USED/META DATA_USED/DATA ...
+		fields := strings.Fields(string(o))
+		if len(fields) < 6 {
+			return 0, fmt.Errorf("dmsetup status %s: %q", f[1], o)
+		}
+		used, err := strconv.ParseFloat(strings.Split(fields[5], "/")[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("dmsetup status %s: %q: %w", f[1], o, err)
+		}
+		return used * block, nil
+	}
+	return 0, fmt.Errorf("bad space source %q", r.Space)
+}
+
+// idleCost: space per idle container: N containers of a one-layer image,
+// each prepared and mounted, nothing written.
+func (r *runner) idleCost() {
+	logf("%s: %s", r.Name, idleCost)
+	var per []float64
+	n := r.cfg.idle
+	err := func() error {
+		base := r.key("idle-base")
+		if err := r.committed(base, "", smallFiles); err != nil {
+			return err
+		}
+		for rep := 0; rep < r.cfg.reps; rep++ {
+			if err := r.settle(); err != nil {
+				return err
+			}
+			before, err := r.space()
+			if err != nil {
+				return err
+			}
+			type ctr struct {
+				key, dir string
+				ms       []mount.Mount
+			}
+			var made []ctr
+			var merr error
+			for i := 0; i < n && merr == nil; i++ {
+				key := r.key("idle")
+				var c ctr
+				c.dir, c.ms, merr = r.mounted(key, base)
+				if merr == nil {
+					c.key = key
+					made = append(made, c)
+				}
+			}
+			after, err := r.space()
+			if merr == nil {
+				merr = err
+			}
+			for _, c := range made {
+				if err := unmount(c.dir); err != nil && merr == nil {
+					merr = err
+				}
+				if err := r.sn.Remove(r.ctx, c.key); err != nil && merr == nil {
+					merr = fmt.Errorf("remove %s: %w", c.key, err)
+				}
+			}
+			// Removals made while a collection runs can wait for the
+			// next one (see settle): one is run before looking.
+			if err := r.settle(); err != nil && merr == nil {
+				merr = err
+			}
+			for _, c := range made {
+				if err := r.collected(c.key, c.ms); err != nil && merr == nil {
+					merr = err
+				}
+			}
+			if merr != nil {
+				return merr
+			}
+			per = append(per, (after-before)/float64(n))
+		}
+		return r.sn.Remove(r.ctx, base)
+	}()
+	r.figures(idleCost, uint64(n), err, metric{"space per idle container", "bytes", per})
+}
