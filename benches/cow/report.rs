@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::measure::Stats;
+use super::peers::{IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988};
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
     RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit,
@@ -141,6 +142,156 @@ fn table(out: &mut String, res: &Results, sec: &Section<'_>, metric: &str, p: Op
         );
     }
     out.push('\n');
+}
+
+/// A table of one peers workload: one row per metric, one column per
+/// snapshotter, ratios of thinlayer to each other; cells are the
+/// percentile `p` or, if none, median (min … max).
+fn peer_table(out: &mut String, res: &Results, workload: &str, p: Option<f64>) {
+    let Some((_, _, metrics)) = PEER_METRICS.iter().find(|(_, w, _)| *w == workload) else {
+        return;
+    };
+    for param in params(res, workload) {
+        let _ = writeln!(
+            out,
+            "| | {} | thinlayer / overlayfs | thinlayer / devmapper |\n|---{}|",
+            PEERS.join(" | "),
+            "|---".repeat(PEERS.len() + 2)
+        );
+        for (metric, _) in metrics.iter() {
+            let figs: Vec<Option<&Figure>> = PEERS
+                .iter()
+                .map(|b| res.find(workload, metric, param, b))
+                .collect();
+            let pick = |s: &Stats| p.map_or(s.median(), |p| s.percentile(p));
+            let ratio = |i: usize| match (stats(figs[0]), stats(figs[i])) {
+                (Some(t), Some(o)) if pick(&o) > 0.0 => ratio_text(pick(&t) / pick(&o)),
+                _ => "—".into(),
+            };
+            let cells: Vec<String> = figs.iter().map(|f| cell(*f, p)).collect();
+            let _ = writeln!(
+                out,
+                "| {metric} | {} | {} | {} |",
+                cells.join(" | "),
+                ratio(1),
+                ratio(2)
+            );
+        }
+        out.push('\n');
+    }
+}
+
+/// The peers' targets: thinlayer's figure over another snapshotter's, at
+/// most a bound.
+fn peer_targets(res: &Results) -> Vec<String> {
+    let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
+    let pct = |w: &str, m: &str, b: &str, p: f64| {
+        params(res, w)
+            .into_iter()
+            .find_map(|n| stats(res.find(w, m, n, b)).map(|s| s.percentile(p)))
+    };
+    let checks = [
+        (
+            "Prepare cycle total, p50, at most 1.5× overlayfs",
+            PREPARE_CYCLE,
+            "total",
+            "overlayfs",
+            1.5,
+        ),
+        (
+            "Prepare cycle total, p50, at most 0.2× devmapper",
+            PREPARE_CYCLE,
+            "total",
+            "devmapper",
+            0.2,
+        ),
+        (
+            "containerd #2988 shape total time at most 0.8× overlayfs",
+            SHAPE_2988,
+            "total time",
+            "overlayfs",
+            0.8,
+        ),
+    ];
+    checks
+        .into_iter()
+        .map(|(what, w, m, other, bound)| {
+            match (pct(w, m, "thinlayer", 50.0), pct(w, m, other, 50.0)) {
+                (Some(t), Some(o)) if o > 0.0 => format!(
+                    "{what}: {} (thinlayer / {other} = {:.2}: {} / {})",
+                    verdict(t / o <= bound),
+                    t / o,
+                    show(t, Unit::Seconds),
+                    show(o, Unit::Seconds)
+                ),
+                _ => format!("{what}: not measured in this run."),
+            }
+        })
+        .collect()
+}
+
+/// The peers' part of the report.
+fn peers_report(res: &Results, cfg: &Config) -> String {
+    let mut s = String::new();
+    if PEER_METRICS
+        .iter()
+        .all(|(_, w, _)| params(res, w).is_empty())
+    {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less).\n"
+    );
+    let parts: [(&str, String, Vec<(&str, Option<f64>)>); 4] = [
+        (
+            PREPARE_CYCLE,
+            format!(
+                "{} cycles of Prepare of a container on a one-layer image, mount, unmount, Remove through containerd; *remove until collected*: from the Remove call until the snapshot is gone from the backend (thinlayer: from its own Walk; overlayfs: its directory gone; devmapper: its thin device deactivated — the `delete` message devmapper sends next is not waited for); *total*: prepare to collected.",
+                cfg.peer_cycles
+            ),
+            vec![("p50", Some(50.0)), ("p90", Some(90.0))],
+        ),
+        (
+            SHAPE_2988,
+            format!(
+                "The shape of containerd's issue #2988: {} layers × {} files × {}, each layer a commit of a snapshot on the previous one (every file written and fsynced); then from an active snapshot on top, a 4-byte write + fsync in the middle of every file; {} runs.",
+                cfg.peer_layers,
+                cfg.peer_files,
+                size(cfg.peer_file_size),
+                cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+        (
+            PEER_FIRST_WRITE,
+            format!(
+                "An image of one file of {}; per run a new container, caches dropped, then one 4 KiB write + fsync into the middle of the file; {} runs.",
+                size(cfg.peer_write_size),
+                cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+        (
+            IDLE_COST,
+            format!(
+                "{} containers of a one-layer image, prepared and mounted, nothing written: space in use after ÷ N (thin pools: data blocks in use from the pool's status; overlayfs: used blocks of its ext4, statvfs); {} runs.",
+                cfg.peer_idle, cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+    ];
+    for (w, intro, tables) in parts {
+        if params(res, w).is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "### {w}\n\n{intro}\n");
+        for (h, p) in tables {
+            let _ = writeln!(s, "#### {h}\n");
+            peer_table(&mut s, res, w, p);
+        }
+    }
+    s
 }
 
 /// A part of the report: one workload, its tables.
@@ -280,6 +431,7 @@ fn targets(res: &Results, cfg: &Config) -> Vec<String> {
         ),
     }
     t.push(usage_target(res));
+    t.extend(peer_targets(res));
     let idle: Vec<(u64, f64)> = params(res, DENSITY)
         .into_iter()
         .filter_map(|n| median(res, DENSITY, "idle, per container", n, "thin").map(|v| (n, v)))
@@ -806,6 +958,7 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
         };
         s.push_str(&extra.unwrap_or_default());
     }
+    s.push_str(&peers_report(res, cfg));
     if !made.is_empty() {
         let _ = writeln!(s, "\n## Plots\n");
         for f in made {

@@ -18,6 +18,7 @@ use thinlayer::tree::{ImageRef, Kind};
 use super::backend::{Cow, Thin};
 use super::measure::{self, Sample};
 use super::overlay::{Overlay, Under};
+use super::peers;
 
 /// Sizes of one run.
 #[derive(Clone, Debug)]
@@ -59,8 +60,19 @@ pub struct Config {
     pub usage_snapshots: usize,
     pub usage_dumps: usize,
     pub usage_locked: usize,
-    /// Which workloads run.
+    /// Peers (containerd's snapshotters through one containerd): prepare
+    /// cycles, layers, files per layer and their size of the #2988 shape,
+    /// the first-write file, repetitions, idle containers.
+    pub peer_cycles: usize,
+    pub peer_layers: usize,
+    pub peer_files: usize,
+    pub peer_file_size: u64,
+    pub peer_write_size: u64,
+    pub peer_reps: usize,
+    pub peer_idle: usize,
+    /// Which workloads run: `only` if set, never those in `skip`.
     pub only: Option<Workload>,
+    pub skip: Vec<Workload>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +87,11 @@ pub enum Workload {
     Throughput,
     PageCache,
     Usage,
+    Peers,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::FirstWrite,
         Workload::Latency,
         Workload::Depth,
@@ -89,6 +102,7 @@ impl Workload {
         Workload::Throughput,
         Workload::PageCache,
         Workload::Usage,
+        Workload::Peers,
     ];
 
     /// The name `--only` takes.
@@ -104,12 +118,13 @@ impl Workload {
             Workload::Throughput => "throughput",
             Workload::PageCache => "page-cache",
             Workload::Usage => "usage",
+            Workload::Peers => "peers",
         }
     }
 
-    /// Runs the workload on one baseline.
-    fn runner(self) -> fn(&mut dyn Cow, &Config, &mut Results) -> Result<()> {
-        match self {
+    /// Runs the workload on one baseline (peers runs once, on its own).
+    fn runner(self) -> Option<fn(&mut dyn Cow, &Config, &mut Results) -> Result<()>> {
+        Some(match self {
             Workload::FirstWrite => first_write,
             Workload::Latency => latency,
             Workload::Depth => depth,
@@ -120,7 +135,8 @@ impl Workload {
             Workload::Throughput => throughput,
             Workload::PageCache => page_cache,
             Workload::Usage => usage,
-        }
+            Workload::Peers => return None,
+        })
     }
 
     pub fn parse(s: &str) -> Option<Workload> {
@@ -160,7 +176,15 @@ impl Config {
             usage_snapshots: 20,
             usage_dumps: 3,
             usage_locked: 10,
+            peer_cycles: 5,
+            peer_layers: 3,
+            peer_files: 4,
+            peer_file_size: 1 << 20,
+            peer_write_size: 64 << 20,
+            peer_reps: 2,
+            peer_idle: 5,
             only: None,
+            skip: Vec::new(),
         }
     }
 
@@ -189,12 +213,20 @@ impl Config {
             usage_snapshots: 1000,
             usage_dumps: 5,
             usage_locked: 20,
+            peer_cycles: 50,
+            peer_layers: 16,
+            peer_files: 10,
+            peer_file_size: 1 << 20,
+            peer_write_size: 1 << 30,
+            peer_reps: 3,
+            peer_idle: 50,
             only: None,
+            skip: Vec::new(),
         }
     }
 
     fn runs(&self, w: Workload) -> bool {
-        self.only.is_none_or(|o| o == w)
+        self.only.is_none_or(|o| o == w) && !self.skip.contains(&w)
     }
 }
 
@@ -232,7 +264,7 @@ pub struct Results {
 }
 
 impl Results {
-    fn push(&mut self, f: Figure) {
+    pub fn push(&mut self, f: Figure) {
         match &f.values {
             Ok(v) => eprintln!(
                 "cow: {} {} {} {}: {} values",
@@ -301,11 +333,27 @@ pub const USAGE: &str = "usage";
 /// The throughput workload's reference: a loop device over a sparse file.
 pub const RAW: &str = "raw-loop";
 
-/// Runs every workload of `cfg` on the three baselines, all under `dir`.
+/// Runs every workload of `cfg`, all under `dir`: each on the three
+/// baselines, then the peers.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     let start = Instant::now();
     let mut res = Results::default();
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    if Workload::ALL
+        .into_iter()
+        .any(|w| w.runner().is_some() && cfg.runs(w))
+    {
+        run_baselines(dir, cfg, &mut res)?;
+    }
+    if cfg.runs(Workload::Peers) {
+        peers::run(dir, cfg, &mut res)?;
+    }
+    res.seconds = start.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+/// Runs the workloads of `cfg` that compare the baselines.
+fn run_baselines(dir: &Path, cfg: &Config, res: &mut Results) -> Result<()> {
     let overlay_size = if cfg.quick { 8 << 30 } else { 24 << 30 };
     let thin = Thin::new(dir)?;
     res.setup
@@ -314,7 +362,7 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     // Usage is thin's alone.
     let compared = Workload::ALL
         .into_iter()
-        .any(|w| w != Workload::Usage && cfg.runs(w));
+        .any(|w| w != Workload::Usage && w.runner().is_some() && cfg.runs(w));
     for under in [Under::Ext4, Under::XfsReflink]
         .into_iter()
         .filter(|_| compared)
@@ -337,8 +385,8 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     for b in baselines.iter_mut() {
         let r = (|| {
             for w in Workload::ALL {
-                if cfg.runs(w) {
-                    (w.runner())(&mut **b, cfg, &mut res)?;
+                if let Some(runner) = w.runner().filter(|_| cfg.runs(w)) {
+                    runner(&mut **b, cfg, res)?;
                 }
             }
             Ok(())
@@ -355,11 +403,9 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
         }
     }
     if outcome.is_ok() && cfg.runs(Workload::Throughput) {
-        outcome = throughput_raw(dir, cfg, &mut res);
+        outcome = throughput_raw(dir, cfg, res);
     }
-    outcome?;
-    res.seconds = start.elapsed().as_secs_f64();
-    Ok(res)
+    outcome
 }
 
 /// Writes `len` bytes of a non-zero pattern to `path` and fsyncs.
