@@ -12,6 +12,9 @@ mod measure;
 #[path = "../../benches/cow/overlay.rs"]
 #[allow(dead_code)]
 mod overlay;
+#[path = "../../benches/cow/peers.rs"]
+#[allow(dead_code)]
+mod peers;
 #[path = "../../benches/cow/workloads.rs"]
 #[allow(dead_code)]
 mod workloads;
@@ -21,9 +24,10 @@ use std::fs;
 use crate::fixture;
 use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
+use peers::{IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988};
 use workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
-    PAGE_CACHE, RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit,
+    PAGE_CACHE, RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit, Workload,
 };
 
 const BASELINES: [&str; 3] = ["thin", "overlay-ext4", "overlay-xfs-reflink"];
@@ -34,7 +38,11 @@ fn quick_benchmarks_produce_sane_figures() {
         // The thin pool's root is `fx.dir/thin`: registered so that the
         // fixture checks its devices for leaks too.
         fx.with_another_root("thin", |_| {
-            let cfg = Config::quick();
+            // The peers have a test of their own.
+            let cfg = Config {
+                skip: vec![Workload::Peers],
+                ..Config::quick()
+            };
             let res = workloads::run(&fx.dir, &cfg).expect("run the quick benchmarks");
             let mut expected = Vec::new();
             for &s in &cfg.sizes {
@@ -270,6 +278,101 @@ fn usage(res: &Results, cfg: &Config) {
     for b in &BASELINES[1..] {
         assert!(res.find(USAGE, "usage call", n, b).is_none(), "{b}");
     }
+}
+
+/// The peers workload in its quick form: thinlayer, containerd's overlayfs
+/// and devmapper through one containerd. Every figure exists for every
+/// snapshotter with one value per repetition, and the values are physically
+/// sane; how fast is not asserted.
+#[test]
+fn quick_peers_produce_sane_figures() {
+    fixture::run("bench-peers", |fx| {
+        // thinlayer's root, and the root whose prefix names devmapper's
+        // pool and thin devices: the fixture checks both for leaks.
+        fx.with_another_root("peers/thinlayer", |_| {});
+        fx.with_another_root("peers/devmapper", |_| {});
+        let cfg = Config {
+            only: Some(Workload::Peers),
+            ..Config::quick()
+        };
+        let res = workloads::run(&fx.dir, &cfg).expect("run the quick peers workload");
+        for f in &res.figures {
+            println!(
+                "peers: {} / {} / {} on {}: {:?}",
+                f.workload, f.metric, f.param, f.baseline, f.values
+            );
+        }
+        for (_, w, metrics) in PEER_METRICS {
+            let (param, n) = match w {
+                PREPARE_CYCLE => (cfg.peer_cycles as u64, cfg.peer_cycles),
+                SHAPE_2988 => (cfg.peer_layers as u64, cfg.peer_reps),
+                PEER_FIRST_WRITE => (cfg.peer_write_size, cfg.peer_reps),
+                IDLE_COST => (cfg.peer_idle as u64, cfg.peer_reps),
+                other => panic!("a peers workload this test does not know: {other}"),
+            };
+            for b in PEERS {
+                for &(m, unit) in metrics {
+                    let v = values(&res, w, m, param, b);
+                    assert_eq!(v.len(), n, "{w} / {m} / {param} on {b}: {v:?}");
+                    // An idle container may cost nothing the store shows.
+                    let ok = |x: &f64| if w == IDLE_COST { *x >= 0.0 } else { *x > 0.0 };
+                    assert!(
+                        v.iter().all(|x| x.is_finite() && ok(x)),
+                        "{w} / {m} / {param} on {b}: a value out of range: {v:?}"
+                    );
+                    assert_eq!(res.find(w, m, param, b).unwrap().unit, unit);
+                }
+                let v = |m: &str| values(&res, w, m, param, b);
+                if w == PREPARE_CYCLE {
+                    // Timed from the same clock readings.
+                    for (i, t) in v("total").iter().enumerate() {
+                        let parts = v("prepare")[i] + v("mount")[i] + v("unmount")[i];
+                        let collected = v("remove until collected")[i];
+                        assert!(
+                            collected >= v("remove call")[i] && *t >= parts + 0.999 * collected,
+                            "prepare cycle {i} on {b}: total {t}, steps {parts} + {collected}"
+                        );
+                    }
+                }
+            }
+        }
+        peer_physics(&res, &cfg);
+    });
+}
+
+/// Bytes the peers must have written whatever the speed.
+fn peer_physics(res: &Results, cfg: &Config) {
+    let layers = cfg.peer_layers as u64;
+    let files = (cfg.peer_layers * cfg.peer_files) as f64 * cfg.peer_file_size as f64;
+    let size = cfg.peer_write_size;
+    let shape = |m: &str, b: &str| values(res, SHAPE_2988, m, layers, b);
+    let first = |b: &str| values(res, PEER_FIRST_WRITE, "bytes written", size, b);
+    for b in PEERS {
+        // Every file was written and fsynced once.
+        let v = shape("build bytes written", b);
+        assert!(v.iter().all(|&x| x >= files), "#2988 build on {b}: {v:?}");
+    }
+    // overlayfs copies each file up whole for a 4-byte write; the thin
+    // pools copy a block.
+    let v = shape("write bytes written", "overlayfs");
+    assert!(
+        v.iter().all(|&x| x >= files),
+        "#2988 writes on overlayfs: {v:?}"
+    );
+    for b in ["thinlayer", "devmapper"] {
+        let v = shape("write bytes written", b);
+        assert!(v.iter().all(|&x| x < files), "#2988 writes on {b}: {v:?}");
+        let v = first(b);
+        assert!(
+            v.iter().all(|&x| x < size as f64),
+            "first write on {b}: {v:?}"
+        );
+    }
+    let v = first("overlayfs");
+    assert!(
+        v.iter().all(|&x| x >= size as f64),
+        "first write on overlayfs copies the file up: {v:?}"
+    );
 }
 
 /// Both drivers commit a container into an image its children see.
