@@ -38,9 +38,12 @@ pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
 
-/// Every figure the Go program makes: workload (its name there, ours), and
-/// metrics with their units.
-pub const PEER_METRICS: [(&str, &str, &[(&str, Unit)]); 4] = [
+/// A peers workload: its name in the Go program, ours, and its metrics
+/// with their units.
+pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
+
+/// Every figure the Go program makes.
+pub const PEER_METRICS: [PeerWorkload; 4] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -517,8 +520,8 @@ fn stop(what: &str, mut child: Child) -> Result<()> {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let started = Instant::now();
     loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st).map(drop);
+        if child.try_wait()?.is_some() {
+            return Ok(());
         }
         if started.elapsed() > DEADLINE {
             let _ = child.kill();

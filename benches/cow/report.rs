@@ -243,7 +243,9 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         s,
         "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less).\n"
     );
-    let parts: [(&str, String, Vec<(&str, Option<f64>)>); 4] = [
+    // Workload, introduction, tables (heading, percentile or none).
+    type Part<'a> = (&'a str, String, Vec<(&'a str, Option<f64>)>);
+    let parts: [Part<'_>; 4] = [
         (
             PREPARE_CYCLE,
             format!(

@@ -90,6 +90,9 @@ pub enum Workload {
     Peers,
 }
 
+/// Runs a workload on one baseline.
+type Runner = fn(&mut dyn Cow, &Config, &mut Results) -> Result<()>;
+
 impl Workload {
     pub const ALL: [Workload; 11] = [
         Workload::FirstWrite,
@@ -123,7 +126,7 @@ impl Workload {
     }
 
     /// Runs the workload on one baseline (peers runs once, on its own).
-    fn runner(self) -> Option<fn(&mut dyn Cow, &Config, &mut Results) -> Result<()>> {
+    fn runner(self) -> Option<Runner> {
         Some(match self {
             Workload::FirstWrite => first_write,
             Workload::Latency => latency,
@@ -219,7 +222,7 @@ impl Config {
             peer_file_size: 1 << 20,
             peer_write_size: 1 << 30,
             peer_reps: 3,
-            peer_idle: 50,
+            peer_idle: 20,
             only: None,
             skip: Vec::new(),
         }
