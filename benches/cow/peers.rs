@@ -37,13 +37,14 @@ pub const PREPARE_CYCLE: &str = "prepare cycle";
 pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
+pub const TEARDOWN: &str = "teardown and create cost";
 
 /// A peers workload: its name in the Go program, ours, and its metrics
 /// with their units.
 pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
 
 /// Every figure the Go program makes.
-pub const PEER_METRICS: [PeerWorkload; 4] = [
+pub const PEER_METRICS: [PeerWorkload; 5] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -77,6 +78,15 @@ pub const PEER_METRICS: [PeerWorkload; 4] = [
         "idle cost",
         IDLE_COST,
         &[("space per idle container", Unit::Bytes)],
+    ),
+    (
+        "teardown",
+        TEARDOWN,
+        &[
+            ("create with none other live", Unit::Seconds),
+            ("create with N live", Unit::Seconds),
+            ("teardown of all N", Unit::Seconds),
+        ],
     ),
 ];
 
@@ -436,6 +446,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 &cfg.peer_reps.to_string(),
                 "-idle",
                 &cfg.peer_idle.to_string(),
+                "-live",
+                &cfg.peer_live.to_string(),
                 "-deadline",
                 &format!("{}s", DEADLINE.as_secs()),
             ])

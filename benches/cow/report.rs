@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::measure::Stats;
-use super::peers::{IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988};
+use super::peers::{
+    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988, TEARDOWN,
+};
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
     RAW, Results, SPARSE, THROUGHPUT, USAGE, Unit,
@@ -213,7 +215,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             0.8,
         ),
     ];
-    checks
+    let mut t: Vec<String> = checks
         .into_iter()
         .map(|(what, w, m, other, bound)| {
             match (pct(w, m, "thinlayer", 50.0), pct(w, m, other, 50.0)) {
@@ -227,7 +229,25 @@ fn peer_targets(res: &Results) -> Vec<String> {
                 _ => format!("{what}: not measured in this run."),
             }
         })
-        .collect()
+        .collect();
+    // Per-operation cost with N live against with none other live.
+    for b in PEERS {
+        let c = |m| pct(TEARDOWN, m, b, 50.0);
+        let what = format!("{b}: create with N live within 1.2× of with none other live");
+        t.push(
+            match (c("create with N live"), c("create with none other live")) {
+                (Some(n), Some(one)) if one > 0.0 => format!(
+                    "{what}: {} ({:.2}×: {} / {})",
+                    verdict(n / one <= 1.2),
+                    n / one,
+                    show(n, Unit::Seconds),
+                    show(one, Unit::Seconds)
+                ),
+                _ => format!("{what}: not measured in this run."),
+            },
+        );
+    }
+    t
 }
 
 /// The peers' part of the report.
@@ -245,7 +265,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
     );
     // Workload, introduction, tables (heading, percentile or none).
     type Part<'a> = (&'a str, String, Vec<(&'a str, Option<f64>)>);
-    let parts: [Part<'_>; 4] = [
+    let parts: [Part<'_>; 5] = [
         (
             PREPARE_CYCLE,
             format!(
@@ -279,6 +299,14 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
             format!(
                 "{} containers of a one-layer image, prepared and mounted, nothing written: space in use after ÷ N (thin pools: data blocks in use from the pool's status; overlayfs: used blocks of its ext4, statvfs); {} runs.",
                 cfg.peer_idle, cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+        (
+            TEARDOWN,
+            format!(
+                "Prepare + mount of one container of a one-layer image with no other container live ({} runs, each removed after); then {} containers made and kept mounted, and Prepare + mount of one more ({} runs, kept); then unmount and Remove through containerd of all of them, and one synchronous collection (a lease deleted with `SynchronousDelete`), until the backend holds none: one run.",
+                cfg.peer_reps, cfg.peer_live, cfg.peer_reps
             ),
             vec![("Median (min … max)", None)],
         ),

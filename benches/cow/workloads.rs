@@ -62,7 +62,8 @@ pub struct Config {
     pub usage_locked: usize,
     /// Peers (containerd's snapshotters through one containerd): prepare
     /// cycles, layers, files per layer and their size of the #2988 shape,
-    /// the first-write file, repetitions, idle containers.
+    /// the first-write file, repetitions, idle containers, live containers
+    /// of the teardown.
     pub peer_cycles: usize,
     pub peer_layers: usize,
     pub peer_files: usize,
@@ -70,6 +71,7 @@ pub struct Config {
     pub peer_write_size: u64,
     pub peer_reps: usize,
     pub peer_idle: usize,
+    pub peer_live: usize,
     /// Which workloads run: `only` if set, never those in `skip`.
     pub only: Option<Workload>,
     pub skip: Vec<Workload>,
@@ -186,6 +188,7 @@ impl Config {
             peer_write_size: 64 << 20,
             peer_reps: 2,
             peer_idle: 5,
+            peer_live: 20,
             only: None,
             skip: Vec::new(),
         }
@@ -223,6 +226,7 @@ impl Config {
             peer_write_size: 1 << 30,
             peer_reps: 3,
             peer_idle: 20,
+            peer_live: 1000,
             only: None,
             skip: Vec::new(),
         }

@@ -70,6 +70,7 @@ type config struct {
 	writeSize int64
 	reps      int
 	idle      int
+	live      int
 	deadline  time.Duration
 	peers     []Peer
 }
@@ -91,6 +92,7 @@ func main() {
 	flag.Int64Var(&cfg.writeSize, "first-write-size", 1<<30, "the file of the first-write workload")
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
 	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
+	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
 	flag.DurationVar(&cfg.deadline, "deadline", 300*time.Second, "how long a removal may take to reach the snapshotter")
 	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND entries separated by |")
 	flag.Parse()
@@ -111,7 +113,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost} {
+		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown} {
 			w(r)
 			// What the workload removed is gone before the next one
 			// measures.
@@ -467,6 +469,7 @@ const (
 	shape2988    = "containerd #2988 shape"
 	firstWrite   = "first write"
 	idleCost     = "idle cost"
+	teardown     = "teardown"
 )
 
 // prepareCycle: Prepare + mount + unmount + Remove of a container on a
@@ -706,10 +709,6 @@ func (r *runner) idleCost() {
 			if err != nil {
 				return err
 			}
-			type ctr struct {
-				key, dir string
-				ms       []mount.Mount
-			}
 			var made []ctr
 			var merr error
 			for i := 0; i < n && merr == nil; i++ {
@@ -751,4 +750,123 @@ func (r *runner) idleCost() {
 		return r.sn.Remove(r.ctx, base)
 	}()
 	r.figures(idleCost, uint64(n), err, metric{"space per idle container", "bytes", per})
+}
+
+// createOne times Prepare + mount of one container on base; returns it.
+func (r *runner) createOne(base string) (ctr, time.Duration, error) {
+	c := ctr{key: r.key("live")}
+	dir, err := r.mountPoint()
+	if err != nil {
+		return c, 0, err
+	}
+	start := time.Now()
+	c.ms, err = r.sn.Prepare(r.ctx, c.key, base)
+	if err != nil {
+		return c, 0, fmt.Errorf("prepare %s: %w", c.key, err)
+	}
+	if err := mount.All(c.ms, dir); err != nil {
+		return c, 0, fmt.Errorf("mount %s: %w", c.key, err)
+	}
+	c.dir = dir
+	return c, time.Since(start), nil
+}
+
+// ctr is a prepared and mounted container.
+type ctr struct {
+	key, dir string
+	ms       []mount.Mount
+}
+
+// teardown: Prepare + mount of one container with none other live, then
+// with N live; then unmount and Remove of all N through containerd, until
+// the backend holds none of them (after the Remove calls, one synchronous
+// collection: see settle).
+func (r *runner) teardown() {
+	logf("%s: %s", r.Name, teardown)
+	n := r.cfg.live
+	var one, many, down []float64
+	var made []ctr
+	err := func() error {
+		base := r.key("live-base")
+		if err := r.committed(base, "", smallFiles); err != nil {
+			return err
+		}
+		for rep := 0; rep < r.cfg.reps; rep++ {
+			if err := r.settle(); err != nil {
+				return err
+			}
+			c, t, err := r.createOne(base)
+			if c.dir != "" {
+				err = firstErr(err, unmount(c.dir))
+			}
+			if err != nil {
+				return err
+			}
+			if err := r.removed(c.key, c.ms); err != nil {
+				return err
+			}
+			one = append(one, secs(t))
+		}
+		for len(made) < n {
+			c, _, err := r.createOne(base)
+			if c.dir != "" {
+				made = append(made, c)
+			}
+			if err != nil {
+				return err
+			}
+			if len(made)%100 == 0 {
+				logf("%s: %d live", r.Name, len(made))
+			}
+		}
+		for rep := 0; rep < r.cfg.reps; rep++ {
+			c, t, err := r.createOne(base)
+			if c.dir != "" {
+				made = append(made, c)
+			}
+			if err != nil {
+				return err
+			}
+			many = append(many, secs(t))
+		}
+		if err := r.settle(); err != nil {
+			return err
+		}
+		start := time.Now()
+		for _, c := range made {
+			if err := unmount(c.dir); err != nil {
+				return err
+			}
+			if err := r.sn.Remove(r.ctx, c.key); err != nil {
+				return fmt.Errorf("remove %s: %w", c.key, err)
+			}
+		}
+		if err := r.settle(); err != nil {
+			return err
+		}
+		for _, c := range made {
+			if err := r.collected(c.key, c.ms); err != nil {
+				return err
+			}
+		}
+		down = append(down, secs(time.Since(start)))
+		made = nil
+		return r.sn.Remove(r.ctx, base)
+	}()
+	for _, c := range made {
+		unmount(c.dir)
+	}
+	r.figures(teardown, uint64(n), err,
+		metric{"create with none other live", "seconds", one},
+		metric{"create with N live", "seconds", many},
+		metric{"teardown of all N", "seconds", down})
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
