@@ -269,7 +269,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         (
             PREPARE_CYCLE,
             format!(
-                "{} cycles of Prepare of a container on a one-layer image, mount, unmount, Remove through containerd; *remove until collected*: from the Remove call until the snapshot is gone from the backend (thinlayer: from its own Walk; overlayfs: its directory gone; devmapper: its thin device deactivated — the `delete` message devmapper sends next is not waited for); *total*: prepare to collected.",
+                "{} cycles of Prepare of a container on a one-layer image, mount, unmount, Remove through containerd, each after a synchronous collection (containerd 1.6's scheduler drops the event of a removal made while a collection runs, so the removal would wait for some later one); *remove until collected*: from the Remove call until the snapshot is gone from the backend (thinlayer: from its own Walk; overlayfs: its directory gone; devmapper: its thin device deactivated — the `delete` message devmapper sends next is not waited for); *total*: prepare to collected.",
                 cfg.peer_cycles
             ),
             vec![("p50", Some(50.0)), ("p90", Some(90.0))],
