@@ -214,6 +214,13 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "overlayfs",
             0.8,
         ),
+        (
+            "Teardown of all N at most 2× overlayfs",
+            TEARDOWN,
+            "teardown of all N",
+            "overlayfs",
+            2.0,
+        ),
     ];
     let mut t: Vec<String> = checks
         .into_iter()
