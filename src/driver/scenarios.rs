@@ -11,7 +11,6 @@ use std::sync::Arc;
 use super::{Driver, ImportLayer};
 use crate::kernel::Kernel;
 use crate::pool::PoolOptions;
-use crate::tree::ImageRef;
 use crate::units::ThinId;
 
 /// One root on one kernel.
@@ -20,8 +19,9 @@ pub struct World {
     pub kernel: Arc<dyn Kernel>,
 }
 
-fn image(s: &str) -> ImageRef {
-    ImageRef::parse(s).expect("a valid image name")
+#[cfg(any(test, feature = "failpoints"))]
+fn image(s: &str) -> crate::tree::ImageRef {
+    crate::tree::ImageRef::parse(s).expect("a valid image name")
 }
 
 /// Layers to import under `keys`, each labelled with a made-up diff id.

@@ -141,6 +141,9 @@ fn linux_pool(fx: &Fixture) -> (World, thinlayer::Driver) {
 /// The host's crash scenario (`driver::scenarios`), on the real kernel:
 /// every driver operation stopped at each of its failpoints, then the next
 /// handle finds it complete or absent and the pool as the tree says.
+/// (Failpoints exist in builds with the `failpoints` feature, as the test
+/// command builds the device tests.)
+#[cfg(feature = "failpoints")]
 #[test]
 fn every_operation_stopped_at_each_failpoint_recovers_as_on_the_simulator() {
     fixture::run("scenario-crash", |fx| {
