@@ -55,6 +55,19 @@ fn mapped(k: &dyn Kernel, thin: &str) -> (u64, Option<u64>) {
     (w.nr_mapped_sectors.0, w.highest_mapped_sector.map(|s| s.0))
 }
 
+/// Waits until `pending` says nothing is left (`None`); after a minute,
+/// panics with what never happened and what was still there.
+fn eventually(what: &str, mut pending: impl FnMut() -> Option<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Some(left) = pending() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened within a minute: {what}; still there: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs the whole contract on `k`, with its files in `dir` and its devices
 /// named `PREFIX-contract-*`. Leaves nothing behind when it passes.
 pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
@@ -249,7 +262,11 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     );
     k.umount(&target, false).expect("umount");
     assert!(!k.mounts().unwrap().iter().any(|m| m.target == target));
-    assert_eq!(k.dm_info(&thin).unwrap(), None, "gone at its last close");
+    // The kernel queues the removal at the last close and runs it a moment
+    // later (a work queue): soon, not at once.
+    eventually("the deferred removal, after the last close", || {
+        k.dm_info(&thin).unwrap().map(|i| format!("{i:?}"))
+    });
 
     // The metadata snapshot, and the tools that read it.
     let meta_dev = k
@@ -305,23 +322,15 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     // Down: the pool's loops detach themselves (autoclear) at its removal.
     k.dm_remove(&pool, false).expect("remove the pool");
     assert_eq!(k.dm_info(&pool).unwrap(), None);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    eventually("the pool's loops detach themselves", || {
         let left: Vec<_> = k
             .loop_list()
             .unwrap()
             .into_iter()
             .filter(|l| l.backing_file == data || l.backing_file == metadata)
             .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "loops not detached 30 s after the pool went: {left:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        (!left.is_empty()).then(|| format!("{left:?}"))
+    });
     std::fs::remove_dir_all(dir).expect("remove the contract dir");
 }
 
