@@ -1,7 +1,7 @@
 //! `thinlayer diff`
 
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -54,28 +54,15 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> anyhow::Result<Report> {
                 "a tar is binary: give -o FILE or redirect stdout"
             ));
         }
-        let mut w = std::io::BufWriter::new(stdout.lock());
+        // write_changes flushes what it writes.
         driver
-            .with_layer_and_parent(&a.name, |lower, upper| {
-                crate::layer::write_diff(Some(lower), upper, &mut w)
-            })
+            .write_changes(&a.name, std::io::BufWriter::new(stdout.lock()))
             .with_context(|| format!("cannot write the changes of {}", a.name))?;
-        w.flush()?;
         return Ok(Report::none());
     };
     let file =
         fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let stats = driver
-        .with_layer_and_parent(&a.name, |lower, upper| {
-            crate::layer::write_diff(Some(lower), upper, &mut w)
-        })
-        .and_then(|s| {
-            w.flush()
-                .map(|()| s)
-                .map_err(|e| crate::Error::io("write", path, e))
-        });
-    match stats {
+    match driver.write_changes(&a.name, std::io::BufWriter::new(file)) {
         Ok(stats) => Report::of(&Written {
             name: &a.name,
             output: path,

@@ -4,6 +4,7 @@
 //! root's lock for the whole of their work.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, import};
+use crate::layer::DiffStats;
 use crate::tree::{ImageRef, Kind, Layer};
 use crate::units::ThinId;
 
@@ -132,22 +134,27 @@ impl Driver {
         result
     }
 
-    /// Mounts `key` and, read-only, its parent (the empty base for a layer
-    /// without one, so the base's own entries such as `lost+found` are not
-    /// taken for changes), runs `f(parent, layer)`, and unmounts both.
-    pub fn with_layer_and_parent<T>(
-        &self,
-        key: &str,
-        f: impl FnOnce(&Path, &Path) -> Result<T>,
-    ) -> Result<T> {
-        self.begin()?.with_layer_and_parent(key, f)
+    /// Writes the changes of layer `key` against its parent to `out` as an
+    /// OCI layer tar (see [`crate::layer::write_diff`]), with both mounted
+    /// meanwhile (the empty base stands for a layer without a parent).
+    pub fn write_changes(&self, key: &str, out: impl Write) -> Result<DiffStats> {
+        self.begin()?.write_changes(key, out)
     }
 
     /// The committed layers of an image, bottom first.
     pub fn image_layers(&self, image: &ImageRef) -> Result<(crate::tree::Image, Vec<Layer>)> {
-        let op = self.begin()?;
-        let img = op.image(image)?.clone();
-        let mut chain: Vec<Layer> = op
+        self.begin()?.image_layers(image)
+    }
+}
+
+impl Op<'_> {
+    /// See [`Driver::image_layers`].
+    pub(super) fn image_layers(
+        &self,
+        image: &ImageRef,
+    ) -> Result<(crate::tree::Image, Vec<Layer>)> {
+        let img = self.image(image)?.clone();
+        let mut chain: Vec<Layer> = self
             .rec
             .tree
             .ancestry(&img.top)?
@@ -157,11 +164,18 @@ impl Driver {
         chain.reverse();
         Ok((img, chain))
     }
-}
 
-impl Op<'_> {
-    /// See [`Driver::with_layer_and_parent`].
-    pub(super) fn with_layer_and_parent<T>(
+    /// See [`Driver::write_changes`].
+    pub(super) fn write_changes(&mut self, key: &str, out: impl Write) -> Result<DiffStats> {
+        self.with_layer_and_parent(key, |lower, upper| {
+            crate::layer::write_diff(Some(lower), upper, out)
+        })
+    }
+
+    /// Mounts `key` and, read-only, its parent (the empty base for a layer
+    /// without one, so the base's own entries such as `lost+found` are not
+    /// taken for changes), runs `f(parent, layer)`, and unmounts both.
+    fn with_layer_and_parent<T>(
         &mut self,
         key: &str,
         f: impl FnOnce(&Path, &Path) -> Result<T>,

@@ -141,10 +141,11 @@ impl Driver {
     /// Writes an image as an OCI image layout at `dest` (a tar when it ends
     /// in `.tar`, else a directory that must not exist or be empty), each
     /// layer recomputed from the thin snapshots as the changes against the
-    /// layer below. The layer tars are staged in a directory under the root
-    /// and removed afterwards.
+    /// layer below, in one operation. The layer tars are staged in a
+    /// directory under the root and removed afterwards.
     pub fn export_image(&self, image: &ImageRef, dest: &Path) -> Result<ExportedImage> {
-        let (img, layers) = self.image_layers(image)?;
+        let mut op = self.begin()?;
+        let (img, layers) = op.image_layers(image)?;
         let work = self.root().join(format!("export-{}", std::process::id()));
         fs::create_dir_all(&work).map_err(|e| Error::io("create", &work, e))?;
         let written = (|| {
@@ -152,10 +153,7 @@ impl Driver {
             for (i, l) in layers.iter().enumerate() {
                 let path = work.join(format!("{i}.tar"));
                 let file = fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-                self.with_layer_and_parent(&l.key, |lower, upper| {
-                    crate::layer::write_diff(Some(lower), upper, std::io::BufWriter::new(file))
-                        .map(|_| ())
-                })?;
+                op.write_changes(&l.key, std::io::BufWriter::new(file))?;
                 tars.push(path);
             }
             write_oci_layout(
@@ -191,11 +189,9 @@ impl Driver {
         if !digest {
             return Ok(layer);
         }
-        let diff_id = op.with_layer_and_parent(&layer.key, |lower, upper| {
-            let mut w = DigestWriter::new(std::io::sink());
-            crate::layer::write_diff(Some(lower), upper, &mut w)?;
-            Ok(w.finish().1)
-        })?;
+        let mut w = DigestWriter::new(std::io::sink());
+        op.write_changes(&layer.key, &mut w)?;
+        let diff_id = w.finish().1;
         let l = op.rec.tree.get_mut(&layer.key)?;
         l.labels.insert(DIFF_ID.to_string(), diff_id.to_string());
         let l = l.clone();

@@ -188,11 +188,10 @@ impl Backend {
                 std::fs::remove_file(&out).unwrap();
                 Ok(tar)
             }
-            Backend::Lib(d) => lib(d.with_layer_and_parent(name, |lower, upper| {
+            Backend::Lib(d) => {
                 let mut tar = Vec::new();
-                thinlayer::layer::write_diff(Some(lower), upper, &mut tar)?;
-                Ok(tar)
-            })),
+                lib(d.write_changes(name, &mut tar).map(|_| tar))
+            }
         }
     }
 }

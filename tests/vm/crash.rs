@@ -312,12 +312,10 @@ fn loop_files(fx: &Fixture) -> BTreeSet<PathBuf> {
 /// The digest of a layer's changes against its parent as a layer tar: reads
 /// every file the layer added or changed.
 pub fn layer_digest(d: &Driver, key: &str) -> String {
-    d.with_layer_and_parent(key, |lower, upper| {
-        let mut w = DigestWriter::new(std::io::sink());
-        thinlayer::layer::write_diff(Some(lower), upper, &mut w)?;
-        Ok(w.finish().1.to_string())
-    })
-    .unwrap_or_else(|e| panic!("content of {key}: {e}"))
+    let mut w = DigestWriter::new(std::io::sink());
+    d.write_changes(key, &mut w)
+        .unwrap_or_else(|e| panic!("content of {key}: {e}"));
+    w.finish().1.to_string()
 }
 
 /// Every committed layer of the baseline holds the content it had.
