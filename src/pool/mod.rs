@@ -289,18 +289,18 @@ impl Pool<'_> {
                 make_sparse(data, *data_size)?;
                 crate::failpoint::hit(crate::failpoint::init::AFTER_FILES);
             }
-            (PoolSource::Devices { data, metadata }, _) => {
-                // Both must be block devices before anything is written.
-                self.kernel.block_device(data)?;
-                self.kernel.block_device(metadata)?;
-                self.kernel.zero_start(metadata)?
-            }
+            (PoolSource::Devices { .. }, _) => {}
             (PoolSource::Existing { .. }, _) => {
                 return self.devnum().map(|_| ());
             }
             _ => unreachable!("config_for pairs source and options"),
         }
+        // For given devices, opening the backing checks that both are
+        // block devices before the metadata's start is zeroed.
         let backing = self.open_backing()?;
+        if let PoolSource::Devices { metadata, .. } = &self.config.source {
+            self.kernel.zero_start(metadata)?;
+        }
         crate::failpoint::hit(crate::failpoint::init::AFTER_LOOPS);
         self.load(&backing)
     }
