@@ -84,6 +84,15 @@ impl PoolMeta {
     }
 }
 
+/// N of a simulated loop device's path, `/dev/loopN`.
+fn loop_minor(device: &Path) -> Option<u32> {
+    device
+        .to_string_lossy()
+        .strip_prefix("/dev/loop")?
+        .parse()
+        .ok()
+}
+
 fn kerr(op: &'static str, object: &str, errno: Errno) -> Error {
     Error::kernel(op, object, Some(errno), errno.desc())
 }
@@ -618,14 +627,10 @@ impl Kernel for Sim {
     /// long as the file behind it.
     fn block_device(&self, path: &Path) -> Result<(DevNum, Bytes)> {
         let s = self.lock();
-        let file = s.loop_file_of_path(path).ok_or_else(|| {
-            Error::invalid("device", &path.display().to_string(), "not a block device")
-        })?;
-        let minor = path
-            .to_string_lossy()
-            .trim_start_matches("/dev/loop")
-            .parse()
-            .expect("a loop device path");
+        let not_block =
+            || Error::invalid("device", &path.display().to_string(), "not a block device");
+        let minor = loop_minor(path).ok_or_else(not_block)?;
+        let file = s.loops.get(&minor).cloned().ok_or_else(not_block)?;
         let len = std::fs::metadata(&file)
             .map_err(|e| Error::io("stat", &file, e))?
             .len();
@@ -664,11 +669,8 @@ impl Kernel for Sim {
 
     fn loop_detach(&self, device: &Path) -> Result<()> {
         let mut s = self.lock();
-        let minor: u32 = device
-            .to_string_lossy()
-            .trim_start_matches("/dev/loop")
-            .parse()
-            .map_err(|_| kerr("detach", &device.to_string_lossy(), Errno::ENXIO))?;
+        let minor = loop_minor(device)
+            .ok_or_else(|| kerr("detach", &device.to_string_lossy(), Errno::ENXIO))?;
         s.loops.remove(&minor);
         Ok(())
     }
@@ -831,11 +833,6 @@ impl State {
     }
 
     fn loop_file_of_path(&self, device: &Path) -> Option<PathBuf> {
-        let minor: u32 = device
-            .to_string_lossy()
-            .strip_prefix("/dev/loop")?
-            .parse()
-            .ok()?;
-        self.loops.get(&minor).cloned()
+        self.loops.get(&loop_minor(device)?).cloned()
     }
 }
