@@ -538,11 +538,9 @@ pub mod process {
         }
 
         /// Sends SIGTERM and waits until the daemon exits; returns its status.
-        pub fn stop(mut self) -> ExitStatus {
-            let mut child = self.child.take().expect("running");
-            signal(&child, Signal::SIGTERM);
-            let what = format!("{} exits on SIGTERM", self.what);
-            eventually(&what, DEADLINE, || exited(&mut child))
+        pub fn stop(self) -> ExitStatus {
+            signal(self.child.as_ref().expect("running"), Signal::SIGTERM);
+            self.wait_exit("on SIGTERM")
         }
 
         /// Waits until the daemon exits by itself (`what` says why it
