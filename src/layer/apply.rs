@@ -47,8 +47,11 @@ pub struct ApplyStats {
     /// Entries written: files, directories, symlinks, hard links, fifos and
     /// devices (whiteouts are counted apart).
     pub entries: u64,
-    /// Bytes of regular file content written.
+    /// Bytes of regular file content written, holes included.
     pub bytes: u64,
+    /// Bytes of regular file content that were zeros and were left as holes
+    /// (whole filesystem blocks of them), taking no space.
+    pub holes: u64,
     /// Whiteout and opaque-directory markers honoured (including those whose
     /// target did not exist).
     pub whiteouts: u64,

@@ -563,3 +563,43 @@ fn reading_every_file_of_an_image_does_not_grow_a_container() {
         });
     }
 }
+
+/// A file of zeros in a layer (a sparse file written out, as image
+/// builders write it) is stored as holes: it takes no pool blocks and reads
+/// back as zeros.
+#[test]
+fn zeros_in_a_layer_take_no_pool_blocks() {
+    fixture::run("holes", |fx| {
+        small_pool(fx);
+        let mut l = LayerBuilder::new();
+        l.dir("var", 0o755);
+        l.file("var/sparse.img", &vec![0u8; 64 * MIB], 0o644);
+        let mut head = pattern(MIB, 3);
+        head.extend(vec![0u8; 15 * MIB]);
+        l.file("var/head-then-zeros", &head, 0o644);
+        let archive = fx.dir.join("holes.tar");
+        write_oci_archive(&archive, "holes:1", &[l.finish()], Compression::Gzip, true).unwrap();
+        let before = status(fx)["data_used"].as_u64().unwrap();
+        fx.ok(&["image", "import", archive.to_str().unwrap()]);
+        let took = status(fx)["data_used"].as_u64().unwrap() - before;
+        println!("80 MiB of files, 1 MiB of it data: the import took {took} bytes of pool");
+        assert!(
+            took < 4 * MIB as u64,
+            "the import took {took} bytes of pool for 1 MiB of data in 80 MiB of files"
+        );
+        fx.ok(&["container", "create", "holes:1", "c"]);
+        let root = mounted(fx, "c");
+        let sparse = root.join("var/sparse.img");
+        let meta = fs::metadata(&sparse).unwrap();
+        assert_eq!(meta.len(), 64 * MIB as u64);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::blocks(&meta),
+            0,
+            "a file of zeros holds blocks"
+        );
+        assert!(fs::read(&sparse).unwrap().iter().all(|&b| b == 0));
+        assert_eq!(fs::read(root.join("var/head-then-zeros")).unwrap(), head);
+        fx.ok(&["container", "umount", "c"]);
+        fx.ok(&["container", "rm", "c"]);
+    });
+}

@@ -8,6 +8,7 @@ use nix::sys::stat::makedev;
 use tar::EntryType;
 
 use super::header::parse_pax_time;
+use super::write::{HOLE_GRANULE, data_runs};
 use super::*;
 use crate::layer::xattr::read_xattrs;
 use crate::testutil::TempDir;
@@ -213,6 +214,7 @@ fn applies_every_entry_type() {
         ApplyStats {
             entries: 12,
             bytes: 11 + 4 + 6 + 4,
+            holes: 0,
             whiteouts: 0
         }
     );
@@ -702,4 +704,61 @@ fn root_entry_sets_root_metadata() {
     let err = apply_layer(t2.path(), &Layer::new().file(".", b"x").bytes()[..])
         .expect_err("root as a file");
     assert_unsafe(&err, ".");
+}
+
+#[test]
+fn zeros_become_holes() {
+    let t = TempDir::new("apply-holes");
+    // Data, three zero granules, data across a granule boundary, then zeros
+    // past the copy buffer's end: the zeros read back and take no blocks.
+    let g = HOLE_GRANULE;
+    let mut mixed = vec![0u8; 4 * g + 300 * 1024];
+    mixed[..10].fill(b'a');
+    mixed[4 * g - 5..4 * g + 5].fill(b'b');
+    let empty = vec![0u8; 1 << 20];
+    let tar = Layer::new()
+        .file("mixed", &mixed)
+        .file("empty", &empty)
+        .file("short", b"\0\0\0")
+        .bytes();
+    let stats = apply_layer(t.path(), &tar[..]).expect("apply");
+    for (name, want) in [
+        ("mixed", &mixed[..]),
+        ("empty", &empty[..]),
+        ("short", b"\0\0\0"),
+    ] {
+        assert_eq!(fs::read(t.path().join(name)).unwrap(), want, "{name}");
+    }
+    // Three granules of data in `mixed` (0, and 3 and 4 across the
+    // boundary), none in the others.
+    let data = 3 * g as u64;
+    assert_eq!(stats.bytes, (mixed.len() + empty.len() + 3) as u64);
+    assert_eq!(stats.holes, stats.bytes - data);
+    assert_eq!(md(&t.path().join("empty")).blocks(), 0);
+    assert_eq!(md(&t.path().join("short")).blocks(), 0);
+    let blocks = md(&t.path().join("mixed")).blocks() * 512;
+    assert!(
+        blocks <= data + 2 * g as u64,
+        "`mixed` holds {blocks} bytes of blocks for {data} bytes of data"
+    );
+}
+
+fn write_data_runs(buf: &[u8]) -> Vec<(usize, usize)> {
+    data_runs(buf)
+        .into_iter()
+        .map(|(d, at)| (at, at + d.len()))
+        .collect()
+}
+
+#[test]
+fn data_runs_join_neighbours() {
+    let g = HOLE_GRANULE;
+    let mut buf = vec![0u8; 6 * g + 7];
+    buf[1] = 1;
+    buf[g] = 1;
+    buf[4 * g] = 1;
+    buf[6 * g + 6] = 1;
+    let runs: Vec<(usize, usize)> = write_data_runs(&buf);
+    assert_eq!(runs, [(0, 2 * g), (4 * g, 5 * g), (6 * g, 6 * g + 7)]);
+    assert!(write_data_runs(&vec![0u8; 3 * g]).is_empty());
 }

@@ -2,9 +2,10 @@
 
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -18,7 +19,34 @@ use super::dir::{is_dir, lstat_at};
 use super::header::{Meta, cstr, normalize, rel_key};
 use super::{Applier, unsafe_entry};
 use crate::error::{Error, Result};
+use crate::layer::read_up_to;
 use crate::layer::xattr::{Xattrs, xattr_is_local};
+
+/// Bytes read from an archive at a time.
+const COPY_BUFFER: usize = 128 * 1024;
+
+/// The unit in which zeros become holes: the layers' filesystems' block
+/// size (ext4 and xfs as thinlayer makes them), so a hole frees a whole
+/// filesystem block and a block with any data is written as it is.
+pub(super) const HOLE_GRANULE: usize = 4096;
+
+/// The runs of `buf` holding data, each with its offset in `buf`: every
+/// [`HOLE_GRANULE`] (the last may be shorter) that is not all zeros, with
+/// neighbours joined.
+pub(super) fn data_runs(buf: &[u8]) -> Vec<(&[u8], usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, granule) in buf.chunks(HOLE_GRANULE).enumerate() {
+        if granule.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (start, end) = (i * HOLE_GRANULE, i * HOLE_GRANULE + granule.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs.into_iter().map(|(s, e)| (&buf[s..e], s)).collect()
+}
 
 /// Where an entry goes: its parent directory, open, and its name there.
 pub(super) struct Place<'a> {
@@ -49,8 +77,9 @@ impl Applier<'_> {
         )
         .map_err(|e| self.io_err("create", at.key, e))?;
         let mut file = File::from(fd);
-        let n = self.copy_content(at.name, at.key, entry, &mut file)?;
+        let (n, holes) = self.copy_content(at.name, at.key, entry, &mut file)?;
         self.stats.bytes += n;
+        self.stats.holes += holes;
         self.set_fd_meta(at.name, at.key, file.as_fd(), meta)?;
         futimens(file.as_fd(), &meta.times.atime, &meta.times.mtime)
             .map_err(|e| self.io_err("set times of", at.key, e))
@@ -157,32 +186,42 @@ impl Applier<'_> {
         }
     }
 
+    /// Copies the entry's content into `file`, leaving every all-zero
+    /// [`HOLE_GRANULE`] of it a hole: a file written out as zeros (a sparse
+    /// file in an image, as every image builder writes it) takes no pool
+    /// blocks for them, as `cp --sparse=always` would. Returns the content's
+    /// length and the bytes left as holes.
     fn copy_content<R: Read>(
         &self,
         name: &str,
         key: &[u8],
         entry: &mut tar::Entry<'_, R>,
         file: &mut File,
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let expected = entry.size();
         let sparse = entry.header().entry_type().is_gnu_sparse();
-        let mut buf = vec![0u8; 128 * 1024];
-        let mut total = 0u64;
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let (mut total, mut holes) = (0u64, 0u64);
         loop {
-            let n = match entry.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::Archive {
-                        what: "layer".into(),
-                        detail: format!("reading the content of {name:?}: {e}"),
-                    });
-                }
-            };
-            file.write_all(&buf[..n])
-                .map_err(|e| self.io_err("write", key, e))?;
+            // Whole buffers keep every granule aligned to the file's offsets.
+            let n = read_up_to(entry, &mut buf).map_err(|e| Error::Archive {
+                what: "layer".into(),
+                detail: format!("reading the content of {name:?}: {e}"),
+            })?;
+            if n == 0 {
+                break;
+            }
+            let mut written = 0;
+            for (data, at) in data_runs(&buf[..n]) {
+                file.write_all_at(data, total + at as u64)
+                    .map_err(|e| self.io_err("write", key, e))?;
+                written += data.len();
+            }
+            holes += (n - written) as u64;
             total += n as u64;
+            if n < buf.len() {
+                break;
+            }
         }
         if self.eof.get() || (!sparse && total != expected) {
             return Err(Error::Archive {
@@ -192,7 +231,10 @@ impl Applier<'_> {
                 ),
             });
         }
-        Ok(total)
+        // Trailing holes: the file's length is the content's.
+        file.set_len(total)
+            .map_err(|e| self.io_err("set the length of", key, e))?;
+        Ok((total, holes))
     }
 
     /// Owner, xattrs and mode, through a descriptor of the entry.
