@@ -86,6 +86,14 @@ fn nix_err(op: &'static str, object: &Path, errno: Errno) -> Error {
 
 /// Runs a tool to completion; a non-zero exit becomes [`Error::Tool`] with
 /// its stderr.
+/// Runs `program` with `args` and then `path`, its output dropped.
+fn run_tool_on(program: &str, args: &[String], path: &Path) -> Result<()> {
+    let path = path.to_string_lossy();
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.push(&path);
+    run_tool(program, &all).map(|_| ())
+}
+
 fn run_tool(program: &str, args: &[&str]) -> Result<String> {
     let output = Command::new(program)
         .args(args)
@@ -468,10 +476,11 @@ impl Kernel for Linux {
     }
 
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()> {
-        let dev = device.to_string_lossy();
-        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
-        all.push(&dev);
-        run_tool(program, &all).map(|_| ())
+        run_tool_on(program, args, device)
+    }
+
+    fn grow_fs(&self, target: &Path, program: &str, args: &[String]) -> Result<()> {
+        run_tool_on(program, args, target)
     }
 
     fn thin_check(&self, metadata: &Path) -> Result<()> {

@@ -177,6 +177,11 @@ pub trait Kernel: Send + Sync {
 
     /// Makes a filesystem on `device`: `program` and `args` as mkfs takes them.
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()>;
+    /// Grows a filesystem to fill its device: runs `program` with `args`
+    /// and then `target`, the device (unmounted) or the mount point (a
+    /// tool that grows mounted filesystems), as [`crate::fs::FsKind::grow`]
+    /// says.
+    fn grow_fs(&self, target: &Path, program: &str, args: &[String]) -> Result<()>;
     /// Runs `thin_check` on a pool's metadata device (pool not live).
     fn thin_check(&self, metadata: &Path) -> Result<()>;
     /// Runs `thin_repair` from `metadata` into `into`.

@@ -177,6 +177,14 @@ impl State {
         Ok(())
     }
 
+    /// The name of the device-mapper device of this minor number.
+    fn name_of_minor(&self, minor: u32) -> Option<String> {
+        self.devices
+            .iter()
+            .find(|(_, d)| d.minor == minor)
+            .map(|(n, _)| n.clone())
+    }
+
     fn dev(&self, name: &str) -> Result<&Device> {
         self.devices
             .get(name)
@@ -736,15 +744,44 @@ impl Kernel for Sim {
                 .trim_start_matches("/dev/dm-")
                 .parse()
                 .unwrap_or(u32::MAX);
-            s.devices
-                .iter()
-                .find(|(_, d)| d.minor == minor)
-                .map(|(n, _)| n.clone())
+            s.name_of_minor(minor)
         };
         // A fresh filesystem maps a few blocks: superblock, group descriptors, journal.
         match name {
             Some(n) => self.write(&n, 0, 2),
             None => Err(kerr("mkfs", &device.to_string_lossy(), Errno::ENXIO)),
+        }
+    }
+
+    /// A device must be live and unmounted, a mount point mounted; the
+    /// tool writes one block (the grown filesystem's new descriptors).
+    fn grow_fs(&self, target: &Path, program: &str, _args: &[String]) -> Result<()> {
+        let name = {
+            let mut s = self.lock();
+            s.tool_runs.push(format!("{program} {}", target.display()));
+            s.fail("grow", &target.to_string_lossy())?;
+            let minor = match target.to_string_lossy().strip_prefix("/dev/dm-") {
+                Some(n) => {
+                    let minor: u32 = n.parse().unwrap_or(u32::MAX);
+                    if s.mounts
+                        .iter()
+                        .any(|m| m.devnum.is_some_and(|d| d.minor == minor))
+                    {
+                        return Err(kerr("grow", &target.to_string_lossy(), Errno::EBUSY));
+                    }
+                    Some(minor)
+                }
+                None => s
+                    .mounts
+                    .iter()
+                    .rfind(|m| m.target == target)
+                    .and_then(|m| m.devnum.map(|d| d.minor)),
+            };
+            minor.and_then(|minor| s.name_of_minor(minor))
+        };
+        match name {
+            Some(n) => self.write(&n, 0, 1),
+            None => Err(kerr("grow", &target.to_string_lossy(), Errno::ENXIO)),
         }
     }
 
