@@ -142,6 +142,13 @@ operations! {
     create = "create" [transaction] {
         AFTER_ACTIVATE = "after-activate",
     }
+    /// Growing a new layer's filesystem to a device larger than its
+    /// parent's: inside the layer's creation, after its `create_snap` and
+    /// before the transaction id moves, so a crash rolls the layer back.
+    grow = "grow" {
+        AFTER_ACTIVATE = "after-activate",
+        AFTER_RESIZE = "after-resize",
+    }
     /// Mounting a layer that is not mounted yet.
     mount = "mount" {
         AFTER_ACTIVATE = "after-activate",

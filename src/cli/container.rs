@@ -7,16 +7,29 @@ use serde::Serialize;
 use super::Ctx;
 use super::output::{Done, Report, Said};
 use crate::tree::ImageRef;
+use crate::units::Bytes;
 
 #[derive(Subcommand, Debug)]
 pub enum ContainerCmd {
     /// Create a container: a writable thin snapshot of IMAGE's top layer, or
     /// of the empty base device when IMAGE is `scratch`.
+    ///
+    /// Its device is the image's size (the pool's `--base-size` unless the
+    /// image was committed from a larger container), or `--size`.
+    /// Example: `thinlayer container create --size 20G app:1 web1`.
     Create {
         /// IMAGE[:TAG], or `scratch`.
         image: String,
         /// The container's name: letters, digits, '_', '.', '-'.
         name: String,
+        /// The container's device size, e.g. 20G (K, M, G, T: powers of
+        /// 1024), rounded up to whole pool blocks; its filesystem is grown
+        /// to fill it. At least the image's device size (`ps` shows each
+        /// container's); a thin device takes pool space only for what is
+        /// written, so a large size costs nothing until it is used. Images
+        /// committed from it, and their containers, keep at least this size.
+        #[arg(long, value_name = "SIZE")]
+        size: Option<Bytes>,
     },
     /// Mount a container's filesystem and print the path. Mounts are counted:
     /// each mount needs an umount.
@@ -54,14 +67,14 @@ struct Mounted<'a> {
 pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<Report> {
     let driver = ctx.open()?;
     match cmd {
-        ContainerCmd::Create { image, name } => {
+        ContainerCmd::Create { image, name, size } => {
             let image = if image == "scratch" {
                 None
             } else {
                 Some(ImageRef::parse(&image)?)
             };
             let layer = driver
-                .create_container(&name, image.as_ref())
+                .create_container_sized(&name, image.as_ref(), size)
                 .with_context(|| format!("cannot create container {name}"))?;
             Report::of(&Said::new(layer, name))
         }

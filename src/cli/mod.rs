@@ -74,6 +74,10 @@ pub enum Command {
     /// Write a container's changes against its image as an OCI layer tar.
     Diff(diff::DiffArgs),
     /// List containers, with their sizes given -s.
+    ///
+    /// DEVICE SIZE is the container's block device: what `df` inside shows,
+    /// filesystem overhead aside (its image's, or its `container create
+    /// --size`).
     Ps(ps::PsArgs),
     /// Show the layer tree with thin device ids.
     Tree,

@@ -29,7 +29,7 @@ struct Containers {
 
 impl fmt::Display for Containers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut headers = vec!["NAME", "IMAGE", "THIN ID"];
+        let mut headers = vec!["NAME", "IMAGE", "THIN ID", "DEVICE SIZE"];
         if self.sizes {
             headers.extend(["SIZE", "VIRTUAL SIZE"]);
         }
@@ -42,6 +42,7 @@ impl fmt::Display for Containers {
                     c.name.clone(),
                     c.image.clone().unwrap_or_default(),
                     c.thin_id.to_string(),
+                    c.device_size.to_string(),
                 ];
                 if let Some(s) = &c.size {
                     r.push(format!("{} ({} B)", s.size, s.size.0));

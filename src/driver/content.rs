@@ -95,8 +95,15 @@ impl Driver {
                 let work = format!("{IMPORTING}/{}", l.key);
                 let mut labels = l.labels.clone();
                 labels.insert(IMPORTING.to_string(), "true".to_string());
-                let layer =
-                    op.create_layer(&work, parent.as_deref(), Kind::Active, None, labels, false)?;
+                let layer = op.create_layer(
+                    &work,
+                    parent.as_deref(),
+                    Kind::Active,
+                    super::LayerOptions {
+                        labels,
+                        ..Default::default()
+                    },
+                )?;
                 made.push(work.clone());
                 failpoint::hit(import::AFTER_CREATE);
                 let mount = op.mount(&work)?;

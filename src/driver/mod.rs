@@ -11,6 +11,7 @@
 //! threads and processes share a root safely.
 
 mod content;
+mod grow;
 mod images;
 mod maintenance;
 mod reconcile;
@@ -28,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub use content::{BLOB, DIFF_ID, IMPORTING, ImportLayer, ImportedLayer};
+pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
 pub use service::SnapshotSource;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
@@ -39,7 +41,7 @@ use crate::pool::{self, Pool, PoolMode, PoolOptions, PoolStatus};
 use crate::records::{Durability, Intent, Records, RootLock, Store};
 use crate::thin::Thins;
 use crate::tree::{Image, ImageRef, Kind, Layer, Tree, validate_container_name};
-use crate::units::ThinId;
+use crate::units::{Bytes, ThinId};
 
 /// Where mount points live under the root.
 const MOUNT_DIR: &str = "mnt";
@@ -103,8 +105,25 @@ pub struct ContainerInfo {
     pub thin_id: ThinId,
     pub mount: Option<PathBuf>,
     pub created: u64,
+    /// The size of its block device: what `df` inside shows, filesystem
+    /// overhead aside.
+    pub device_size: Bytes,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub size: Option<LayerSize>,
+}
+
+/// What a new layer is made with, beyond its key, parent and kind.
+#[derive(Clone, Debug, Default)]
+struct LayerOptions {
+    /// The image a container is made from, as the user named it.
+    image: Option<String>,
+    labels: BTreeMap<String, String>,
+    /// Its device is kept active between commands (see
+    /// [`Driver::create_layer`]).
+    pinned: bool,
+    /// Its device's size, when larger than its parent's (see
+    /// [`Driver::create_container_sized`]).
+    size: Option<Bytes>,
 }
 
 impl Driver {
@@ -265,6 +284,21 @@ impl Driver {
 
     /// Creates a container from an image (`None`: from the empty base).
     pub fn create_container(&self, name: &str, image: Option<&ImageRef>) -> Result<Layer> {
+        self.create_container_sized(name, image, None)
+    }
+
+    /// Creates a container from an image (`None`: from the empty base)
+    /// whose device is `size` bytes (rounded up to whole pool blocks), its
+    /// filesystem grown to fill it; `None` or the image's own size: the
+    /// image's device size. A size below the image's is refused
+    /// ([`Error::Invalid`]) before anything changes. Containers and image
+    /// layers made from it later are at least as large.
+    pub fn create_container_sized(
+        &self,
+        name: &str,
+        image: Option<&ImageRef>,
+        size: Option<Bytes>,
+    ) -> Result<Layer> {
         validate_container_name(name)?;
         let mut op = self.begin()?;
         let (parent, image_name) = match image {
@@ -278,9 +312,11 @@ impl Driver {
             name,
             parent.as_deref(),
             Kind::Active,
-            Some(image_name),
-            BTreeMap::new(),
-            false,
+            LayerOptions {
+                image: Some(image_name),
+                size,
+                ..LayerOptions::default()
+            },
         )
     }
 
@@ -301,7 +337,16 @@ impl Driver {
     ) -> Result<Layer> {
         crate::tree::validate_key(key)?;
         let mut op = self.begin()?;
-        op.create_layer(key, parent, kind, None, labels, pinned)
+        op.create_layer(
+            key,
+            parent,
+            kind,
+            LayerOptions {
+                labels,
+                pinned,
+                ..LayerOptions::default()
+            },
+        )
     }
 
     /// Mounts a layer under the root (reference counted) and returns the path.
@@ -406,6 +451,7 @@ impl Driver {
                 thin_id: l.thin_id,
                 mount: (l.mounts > 0).then(|| op.mount_path(l)),
                 created: l.created,
+                device_size: l.device_size,
                 size: figures.as_ref().and_then(|f| f.get(&l.key).cloned()),
             })
             .collect())
@@ -496,11 +542,16 @@ impl Op<'_> {
     }
 
     fn mount_path(&self, l: &Layer) -> PathBuf {
+        self.mount_path_of(l.thin_id)
+    }
+
+    /// Where the layer of thin id `id` is mounted.
+    fn mount_path_of(&self, id: ThinId) -> PathBuf {
         self.driver
             .store
             .root()
             .join(MOUNT_DIR)
-            .join(l.thin_id.to_string())
+            .join(id.to_string())
     }
 
     /// Runs one change of the pool's thin ids under the transaction protocol
@@ -512,6 +563,18 @@ impl Op<'_> {
         intent: Intent,
         send: impl FnOnce(&Thins<'_>) -> Result<()>,
     ) -> Result<()> {
+        self.transact_with(points, intent, |_, thins| send(thins))
+    }
+
+    /// As [`Op::transact`], with the operation at hand in `send`, which may
+    /// do more than send the message: whatever it does is rolled back with
+    /// the thin id if the transaction id has not moved.
+    fn transact_with(
+        &mut self,
+        points: failpoint::Transaction,
+        intent: Intent,
+        send: impl FnOnce(&Op<'_>, &Thins<'_>) -> Result<()>,
+    ) -> Result<()> {
         let t = self.rec.transaction;
         debug_assert_eq!(intent.transaction(), t + 1);
         self.rec.pending = Some(intent);
@@ -520,7 +583,7 @@ impl Op<'_> {
         let sent = {
             let pool = self.pool();
             let thins = Thins { pool: &pool };
-            send(&thins).and_then(|()| {
+            send(self, &thins).and_then(|()| {
                 failpoint::hit(points.after_message);
                 thins.set_transaction(t, t + 1)
             })
@@ -678,14 +741,19 @@ impl Op<'_> {
         key: &str,
         parent: Option<&str>,
         kind: Kind,
-        image: Option<String>,
-        labels: BTreeMap<String, String>,
-        pinned: bool,
+        opts: LayerOptions,
     ) -> Result<Layer> {
+        let LayerOptions {
+            image,
+            labels,
+            pinned,
+            size,
+        } = opts;
         let origin = self.rec.tree.check_new(key, parent)?;
         if kind == Kind::View && parent.is_none() && self.rec.tree.base.is_none() {
             return Err(Error::not_found("base layer", "(pool not initialised)"));
         }
+        let (device_size, grow) = self.new_layer_size(parent, size)?;
         self.check_space()?;
         let thin_id = self.allocate_id()?;
         let at = now_ns();
@@ -694,7 +762,7 @@ impl Op<'_> {
             kind,
             thin_id,
             parent: parent.map(str::to_string),
-            device_size: self.rec.pool.base_size,
+            device_size,
             created: at / 1_000_000_000,
             created_ns: at,
             updated_ns: 0,
@@ -711,8 +779,12 @@ impl Op<'_> {
             origin,
             layer: layer.clone(),
         };
-        self.transact(failpoint::create::TRANSACTION, intent, |t| {
-            t.snapshot(thin_id, origin)
+        self.transact_with(failpoint::create::TRANSACTION, intent, |op, t| {
+            t.snapshot(thin_id, origin)?;
+            if grow {
+                op.grow_new_layer(t, &layer)?;
+            }
+            Ok(())
         })?;
         if pinned {
             self.activate(&layer)?;

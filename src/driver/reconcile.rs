@@ -137,6 +137,7 @@ impl Op<'_> {
                         thin_id = thin_id.get(),
                         "rolling back an interrupted create"
                     );
+                    self.release_grow_mount(*thin_id)?;
                     thins.deactivate(*thin_id)?;
                     thins.delete(*thin_id)?;
                     self.rec.pending = None;

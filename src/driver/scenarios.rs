@@ -122,11 +122,20 @@ pub fn threads_share_one_handle(w: &World, d: Driver) {
 pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
-    use crate::failpoint::{Point, commit, create, image_rm, import, mount, remove, umount};
+    use crate::failpoint::{Point, commit, create, grow, image_rm, import, mount, remove, umount};
     type Step = fn(&Driver);
     let ops: Vec<(&str, &[Point], Step)> = vec![
         ("create", create::POINTS, |d| {
             d.create_container("new", Some(&image("app"))).unwrap();
+        }),
+        // A container larger than its image: its filesystem is grown
+        // before the transaction id moves.
+        ("grow", grow::POINTS, |d| {
+            let size = Some(crate::units::Bytes(
+                d.records().unwrap().pool.base_size.0 * 2,
+            ));
+            d.create_container_sized("new", Some(&image("app")), size)
+                .unwrap();
         }),
         ("remove", remove::POINTS, |d| {
             d.remove("victim", false).unwrap()
@@ -194,6 +203,10 @@ pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
                     after.tree.layers.contains_key("new"),
                     point != create::AFTER_INTENT && point != create::AFTER_MESSAGE,
                     "{point}"
+                ),
+                "grow" => assert!(
+                    !after.tree.layers.contains_key("new"),
+                    "{point}: a layer whose grow was cut short is rolled back"
                 ),
                 "remove" => {
                     let gone = !after.tree.layers.contains_key("victim")

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Driver, Op};
+use super::{Driver, Op, grow};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::tree::{Kind, Layer, validate_key};
@@ -43,7 +43,18 @@ impl Driver {
         }
         validate_key(key)?;
         let mut op = self.begin()?;
-        let layer = op.create_layer(key, parent, kind, None, labels, true)?;
+        let size = grow::size_label(kind, &labels)?;
+        let layer = op.create_layer(
+            key,
+            parent,
+            kind,
+            super::LayerOptions {
+                labels,
+                pinned: true,
+                size,
+                ..Default::default()
+            },
+        )?;
         match op.snapshot_source(key) {
             Ok(source) => Ok((layer, source)),
             Err(e) => {
