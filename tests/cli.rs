@@ -15,13 +15,14 @@ fn help_teaches_every_command() {
     let out = thinlayer(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["pool", "container", "image", "ps", "tree"] {
+    for cmd in ["pool", "container", "image", "ps", "tree", "system"] {
         assert!(text.contains(cmd), "--help does not mention {cmd}");
     }
     for sub in [
         &["pool", "init", "--help"][..],
         &["container", "create", "--help"],
         &["ps", "--help"],
+        &["system", "df", "--help"],
     ] {
         let out = thinlayer(sub);
         assert!(out.status.success(), "{sub:?}");
@@ -32,6 +33,14 @@ fn help_teaches_every_command() {
         text.contains("--block-size") && text.contains("64K"),
         "{text}"
     );
+    let text = String::from_utf8_lossy(&thinlayer(&["system", "df", "--help"]).stdout).into_owned();
+    assert!(
+        text.contains("RECLAIMABLE") && text.contains("no container is built on"),
+        "system df says what is reclaimable: {text}"
+    );
+    let text =
+        String::from_utf8_lossy(&thinlayer(&["container", "create", "--help"]).stdout).into_owned();
+    assert!(text.contains("--size"), "{text}");
 }
 
 #[test]
@@ -41,6 +50,7 @@ fn bad_arguments_exit_2_with_a_message() {
         &["pool", "init", "--block-size", "3K"],
         &["container", "create"],
         &["pool", "init", "--fs", "ntfs"],
+        &["container", "create", "--size", "20Q", "app", "c"],
     ] {
         let out = thinlayer(args);
         let err = String::from_utf8_lossy(&out.stderr);

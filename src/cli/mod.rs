@@ -9,6 +9,7 @@ mod pool;
 mod progress;
 mod ps;
 mod serve;
+mod system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,9 @@ pub enum Command {
     /// `ctr --snapshotter thinlayer` (or the CRI plugin's `snapshotter`).
     /// Runs until SIGTERM or SIGINT; `ps` and `tree` show containerd's snapshots.
     Serve(serve::ServeArgs),
+    /// Disk usage of images, containers and the pool (`system df`).
+    #[command(subcommand)]
+    System(system::SystemCmd),
 }
 
 /// Exit codes, for scripts.
@@ -209,6 +213,7 @@ fn answer(ctx: &Ctx, command: Command) -> anyhow::Result<output::Report> {
         Command::Ps(a) => ps::ps(ctx, a),
         Command::Tree => ps::tree(ctx),
         Command::Serve(a) => serve::serve(ctx, a),
+        Command::System(c) => system::run(ctx, c),
     }
 }
 

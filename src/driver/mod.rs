@@ -11,6 +11,7 @@
 //! threads and processes share a root safely.
 
 mod content;
+mod df;
 mod grow;
 mod images;
 mod maintenance;
@@ -29,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub use content::{BLOB, DIFF_ID, IMPORTING, ImportLayer, ImportedLayer};
+pub use df::{ContainerUsage, DiskUsage, HostFile, ImageUsage, PoolSpace, UsageSummary};
 pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
 pub use service::SnapshotSource;
