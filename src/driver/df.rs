@@ -244,7 +244,6 @@ mod tests {
     use super::*;
     use crate::driver::scenarios;
     use crate::kernel::{Kernel, Sim};
-    use crate::pool::{PoolOptions, SourceOptions};
     use crate::testutil::TempDir;
     use crate::tree::ImageRef;
 
@@ -266,14 +265,7 @@ mod tests {
     fn images_containers_and_what_is_reclaimable_as_docker_counts_them() {
         let dir = TempDir::new("df");
         let sim = Sim::new();
-        let opts = PoolOptions {
-            source: SourceOptions::LoopFiles {
-                data_size: Bytes(1 << 30),
-                metadata_size: Bytes(16 << 20),
-            },
-            base_size: Bytes(1 << 30),
-            ..PoolOptions::default()
-        };
+        let opts = crate::driver::tests::opts();
         let kernel: Arc<dyn Kernel> = Arc::new(sim.clone());
         let (w, d) = scenarios::World::new(kernel, dir.path(), &opts);
         let block = 64 << 10;

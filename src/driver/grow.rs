@@ -152,7 +152,7 @@ mod tests {
     use crate::driver::scenarios;
     use crate::fs::FsKind;
     use crate::kernel::{Kernel, Sim};
-    use crate::pool::{PoolOptions, SourceOptions};
+    use crate::pool::PoolOptions;
     use crate::testutil::TempDir;
     use crate::tree::ImageRef;
 
@@ -162,13 +162,8 @@ mod tests {
         let dir = TempDir::new("grow");
         let sim = Sim::new();
         let opts = PoolOptions {
-            source: SourceOptions::LoopFiles {
-                data_size: Bytes(4 * GIB),
-                metadata_size: Bytes(16 << 20),
-            },
             filesystem: fs,
-            base_size: Bytes(GIB),
-            ..PoolOptions::default()
+            ..crate::driver::tests::opts()
         };
         let (w, d) = scenarios::World::new(Arc::new(sim.clone()), dir.path(), &opts);
         (dir, sim, w, d)

@@ -10,7 +10,8 @@ use crate::pool::SourceOptions;
 use crate::testutil::TempDir;
 use crate::units::Bytes;
 
-fn opts() -> PoolOptions {
+/// A small pool on loop files, 1 GiB layers: the host tests' default.
+pub(super) fn opts() -> PoolOptions {
     PoolOptions {
         source: SourceOptions::LoopFiles {
             data_size: Bytes(1 << 30),
