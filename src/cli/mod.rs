@@ -166,6 +166,9 @@ fn init_logging(verbose: u8) {
 pub struct Ctx {
     pub root: PathBuf,
     pub json: bool,
+    /// How many times `-v` was given: more logs, and more detail where a
+    /// command has it (`system df -v`).
+    pub verbose: u8,
     pub kernel: Arc<dyn Kernel>,
 }
 
@@ -183,6 +186,7 @@ pub fn main() -> ExitCode {
     let ctx = Ctx {
         root: absolute(&cli.root),
         json: cli.json,
+        verbose: cli.verbose,
         kernel: Arc::new(Linux::new()),
     };
     match run(&ctx, cli.command) {

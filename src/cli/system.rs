@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde::Serialize;
 
 use super::Ctx;
@@ -29,23 +29,20 @@ pub enum SystemCmd {
     /// loop files the sparse files' length and what the host's filesystem
     /// has really allocated to them (`du`).
     ///
+    /// With `-v` (the global flag, which also logs more), it also lists
+    /// every image (size, shared and unique size, containers) and every
+    /// container (device size, size, virtual size, whether in use), as
+    /// `docker system df -v`.
+    ///
     /// Example: `thinlayer system df -v`.
-    Df(DfArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct DfArgs {
-    /// Also list every image (size, shared and unique size, containers) and
-    /// every container (device size, size, virtual size, status).
-    #[arg(short, long)]
-    verbose: bool,
+    Df,
 }
 
 pub fn run(ctx: &Ctx, cmd: SystemCmd) -> anyhow::Result<Report> {
     match cmd {
-        SystemCmd::Df(a) => Report::of(&Df {
+        SystemCmd::Df => Report::of(&Df {
             usage: ctx.open()?.disk_usage()?,
-            verbose: a.verbose,
+            verbose: ctx.verbose > 0,
         }),
     }
 }

@@ -71,7 +71,10 @@ pub struct HostFile {
     /// Its length: the space the pool may grow into.
     pub size: Bytes,
     /// The blocks the host's filesystem has given it (`st_blocks` × 512):
-    /// what it really holds of the sparse file.
+    /// what it really holds of the sparse file. It can be below the pool's
+    /// use (new pool blocks are not zeroed, so a block written in part is
+    /// allocated in part) or above it (blocks the pool freed stay
+    /// allocated unless discards reach the file).
     pub allocated: Bytes,
 }
 
