@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use thinlayer::Driver;
 use thinlayer::failpoint::{
-    self, Point, activate, commit, create, image_rm, import, labels, mount, orphan, remove, umount,
+    self, Point, activate, commit, create, grow, image_rm, import, labels, mount, orphan, remove,
+    umount,
 };
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::image::{Compression, DigestWriter};
@@ -66,6 +67,11 @@ const ROWS: &[Row] = &[
         op: "container create",
         points: CREATE,
         run: container_create,
+    },
+    Row {
+        op: "container create --size",
+        points: grow::POINTS,
+        run: container_create_sized,
     },
     Row {
         op: "container mount",
@@ -514,6 +520,21 @@ fn container_create(fx: &Fixture, base: &Baseline, point: &str) {
         fx.ok(&create);
     }
     fx.ok(&["container", "rm", "victim"]);
+}
+
+/// Killed while the new layer's filesystem grows (its thin id made, the
+/// transaction id not moved yet): rolled back whole.
+fn container_create_sized(fx: &Fixture, base: &Baseline, point: &str) {
+    let create = ["container", "create", "--size", "512M", "app", "victim"];
+    killed_at(fx, point, &create);
+    fx.ok(&["ps"]);
+    base.recovered(fx, point, &[]);
+    fx.ok(&create);
+    let mnt = PathBuf::from(fx.ok(&["container", "mount", "victim"]).trim());
+    let st = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    let size = st.blocks() * st.fragment_size();
+    assert!(size > 400 << 20, "{point}: grown again to {size} bytes");
+    fx.ok(&["container", "rm", "--force", "victim"]);
 }
 
 fn container_mount(fx: &Fixture, base: &Baseline, point: &str) {

@@ -17,3 +17,4 @@ mod images;
 mod kernel;
 mod pool;
 mod scenario;
+mod size;
