@@ -317,7 +317,11 @@ impl Snapshotter for Snapshots {
     /// `parent` ("" is the empty base), to be mounted from the returned
     /// mounts and later committed or removed. AlreadyExists if `key` is
     /// taken; NotFound if `parent` is missing; InvalidArgument if it is not
-    /// committed.
+    /// committed. The label `containerd.io/snapshot/max-size` (bytes, a
+    /// decimal integer; [`crate::driver::MAX_SIZE_LABEL`]) asks for a
+    /// device of that size, its filesystem grown to fill it;
+    /// InvalidArgument if it is not a positive decimal integer or is below
+    /// the parent's size.
     async fn prepare(
         &self,
         key: String,
