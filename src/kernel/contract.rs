@@ -247,6 +247,16 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
         errno_of("remove a mounted device", k.dm_remove(&thin, false)),
         Some(Errno::EBUSY)
     );
+    // A mounted filesystem is trimmed; its device is never discarded whole.
+    k.trim(&target).expect("trim a mounted filesystem");
+    assert_eq!(
+        errno_of("discard a mounted device", k.discard(&node)),
+        Some(Errno::EBUSY)
+    );
+    // A fresh ext4 leaves some blocks mkfs wrote free: a trim may drop them.
+    let trimmed = mapped(k, &thin).0;
+    assert!(trimmed <= sectors_mapped, "a trim maps nothing");
+    let sectors_mapped = trimmed;
     k.dm_remove(&thin, true).expect("deferred removal");
     let i = k
         .dm_info(&thin)
@@ -312,6 +322,15 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
         errno_of("release with none held", msg("release_metadata_snap")),
         Some(Errno::EINVAL)
     );
+    // A discard of the whole device unmaps every block, and the pool frees
+    // those no other thin device maps.
+    let t = k
+        .dm_create(&thin, &thin_table(THIN * 2), false)
+        .expect("thin 0 again");
+    k.discard(&t.devnum.dm_node()).expect("discard thin 0");
+    assert_eq!(mapped(k, &thin).0, 0, "a discarded device maps nothing");
+    assert_eq!(working(k, &pool).data_used, 0, "its blocks are free");
+    k.dm_remove(&thin, false).expect("remove thin 0");
     msg("delete 0").expect("delete 0 once no device uses it");
     assert_eq!(
         working(k, &pool).data_used,

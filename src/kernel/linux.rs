@@ -128,6 +128,21 @@ fn run_tool(program: &str, args: &[&str]) -> Result<String> {
 // LOOP_SET_BLOCK_SIZE from <linux/loop.h>; loopdev-3 does not wrap it.
 nix::ioctl_write_int_bad!(loop_set_block_size, 0x4C09);
 
+// BLKDISCARD from <linux/fs.h>: `_IO(0x12, 119)`, given the byte range
+// `{start, length}`.
+nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+
+/// `struct fstrim_range` from <linux/fs.h>.
+#[repr(C)]
+struct FstrimRange {
+    start: u64,
+    len: u64,
+    minlen: u64,
+}
+
+// FITRIM from <linux/fs.h>: `_IOWR('X', 121, struct fstrim_range)`.
+nix::ioctl_readwrite!(fitrim, b'X', 121, FstrimRange);
+
 /// Reads a `/sys/block/<dev>/dev` style `major:minor` file.
 fn read_devnum(path: &Path) -> Option<DevNum> {
     let s = fs::read_to_string(path).ok()?;
@@ -473,6 +488,44 @@ impl Kernel for Linux {
         let text = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
         Ok(parse_mountinfo(&text))
+    }
+
+    fn discard(&self, device: &Path) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(device)
+            .map_err(|e| Error::io("open exclusively", device, e))?;
+        let len = f
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io("size", device, e))?;
+        let range = [0, len];
+        // SAFETY: `f` stays open for the call; the kernel reads the two u64
+        // of `range`, which outlives it.
+        unsafe { blkdiscard(f.as_raw_fd(), &range) }.map_err(|e| nix_err("discard", device, e))?;
+        Ok(())
+    }
+
+    fn trim(&self, target: &Path) -> Result<Bytes> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(target).map_err(|e| Error::io("open", target, e))?;
+        // Blocks freed by a transaction not yet committed are not free to
+        // ext4's trim yet: commit them first.
+        nix::unistd::syncfs(&dir).map_err(|e| nix_err("sync", target, e))?;
+        // The whole filesystem; `minlen` 0 lets it use the device's
+        // discard granularity (a pool block on a thin device).
+        let mut range = FstrimRange {
+            start: 0,
+            len: u64::MAX,
+            minlen: 0,
+        };
+        // SAFETY: `dir` stays open for the call; the kernel reads and
+        // writes `range`, a `struct fstrim_range` that outlives it.
+        unsafe { fitrim(dir.as_raw_fd(), &mut range) }.map_err(|e| nix_err("trim", target, e))?;
+        Ok(Bytes(range.len))
     }
 
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()> {

@@ -175,6 +175,18 @@ pub trait Kernel: Send + Sync {
     /// This process's mount table.
     fn mounts(&self) -> Result<Vec<MountEntry>>;
 
+    /// Discards every block of the block device `device` (BLKDISCARD over
+    /// its whole length). The device is opened exclusively, so one that is
+    /// mounted is refused with EBUSY, never emptied under its filesystem.
+    /// On a thin device the pool unmaps every block, and passes the discard
+    /// down to its data device for the blocks no other thin device maps.
+    fn discard(&self, device: &Path) -> Result<()>;
+    /// Syncs the filesystem mounted at `target` and discards its free
+    /// space (FITRIM, the ioctl behind `fstrim`). Returns what the filesystem
+    /// reports: the bytes of free extents it asked the device to drop,
+    /// whether or not the device still held them.
+    fn trim(&self, target: &Path) -> Result<Bytes>;
+
     /// Makes a filesystem on `device`: `program` and `args` as mkfs takes them.
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()>;
     /// Grows a filesystem to fill its device: runs `program` with `args`

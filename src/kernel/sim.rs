@@ -39,6 +39,9 @@ struct State {
     failures: Vec<String>,
     /// Tools that were run, for assertions.
     tool_runs: Vec<String>,
+    /// Blocks a filesystem freed but the device still maps, by device
+    /// name: what a trim of its mount gives back (see [`Sim::free`]).
+    freed: BTreeMap<String, Vec<u64>>,
 }
 
 struct Device {
@@ -55,6 +58,8 @@ struct PoolMeta {
     /// thin id → (virtual block → data block)
     thins: BTreeMap<u32, BTreeMap<u64, u64>>,
     data_blocks: u64,
+    /// Sectors in a data block.
+    block_sectors: u64,
     /// data block → reference count
     refs: BTreeMap<u64, u32>,
     held_snapshot: bool,
@@ -72,6 +77,19 @@ impl PoolMeta {
             .inspect(|b| {
                 self.refs.insert(*b, 1);
             })
+    }
+
+    /// Unmaps virtual blocks of thin `id`; returns how many were mapped.
+    fn unmap(&mut self, id: u32, blocks: impl IntoIterator<Item = u64>) -> u64 {
+        let mut n = 0;
+        for v in blocks {
+            let old = self.thins.get_mut(&id).and_then(|m| m.remove(&v));
+            if let Some(old) = old {
+                self.unref(old);
+                n += 1;
+            }
+        }
+        n
     }
 
     fn unref(&mut self, block: u64) {
@@ -147,6 +165,17 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Simulates a filesystem on the live thin device `name` freeing
+    /// `blocks` pool blocks from virtual block `from`: they stay mapped
+    /// until a trim of its mount discards them.
+    pub fn free(&self, name: &str, from: u64, blocks: u64) {
+        self.lock()
+            .freed
+            .entry(name.to_string())
+            .or_default()
+            .extend(from..from + blocks);
     }
 
     /// The thin ids in the pool whose metadata is `file`.
@@ -261,6 +290,7 @@ impl State {
                     let blocks = t.length.0 / block;
                     let m = self.metadata.entry(meta_file).or_default();
                     m.data_blocks = blocks;
+                    m.block_sectors = block;
                 }
                 "thin" => {
                     let (pool, id) = (
@@ -288,6 +318,19 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The name and minor of the device whose node is `node` (`/dev/dm-N`).
+    fn dm_node(&self, node: &Path) -> Option<(String, u32)> {
+        let minor: u32 = node
+            .to_string_lossy()
+            .strip_prefix("/dev/dm-")?
+            .parse()
+            .ok()?;
+        self.devices
+            .iter()
+            .find(|(_, d)| d.minor == minor)
+            .map(|(n, _)| (n.clone(), minor))
     }
 
     fn open_count(&self, name: &str, minor: u32) -> i32 {
@@ -735,16 +778,59 @@ impl Kernel for Sim {
         Ok(self.lock().mounts.clone())
     }
 
+    fn discard(&self, device: &Path) -> Result<()> {
+        let mut s = self.lock();
+        let node = device.to_string_lossy();
+        s.fail("discard", &node)?;
+        let (name, minor) = s
+            .dm_node(device)
+            .ok_or_else(|| kerr("open exclusively", &node, Errno::ENXIO))?;
+        if s.open_count(&name, minor) > 0 {
+            return Err(kerr("open exclusively", &node, Errno::EBUSY));
+        }
+        let (file, id) = s.thin_target(&name)?;
+        let meta = s.metadata.get_mut(&file).expect("pool metadata");
+        let all: Vec<u64> = meta
+            .thins
+            .get(&id)
+            .into_iter()
+            .flat_map(|m| m.keys().copied())
+            .collect();
+        meta.unmap(id, all);
+        s.freed.remove(&name);
+        Ok(())
+    }
+
+    fn trim(&self, target: &Path) -> Result<Bytes> {
+        let mut s = self.lock();
+        s.fail("trim", &target.to_string_lossy())?;
+        let minor = s
+            .mounts
+            .iter()
+            .rfind(|m| m.target == target)
+            .and_then(|m| m.devnum)
+            .ok_or_else(|| kerr("trim", &target.to_string_lossy(), Errno::ENOTTY))?
+            .minor;
+        let node = DevNum {
+            major: DM_MAJOR,
+            minor,
+        }
+        .dm_node();
+        let (name, _) = s
+            .dm_node(&node)
+            .ok_or_else(|| kerr("trim", &target.to_string_lossy(), Errno::ENXIO))?;
+        let (file, id) = s.thin_target(&name)?;
+        let freed = s.freed.remove(&name).unwrap_or_default();
+        let meta = s.metadata.get_mut(&file).expect("pool metadata");
+        let n = meta.unmap(id, freed);
+        Ok(Bytes(n * meta.block_sectors * 512))
+    }
+
     fn mkfs(&self, device: &Path, program: &str, _args: &[String]) -> Result<()> {
         let name = {
             let mut s = self.lock();
             s.tool_runs.push(format!("{program} {}", device.display()));
-            let minor: u32 = device
-                .to_string_lossy()
-                .trim_start_matches("/dev/dm-")
-                .parse()
-                .unwrap_or(u32::MAX);
-            s.name_of_minor(minor)
+            s.dm_node(device).map(|(n, _)| n)
         };
         // A fresh filesystem maps a few blocks: superblock, group descriptors, journal.
         match name {
