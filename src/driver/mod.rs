@@ -48,6 +48,13 @@ use crate::units::{Bytes, ThinId};
 /// Where mount points live under the root.
 const MOUNT_DIR: &str = "mnt";
 
+/// What becomes of a layer after its unmount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Keep,
+    Remove,
+}
+
 /// A handle on one root.
 pub struct Driver {
     store: Store,
@@ -357,8 +364,10 @@ impl Driver {
         op.mount(key)
     }
 
-    /// Drops one mount reference; the last one unmounts the layer and, unless
-    /// it is pinned, takes its device down.
+    /// Drops one mount reference; the last one trims a writable layer's
+    /// filesystem (the blocks its files freed go back to the pool, see
+    /// [`crate::fs`]), unmounts it and, unless it is pinned, takes its
+    /// device down.
     pub fn umount(&self, key: &str) -> Result<()> {
         let mut op = self.begin()?;
         op.umount(key)
@@ -373,12 +382,14 @@ impl Driver {
         op.activate(&l).map(|(p, _)| p)
     }
 
-    /// Removes a layer. `force` unmounts it first.
+    /// Removes a layer. `force` unmounts it first. The blocks it held alone
+    /// are discarded before its thin id is deleted: they go back to the
+    /// pool and, through its data device, to the host.
     pub fn remove(&self, key: &str, force: bool) -> Result<()> {
         let mut op = self.begin()?;
         if force {
             while op.rec.tree.get(key)?.mounts > 0 {
-                op.umount(key)?;
+                op.umount_then(key, Then::Remove)?;
             }
         }
         op.rec.tree.check_remove(key)?;
@@ -830,13 +841,29 @@ impl Op<'_> {
     }
 
     fn umount(&mut self, key: &str) -> Result<()> {
+        self.umount_then(key, Then::Keep)
+    }
+
+    /// [`Op::umount`]; the last unmount of a writable layer trims its
+    /// filesystem first unless the layer is about to be removed (whose
+    /// whole device is discarded then).
+    fn umount_then(&mut self, key: &str, then: Then) -> Result<()> {
         let l = self.rec.tree.get(key)?.clone();
         if l.mounts == 0 {
             return Err(Error::invalid("layer", key, "it is not mounted"));
         }
         if l.mounts == 1 {
             let target = self.mount_path(&l);
-            self.umount_settled(&target).map_err(|e| {
+            let trim = !l.kind.read_only() && then == Then::Keep;
+            if trim {
+                self.trim(&target);
+            }
+            let unmounted = self.umount_settled(&target);
+            if unmounted.is_err() && trim {
+                // The trim's count must reach the records all the same.
+                undo_failed("record the trim", self.save_atomic());
+            }
+            unmounted.map_err(|e| {
                 if e.errno() == Some(nix::errno::Errno::EBUSY) {
                     Error::Busy {
                         kind: "layer",
@@ -856,6 +883,26 @@ impl Op<'_> {
         }
         self.rec.tree.get_mut(key)?.mounts -= 1;
         self.save_atomic()
+    }
+
+    /// Gives the blocks the filesystem mounted at `target` has freed back to
+    /// the pool, before its last unmount (see [`crate::fs`]: batched
+    /// trimming, not online discard). A trim that fails costs only space
+    /// until the next one: it is logged, and the unmount goes ahead.
+    fn trim(&mut self, target: &Path) {
+        match self.kernel().trim(target) {
+            Ok(bytes) => {
+                tracing::debug!(target = %target.display(), bytes = bytes.0, "trimmed before unmounting");
+                // Mappings changed without a new transaction id: kept
+                // sizes must not answer for them (see the `sizes` module).
+                self.rec.trims += 1;
+            }
+            Err(e) => tracing::warn!(
+                target = %target.display(),
+                error = %e,
+                "cannot trim before unmounting: the blocks its files freed stay with the layer"
+            ),
+        }
     }
 
     /// Commits container `key` as the top layer of a new image named
@@ -995,14 +1042,14 @@ impl Op<'_> {
             thin_id: l.thin_id,
         };
         self.transact(failpoint::remove::TRANSACTION, intent, |t| {
-            t.delete(l.thin_id).map(|_| ())
+            t.discard_and_delete(l.thin_id, l.device_size).map(|_| ())
         })
     }
 
     fn destroy(&mut self) -> Result<()> {
         for key in self.rec.tree.mounted() {
             while self.rec.tree.get(&key)?.mounts > 0 {
-                self.umount(&key)?;
+                self.umount_then(&key, Then::Remove)?;
             }
         }
         let pool = self.pool();
@@ -1017,7 +1064,7 @@ impl Op<'_> {
         } else {
             // Someone else's pool: give back every id we made, newest first.
             for (t, id) in (self.rec.transaction..).zip(ids.iter().rev()) {
-                thins.delete(*id)?;
+                thins.discard_and_delete(*id, self.thin_size(*id))?;
                 thins.set_transaction(t, t + 1)?;
             }
         }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::records::Intent;
 use crate::thin::{self, Thins};
-use crate::units::ThinId;
+use crate::units::{Bytes, ThinId};
 
 impl Op<'_> {
     /// `interrupted`: the previous operation on this root did not finish.
@@ -70,8 +70,9 @@ impl Op<'_> {
             if self.kernel().dm_info(&name)?.is_some() {
                 continue;
             }
+            let size = self.thin_size(id);
             let pool = self.pool();
-            match (Thins { pool: &pool }).delete(id) {
+            match (Thins { pool: &pool }).discard_and_delete(id, size) {
                 Ok(_) => {
                     tracing::info!(
                         thin_id = id.get(),
@@ -93,6 +94,19 @@ impl Op<'_> {
             self.save_atomic()?;
         }
         Ok(())
+    }
+
+    /// The length to discard thin device `id` over: its layer's device
+    /// size, or for an id no layer holds (retired, orphaned) the largest
+    /// any layer or the base has, which covers every block it can map.
+    pub(super) fn thin_size(&self, id: ThinId) -> Bytes {
+        let layers = self.rec.tree.layers.values();
+        match layers.clone().find(|l| l.thin_id == id) {
+            Some(l) => l.device_size,
+            None => layers
+                .map(|l| l.device_size)
+                .fold(self.rec.pool.base_size, Bytes::max),
+        }
     }
 
     /// Completes or rolls back the pending intent; checks the transaction
@@ -145,7 +159,7 @@ impl Op<'_> {
                 Intent::Delete { thin_id, .. } => {
                     tracing::info!(thin_id = thin_id.get(), "finishing an interrupted delete");
                     thins.deactivate(*thin_id)?;
-                    thins.delete(*thin_id)?;
+                    thins.discard_and_delete(*thin_id, self.thin_size(*thin_id))?;
                     thins.set_transaction(kernel_t, t)?;
                     self.rec.pending = None;
                     self.apply(intent);
@@ -203,9 +217,10 @@ impl Op<'_> {
                 key: String::new(),
                 thin_id: id,
             };
+            let size = self.thin_size(id);
             self.transact(failpoint::orphan::TRANSACTION, intent, |t| {
                 t.deactivate(id)?;
-                t.delete(id).map(|_| ())
+                t.discard_and_delete(id, size).map(|_| ())
             })?;
         }
         Ok(())

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Driver, Op, grow};
+use super::{Driver, Op, Then, grow};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::tree::{Kind, Layer, validate_key};
@@ -84,7 +84,7 @@ impl Driver {
     /// never has, or while its device is still open elsewhere).
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {
         let mut op = self.begin()?;
-        op.release_snapshot_mount(key)?;
+        op.release_snapshot_mount(key, Then::Remove)?;
         op.rec.tree.check_remove(key)?;
         op.remove_layer(key)
     }
@@ -109,7 +109,7 @@ impl Driver {
                 name: name.to_string(),
             });
         }
-        op.release_snapshot_mount(key)?;
+        op.release_snapshot_mount(key, Then::Keep)?;
         // Changed in memory only: `commit` checks the layer before it writes,
         // and the records are not saved if it refuses.
         op.rec.tree.get_mut(key)?.labels = labels;
@@ -163,10 +163,10 @@ impl Op<'_> {
     /// Drops thinlayer's own mount of the active snapshot `key`, if it has
     /// one. Bind mounts of it that clients still hold keep the filesystem
     /// (and the device) open.
-    fn release_snapshot_mount(&mut self, key: &str) -> Result<()> {
+    fn release_snapshot_mount(&mut self, key: &str, then: Then) -> Result<()> {
         let l = self.rec.tree.get(key)?;
         if l.kind == Kind::Active && l.mounts > 0 {
-            self.umount(key)?;
+            self.umount_then(key, then)?;
         }
         Ok(())
     }

@@ -26,24 +26,28 @@
 //!    transaction id, data blocks used and metadata blocks used as it did
 //!    just before the dump;
 //! 3. the records hold the same layers with the same thin ids and parents,
-//!    and the same transaction id. Keys may differ: a commit that renames a
-//!    layer in place keeps its figures.
+//!    the same transaction id and the same count of trims. Keys may
+//!    differ: a commit that renames a layer in place keeps its figures.
 //!
 //! The status of 2 is read before the dump, so that a change during the
 //! dump shows as a difference at the next call, never as a match.
 //!
 //! Why 2 and 3 see changes: thinlayer moves the pool's transaction id with
-//! every thin device it creates or deletes (see [`crate::records`]), so
-//! between two equal transaction ids only writes and discards through the
-//! devices change mappings. A write that maps a block (a first write, or
-//! the copy of a block shared with the parent) allocates a data block, so
-//! data blocks used grows; a write into a block the layer already owns maps
+//! every thin device it creates or deletes (see [`crate::records`]), and
+//! counts in the records every trim it makes at an unmount (see
+//! [`crate::fs`]), which unmaps blocks and may free none (blocks shared
+//! with the image stay in the pool). So between two equal fingerprints
+//! only writes through the devices, and discards thinlayer did not make,
+//! change mappings. A write that maps a block (a first write, or the copy
+//! of a block shared with the parent) allocates a data block, so data
+//! blocks used grows; a write into a block the layer already owns maps
 //! nothing new. What 2 can miss, and what 1 is for:
 //!
-//! - blocks freed by discards (`fstrim`; thinlayer mounts its filesystems
-//!   without online discard) in the same number as blocks allocated
-//!   elsewhere between two calls, so that data blocks used is back where
-//!   it was (metadata blocks used then usually differs, but need not);
+//! - discards made by others (an `fstrim` of a mounted container; layers
+//!   are mounted without online discard) that unmap shared blocks, or
+//!   free as many blocks as are allocated elsewhere between two calls, so
+//!   that data blocks used is back where it was (metadata blocks used then
+//!   usually differs, but need not);
 //! - a write whose block the kernel allocated before the dump and mapped
 //!   after it: a block counts as used when it is allocated, and is mapped
 //!   when the write completes.
@@ -118,6 +122,8 @@ struct Fingerprint {
     pool: PoolCounters,
     /// The records' transaction id.
     transaction: u64,
+    /// The records' count of trims.
+    trims: u64,
     /// Every layer's thin id and its parent's (the base's for a layer on
     /// the base), sorted.
     layers: Vec<(u32, Option<u32>)>,
@@ -135,6 +141,7 @@ impl Fingerprint {
         Fingerprint {
             pool: PoolCounters::of(st),
             transaction: rec.transaction,
+            trims: rec.trims,
             layers,
         }
     }

@@ -115,9 +115,9 @@ fn containers_images_and_the_rules_between_them() {
     w.check_invariants();
 }
 
-#[test]
-fn sizes_count_what_each_layer_wrote() {
-    let (w, d) = World::new();
+/// Image `app`, 20 blocks written from block 10 on the base, and
+/// container `c` of it, mounted; returns the container's device name.
+fn mounted_container_of_an_image(w: &World, d: &Driver) -> String {
     let prefix = d.records().unwrap().pool.prefix;
     d.create_container("img", None).unwrap();
     d.mount("img").unwrap();
@@ -127,10 +127,16 @@ fn sizes_count_what_each_layer_wrote() {
     d.commit("img", &image("app")).unwrap();
     d.create_container("c", Some(&image("app"))).unwrap();
     d.mount("c").unwrap();
-    let cid = d.tree().unwrap().layers["c"].thin_id;
+    format!("{prefix}-{}", d.tree().unwrap().layers["c"].thin_id)
+}
+
+#[test]
+fn sizes_count_what_each_layer_wrote() {
+    let (w, d) = World::new();
+    let dev = mounted_container_of_an_image(&w, &d);
     // Rewrites 5 image blocks and adds 3 new ones.
-    w.sim.write(&format!("{prefix}-{cid}"), 10, 5).unwrap();
-    w.sim.write(&format!("{prefix}-{cid}"), 100, 3).unwrap();
+    w.sim.write(&dev, 10, 5).unwrap();
+    w.sim.write(&dev, 100, 3).unwrap();
     let list = d.containers(true).unwrap();
     let c = list.iter().find(|c| c.name == "c").unwrap();
     let size = c.size.as_ref().unwrap();
@@ -141,6 +147,46 @@ fn sizes_count_what_each_layer_wrote() {
     let all = d.sizes().unwrap();
     let img_key = d.tree().unwrap().images["app:latest"].top.clone();
     assert_eq!(all[&img_key].size, Bytes(20 * block));
+}
+
+#[test]
+fn the_last_unmount_trims_and_kept_sizes_see_the_trim() {
+    let (w, d) = World::new();
+    let block = 65536;
+    let dev = mounted_container_of_an_image(&w, &d);
+    w.sim.write(&dev, 100, 4).unwrap();
+    // Another handle (the service's, say) keeps the container's figures.
+    let reader = w.open();
+    let was = reader.layer_size("c").unwrap();
+    assert_eq!(was.virtual_size, Bytes(26 * block));
+    let used = |d: &Driver| d.status().unwrap().data_used;
+    let pool_was = used(&d);
+
+    // The container deletes 5 blocks of an image file: still the image's,
+    // so the pool's counters cannot tell the trim happened.
+    w.sim.free(&dev, 10, 5);
+    d.umount("c").unwrap();
+    assert_eq!(used(&d), pool_was, "shared blocks stay in the pool");
+    let now = reader.layer_size("c").unwrap();
+    assert_eq!(
+        now.virtual_size,
+        Bytes(21 * block),
+        "kept figures from before the trim"
+    );
+    assert_eq!(now, d.sizes().unwrap()["c"]);
+
+    // Blocks of its own go back to the pool at the unmount, not before.
+    d.mount("c").unwrap();
+    w.sim.free(&dev, 100, 4);
+    assert_eq!(used(&d), pool_was);
+    d.umount("c").unwrap();
+    assert_eq!(used(&d), Bytes(pool_was.0 - 4 * block));
+    assert_eq!(reader.layer_size("c").unwrap().size, Bytes(0));
+    // A removal unmounts without a trim: it discards the whole device.
+    d.mount("c").unwrap();
+    let trims = d.records().unwrap().trims;
+    d.remove("c", true).unwrap();
+    assert_eq!(d.records().unwrap().trims, trims);
 }
 
 #[test]

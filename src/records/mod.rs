@@ -117,6 +117,11 @@ pub struct Records {
     #[serde(default)]
     pub ids: IdAllocator,
     pub tree: Tree,
+    /// How many times thinlayer has trimmed a layer's filesystem. A trim
+    /// changes the layer's mappings and no transaction id, so the kept
+    /// layer sizes (`driver::sizes`) compare this count too.
+    #[serde(default)]
+    pub trims: u64,
 }
 
 impl Records {
@@ -130,6 +135,7 @@ impl Records {
             base_empty: false,
             ids: IdAllocator::default(),
             tree: Tree::default(),
+            trims: 0,
         }
     }
 }

@@ -94,6 +94,39 @@ impl Thins<'_> {
         deleted(self.message(&msg))
     }
 
+    /// Discards every block thin device `id` (of `size` bytes, or longer)
+    /// maps, through a device made live read-write for it and taken down
+    /// after. The pool unmaps them all and passes the discard down to its
+    /// data device for the blocks no other thin device maps: on a loop
+    /// device over a file, a hole is punched, the host gets the space back,
+    /// and the block reads as zeros when the pool hands it out again.
+    ///
+    /// The kernel's `delete` does neither: it frees the blocks in the
+    /// pool's metadata only, so a removed layer's blocks would stay
+    /// allocated in the data file, holding its data until reused. The
+    /// caller makes sure no layer needs the device any more.
+    pub fn discard(&self, id: ThinId, size: Bytes) -> Result<()> {
+        let (dev, _) = self.activate(id, size, false)?;
+        let discarded = self.kernel().discard(&dev);
+        let down = self.deactivate(id);
+        discarded.and(down)
+    }
+
+    /// [`Thins::delete`] after [`Thins::discard`]. A discard that fails
+    /// (a pool whose data device takes none, a pool out of space) costs
+    /// only space: it is logged and the delete goes ahead.
+    pub fn discard_and_delete(&self, id: ThinId, size: Bytes) -> Result<bool> {
+        if let Err(e) = self.discard(id, size) {
+            tracing::warn!(
+                thin_id = id.get(),
+                error = %e,
+                "cannot discard a thin device before deleting it: its blocks go back to the pool \
+                 but stay allocated on the data device"
+            );
+        }
+        self.delete(id)
+    }
+
     /// `set_transaction_id old new`: the kernel's compare-and-swap.
     pub fn set_transaction(&self, old: u64, new: u64) -> Result<()> {
         self.message(&format!("set_transaction_id {old} {new}"))
