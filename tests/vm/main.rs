@@ -18,3 +18,4 @@ mod kernel;
 mod pool;
 mod scenario;
 mod size;
+mod space;
