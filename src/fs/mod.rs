@@ -1,5 +1,44 @@
 //! The filesystem inside every layer: made once on the base device, then
 //! shared by every snapshot of it.
+//!
+//! # Giving space back
+//!
+//! A filesystem that deletes a file frees its blocks in its own bitmaps;
+//! the thin device still maps them, so the pool still holds them, until
+//! the filesystem discards them. thinlayer mounts layers without online
+//! discard (`-o discard`) and instead trims each writable layer (FITRIM,
+//! as `fstrim` does) just before its last unmount, and discards a removed
+//! layer's whole device before its thin id is deleted (the pool's `delete`
+//! frees blocks in its metadata but discards nothing on its data device).
+//! The pool passes discards down to its data device for blocks no other
+//! thin device maps; on a loop device over a file that punches a hole, so
+//! the host gets the space back.
+//!
+//! Batched rather than online, measured in the test VM (a container writes
+//! 512 MiB and 3000 files of 12 KiB, deletes them, unmounts; figures in
+//! the README): online discard frees a pool block only when one delete
+//! frees the whole 64 KiB of it, so deletes of small files give back less
+//! (after the same deletes, ext4 left 8.1 MiB in the pool against 6.4 MiB
+//! trimmed, xfs 105 MiB against 67 MiB); ext4 issues its discards on the
+//! commit path of every delete (the deletes took 8.1 s against 5.2 s);
+//! and a trim costs once per unmount, whatever was deleted, and covers the
+//! free space as it is then.
+//!
+//! # Reused blocks and old data
+//!
+//! The pool skips zeroing new blocks (`skip_block_zeroing`): a block it
+//! hands out keeps what its data device holds, except where the first
+//! write covers it. Where a block was discarded (every block a layer freed
+//! or held alone, as above) the data device reads zeros there: a loop
+//! file's hole. The filesystems never read what they have not written
+//! anyway (a file's holes, unwritten extents and block tails read as zeros
+//! without reading the device), which the device test
+//! `space::no_layer_reads_the_data_of_a_removed_one` checks through the
+//! filesystem and on the raw device. `assume_storage_prezeroed` (below)
+//! promises zeroed inode tables: true of the base, made on a fresh thin
+//! device, and of every block a snapshot leaves unmapped; true of the rest
+//! of a reused block only while discards reach a data device that zeroes
+//! them (loop files do; a given block device may not).
 
 use std::fmt;
 use std::str::FromStr;
