@@ -17,6 +17,8 @@
 //! the server, runs it and takes everything down again.
 
 use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +28,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::mount::MsFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use thinlayer::image::{Compression, build};
 use thinlayer::kernel::{Kernel, Linux};
 
 use super::workloads::{Config, Figure, Results, Unit};
@@ -38,13 +41,19 @@ pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
 pub const TEARDOWN: &str = "teardown and create cost";
+pub const UNPACK: &str = "unpack (realistic image)";
+
+/// Where the unpack workload's Debian root filesystem is: a tar made by
+/// `vm-tests/rootfs` on the host, whose path `vm-tests/bench` and
+/// `vm-tests/cargo-runner` pass in this variable.
+pub const ROOTFS_ENV: &str = "THINLAYER_BENCH_ROOTFS";
 
 /// A peers workload: its name in the Go program, ours, and its metrics
 /// with their units.
 pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
 
 /// Every figure the Go program makes.
-pub const PEER_METRICS: [PeerWorkload; 5] = [
+pub const PEER_METRICS: [PeerWorkload; 6] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -86,6 +95,18 @@ pub const PEER_METRICS: [PeerWorkload; 5] = [
             ("create with none other live", Unit::Seconds),
             ("create with N live", Unit::Seconds),
             ("teardown of all N", Unit::Seconds),
+        ],
+    ),
+    (
+        "unpack",
+        UNPACK,
+        &[
+            ("import", Unit::Seconds),
+            ("unpack", Unit::Seconds),
+            ("unpack + sync", Unit::Seconds),
+            ("bytes written", Unit::Bytes),
+            ("space in use", Unit::Bytes),
+            ("entries", Unit::Count),
         ],
     ),
 ];
@@ -420,7 +441,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok([thin, overlay, dm].join("|"))
     }
 
-    fn measure(&self, cfg: &Config) -> Result<Vec<Figure>> {
+    fn measure(&self, cfg: &Config, image: &UnpackImage) -> Result<Vec<Figure>> {
         let mounts = self.base.join("mnt");
         fs::create_dir_all(&mounts)?;
         let bin = program()?;
@@ -431,6 +452,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(&mounts)
             .arg("-peers")
             .arg(self.peer_args()?)
+            .arg("-unpack-archive")
+            .arg(&image.path)
             .args([
                 "-cycles",
                 &cfg.peer_cycles.to_string(),
@@ -448,6 +471,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 &cfg.peer_idle.to_string(),
                 "-live",
                 &cfg.peer_live.to_string(),
+                "-unpack-entries",
+                &image.entries.to_string(),
+                "-unpack-reps",
+                &cfg.peer_unpack_reps.to_string(),
                 "-deadline",
                 &format!("{}s", DEADLINE.as_secs()),
             ])
@@ -594,16 +621,130 @@ fn figures(json: &[u8]) -> Result<Vec<Figure>> {
     Ok(out)
 }
 
+/// The unpack workload's image: an OCI archive of one gzip layer.
+pub struct UnpackImage {
+    pub path: PathBuf,
+    /// Entries of its layer (every file, directory, link... but the root).
+    pub entries: u64,
+    /// How it was made, for the report.
+    pub what: String,
+}
+
+/// The first entries of a tar.
+pub struct TarPrefix {
+    /// Entries (`.` left out).
+    pub entries: u64,
+    /// Where the last one's data ends in the tar.
+    pub end: usize,
+    /// Bytes of regular files' data.
+    pub data: u64,
+}
+
+/// The first `limit` entries of a tar (all if None), read from `tar` as
+/// far as they go.
+pub fn tar_entries(tar: impl Read, limit: Option<usize>) -> Result<TarPrefix> {
+    let mut archive = tar::Archive::new(tar);
+    let mut p = TarPrefix {
+        entries: 0,
+        end: 0,
+        data: 0,
+    };
+    for e in archive
+        .entries()
+        .context("read the root filesystem's tar")?
+    {
+        let e = e.context("read an entry of the root filesystem's tar")?;
+        let path = e.path().context("an entry's path")?;
+        if path.components().all(|c| c == std::path::Component::CurDir) {
+            continue;
+        }
+        if limit.is_some_and(|l| p.entries as usize == l) {
+            break;
+        }
+        p.entries += 1;
+        p.end = (e.raw_file_position() + e.size().div_ceil(512) * 512) as usize;
+        if e.header().entry_type().is_file() {
+            p.data += e.size();
+        }
+    }
+    Ok(p)
+}
+
+/// Builds the unpack workload's image under `dir` from the root
+/// filesystem of [`ROOTFS_ENV`]: all of it, or its first entries in the
+/// tar's order (parents come before their children, link targets before
+/// the links: a prefix is a tree of its own).
+pub fn unpack_image(dir: &Path, cfg: &Config) -> Result<UnpackImage> {
+    let rootfs = std::env::var_os(ROOTFS_ENV)
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!(
+                "{ROOTFS_ENV} is not set: it names the Debian root filesystem tar the unpack \
+             workload imports, which vm-tests/bench and vm-tests/cargo-runner make with \
+             vm-tests/rootfs"
+            )
+        })?;
+    let started = Instant::now();
+    let read = || format!("read {}", rootfs.display());
+    let (layer, part) = match cfg.peer_unpack_entries {
+        // Only as much of the file as the first entries take.
+        Some(l) => {
+            let file = fs::File::open(&rootfs).with_context(read)?;
+            let p = tar_entries(io::BufReader::new(&file), Some(l))?;
+            let mut layer = vec![0u8; p.end];
+            file.read_exact_at(&mut layer, 0).with_context(read)?;
+            // The end-of-archive marker.
+            layer.extend([0u8; 1024]);
+            (
+                layer,
+                format!("its first {} entries in the tar's order", p.entries),
+            )
+        }
+        None => {
+            let tar = fs::read(&rootfs).with_context(read)?;
+            (tar, "all of it".to_string())
+        }
+    };
+    let entries = tar_entries(&layer[..], None)?.entries;
+    let path = dir.join("unpack.oci.tar");
+    build::write_oci_archive(
+        &path,
+        "debian:bookworm-rootfs",
+        std::slice::from_ref(&layer),
+        Compression::Gzip,
+        true,
+    )
+    .with_context(|| format!("write {}", path.display()))?;
+    let archive = fs::metadata(&path)?.len();
+    let what = format!(
+        "a Debian 12 root filesystem made by debootstrap (`vm-tests/rootfs`, {}): {part}, {entries} entries, one gzip layer, {} uncompressed, archive {}",
+        mib(fs::metadata(&rootfs).with_context(read)?.len()),
+        mib(layer.len() as u64),
+        mib(archive)
+    );
+    eprintln!(
+        "cow: peers: unpack image: {what}; made in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(UnpackImage {
+        path,
+        entries,
+        what,
+    })
+}
+
 /// Runs the workload: sets the three snapshotters up, measures, takes
 /// them down.
 pub fn run(dir: &Path, cfg: &Config, res: &mut Results) -> Result<()> {
     let mut peers = Peers::new(dir)?;
-    let measured = peers.up(cfg).and_then(|()| peers.measure(cfg));
+    let image = unpack_image(&peers.base, cfg)?;
+    let measured = peers.up(cfg).and_then(|()| peers.measure(cfg, &image));
     let down = peers.down();
     for f in measured? {
         res.push(f);
     }
     down.context("tear down the peers")?;
+    res.setup.push(("peers' unpack image".into(), image.what));
     let (data, meta, base_size) = sizes(cfg);
     res.setup.push((
         "peers".into(),

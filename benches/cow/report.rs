@@ -9,7 +9,7 @@ use plotters::prelude::*;
 
 use super::measure::Stats;
 use super::peers::{
-    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988, TEARDOWN,
+    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988, TEARDOWN, UNPACK,
 };
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
@@ -221,6 +221,13 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "overlayfs",
             2.0,
         ),
+        (
+            "Unpack of a realistic image, p50, at most 1.2× overlayfs",
+            UNPACK,
+            "unpack",
+            "overlayfs",
+            1.2,
+        ),
     ];
     let mut t: Vec<String> = checks
         .into_iter()
@@ -272,7 +279,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
     );
     // Workload, introduction, tables (heading, percentile or none).
     type Part<'a> = (&'a str, String, Vec<(&'a str, Option<f64>)>);
-    let parts: [Part<'_>; 5] = [
+    let parts: [Part<'_>; 6] = [
         (
             PREPARE_CYCLE,
             format!(
@@ -314,6 +321,14 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
             format!(
                 "Prepare + mount of one container of a one-layer image with no other container live ({} runs, each removed after); then {} containers made and kept mounted, and Prepare + mount of one more ({} runs, kept); then unmount and Remove through containerd of all of them, and one synchronous collection (a lease deleted with `SynchronousDelete`), until the backend holds none: one run.",
                 cfg.peer_reps, cfg.peer_live, cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+        (
+            UNPACK,
+            format!(
+                "`ctr images import` of a realistic image, made by the benchmark itself: a Debian 12 root filesystem from Debian's packages (debootstrap on the host, `vm-tests/rootfs`; which part of it, under Setup) as an OCI archive of one gzip layer. Per run: *import* into containerd's content store (`Client.Import`, timed apart); *unpack* into the snapshotter (the image's `Unpack` with the snapshotter's name, as `ctr images import` does: containerd's applier writes the layer into a snapshot it then commits); *unpack + sync*: with a sync after it, the write-back of what the unpack left dirty (containerd's overlayfs leaves its files in the page cache; the thin pools' ext4 is written back when containerd unmounts it); bytes written and space in use (after less before) by the unpack; *entries*: files, directories and links counted in a read-only view of the unpacked image (an ext4's `lost+found` left out), which must equal the layer's entries. Then the image is deleted and a collection removes its content and snapshot before the next run; {} runs.",
+                cfg.peer_unpack_reps
             ),
             vec![("Median (min … max)", None)],
         ),

@@ -63,7 +63,9 @@ pub struct Config {
     /// Peers (containerd's snapshotters through one containerd): prepare
     /// cycles, layers, files per layer and their size of the #2988 shape,
     /// the first-write file, repetitions, idle containers, live containers
-    /// of the teardown.
+    /// of the teardown, entries of the Debian root filesystem the unpack
+    /// workload imports (the first N in the tar's order; None: all) and
+    /// its repetitions.
     pub peer_cycles: usize,
     pub peer_layers: usize,
     pub peer_files: usize,
@@ -72,6 +74,8 @@ pub struct Config {
     pub peer_reps: usize,
     pub peer_idle: usize,
     pub peer_live: usize,
+    pub peer_unpack_entries: Option<usize>,
+    pub peer_unpack_reps: usize,
     /// Which workloads run: `only` if set, never those in `skip`.
     pub only: Option<Workload>,
     pub skip: Vec<Workload>,
@@ -189,6 +193,8 @@ impl Config {
             peer_reps: 2,
             peer_idle: 5,
             peer_live: 20,
+            peer_unpack_entries: Some(4000),
+            peer_unpack_reps: 1,
             only: None,
             skip: Vec::new(),
         }
@@ -227,6 +233,8 @@ impl Config {
             peer_reps: 3,
             peer_idle: 20,
             peer_live: 1000,
+            peer_unpack_entries: None,
+            peer_unpack_reps: 3,
             only: None,
             skip: Vec::new(),
         }

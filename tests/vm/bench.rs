@@ -25,7 +25,8 @@ use crate::fixture;
 use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
 use peers::{
-    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988, TEARDOWN,
+    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, ROOTFS_ENV, SHAPE_2988,
+    TEARDOWN, UNPACK,
 };
 use workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
@@ -311,6 +312,12 @@ fn quick_peers_produce_sane_figures() {
                 PEER_FIRST_WRITE => (cfg.peer_write_size, cfg.peer_reps),
                 IDLE_COST => (cfg.peer_idle as u64, cfg.peer_reps),
                 TEARDOWN => (cfg.peer_live as u64, cfg.peer_reps),
+                // The root filesystem has more entries than the quick
+                // form takes.
+                UNPACK => (
+                    cfg.peer_unpack_entries.unwrap() as u64,
+                    cfg.peer_unpack_reps,
+                ),
                 other => panic!("a peers workload this test does not know: {other}"),
             };
             for b in PEERS {
@@ -342,7 +349,43 @@ fn quick_peers_produce_sane_figures() {
             }
         }
         peer_physics(&res, &cfg);
+        unpack_physics(&res, &cfg);
     });
+}
+
+/// The unpack: every snapshotter holds the whole layer after it, and wrote
+/// and keeps at least its files' data.
+fn unpack_physics(res: &Results, cfg: &Config) {
+    let rootfs = std::env::var_os(ROOTFS_ENV).expect("the root filesystem's tar");
+    let tar = fs::File::open(rootfs).expect("open the root filesystem's tar");
+    let layer = peers::tar_entries(std::io::BufReader::new(tar), cfg.peer_unpack_entries)
+        .expect("its entries");
+    let n = layer.entries;
+    assert_eq!(
+        Some(n as usize),
+        cfg.peer_unpack_entries,
+        "the quick form's layer"
+    );
+    let data = layer.data as f64;
+    assert!(data > 0.0, "no file data in the first {n} entries");
+    for b in PEERS {
+        let v = |m: &str| values(res, UNPACK, m, n, b);
+        assert!(
+            v("entries").iter().all(|&x| x == n as f64),
+            "entries of the unpacked tree on {b}, the layer has {n}: {:?}",
+            v("entries")
+        );
+        for m in ["bytes written", "space in use"] {
+            assert!(
+                v(m).iter().all(|&x| x >= data),
+                "unpack {m} on {b}, the layer's files hold {data} bytes: {:?}",
+                v(m)
+            );
+        }
+        for (t, s) in v("unpack").iter().zip(v("unpack + sync")) {
+            assert!(s >= *t, "unpack on {b}: {t} s, with the sync after {s} s");
+        }
+    }
 }
 
 /// Bytes the peers must have written whatever the speed.

@@ -25,11 +25,15 @@ import (
 
 	"github.com/containerd/containerd"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/images"
 	"github.com/containerd/containerd/leases"
 	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/pkg/dialer"
 	"github.com/containerd/containerd/snapshots"
 	"github.com/containerd/containerd/snapshots/proxy"
+	"github.com/opencontainers/image-spec/identity"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
@@ -71,8 +75,13 @@ type config struct {
 	reps      int
 	idle      int
 	live      int
-	deadline  time.Duration
-	peers     []Peer
+	// The unpack workload's image (an OCI archive), the entries of its
+	// layer, and the workload's repetitions.
+	archive    string
+	entries    uint64
+	unpackReps int
+	deadline   time.Duration
+	peers      []Peer
 }
 
 // The bench's namespace in containerd.
@@ -93,9 +102,15 @@ func main() {
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
 	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
 	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
+	flag.StringVar(&cfg.archive, "unpack-archive", "", "the OCI image archive of the unpack workload (one layer)")
+	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
+	flag.IntVar(&cfg.unpackReps, "unpack-reps", 3, "repetitions of the unpack")
 	flag.DurationVar(&cfg.deadline, "deadline", 300*time.Second, "how long a removal may take to reach the snapshotter")
 	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND entries separated by |")
 	flag.Parse()
+	if cfg.archive == "" {
+		fatal(errors.New("no -unpack-archive"))
+	}
 	for _, p := range strings.Split(peers, "|") {
 		f := strings.Split(p, ";")
 		if len(f) != 4 {
@@ -113,7 +128,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown} {
+		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown, (*runner).unpack} {
 			w(r)
 			// What the workload removed is gone before the next one
 			// measures.
@@ -234,22 +249,30 @@ func (r *runner) written() (uint64, error) {
 // measured runs step between two syncs: its wall time and the bytes the
 // peer's devices took from it, its write-back included.
 func (r *runner) measured(step func() error) (time.Duration, uint64, error) {
+	t, _, b, err := r.measuredSync(step)
+	return t, b, err
+}
+
+// measuredSync is measured, with the wall time of step and the sync after
+// it too.
+func (r *runner) measuredSync(step func() error) (time.Duration, time.Duration, uint64, error) {
 	unix.Sync()
 	before, err := r.written()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	start := time.Now()
 	if err := step(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	t := time.Since(start)
 	unix.Sync()
+	synced := time.Since(start)
 	after, err := r.written()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	return t, after - before, nil
+	return t, synced, after - before, nil
 }
 
 // mountPoint is a fresh directory for a mount.
@@ -470,6 +493,7 @@ const (
 	firstWrite   = "first write"
 	idleCost     = "idle cost"
 	teardown     = "teardown"
+	unpack       = "unpack"
 )
 
 // prepareCycle: Prepare + mount + unmount + Remove of a container on a
@@ -867,6 +891,162 @@ func firstErr(errs ...error) error {
 		if err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// unpack: the image of -unpack-archive imported into containerd's content
+// store (timed apart), then unpacked into the snapshotter as `ctr images
+// import` does (the image's Unpack with the snapshotter's name): its time,
+// and with the sync after it; bytes written to the peer's loop devices;
+// space in use after less before. The unpacked tree's entries are then
+// counted through a read-only view, and the image is deleted: the
+// synchronous collection that follows removes its content and snapshots,
+// so that every run starts from the same empty snapshotter.
+func (r *runner) unpack() {
+	logf("%s: %s", r.Name, unpack)
+	var imports, times, synced, bytes, space, entries []float64
+	// Neither import nor unpack is under the runner's lease: the image
+	// alone holds what they make, and its deletion frees it.
+	ctx := namespaces.WithNamespace(context.Background(), namespace)
+	err := func() error {
+		for rep := 0; rep < r.cfg.unpackReps; rep++ {
+			if err := r.settle(); err != nil {
+				return err
+			}
+			start := time.Now()
+			img, err := r.importArchive(ctx)
+			if err != nil {
+				return err
+			}
+			imported := time.Since(start)
+			err = func() error {
+				before, err := r.space()
+				if err != nil {
+					return err
+				}
+				t, ts, b, err := r.measuredSync(func() error {
+					if err := img.Unpack(ctx, r.Name); err != nil {
+						return fmt.Errorf("unpack %s into %s: %w", img.Name(), r.Name, err)
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				after, err := r.space()
+				if err != nil {
+					return err
+				}
+				n, err := r.countUnpacked(ctx, img)
+				if err != nil {
+					return err
+				}
+				imports, times, synced = append(imports, secs(imported)), append(times, secs(t)), append(synced, secs(ts))
+				bytes, space, entries = append(bytes, float64(b)), append(space, after-before), append(entries, float64(n))
+				return nil
+			}()
+			if derr := r.deleteImage(ctx, img); err == nil {
+				err = derr
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	r.figures(unpack, r.cfg.entries, err,
+		metric{"import", "seconds", imports},
+		metric{"unpack", "seconds", times},
+		metric{"unpack + sync", "seconds", synced},
+		metric{"bytes written", "bytes", bytes},
+		metric{"space in use", "bytes", space},
+		metric{"entries", "count", entries})
+}
+
+// importArchive imports -unpack-archive into containerd's content store
+// and image store, as `ctr images import --no-unpack` does.
+func (r *runner) importArchive(ctx context.Context) (containerd.Image, error) {
+	f, err := os.Open(r.cfg.archive)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	imgs, err := r.client.Import(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", r.cfg.archive, err)
+	}
+	if len(imgs) != 1 {
+		return nil, fmt.Errorf("import %s: %d images, expected one", r.cfg.archive, len(imgs))
+	}
+	return containerd.NewImage(r.client, imgs[0]), nil
+}
+
+// chainID is the snapshot name of img's top layer.
+func chainID(ctx context.Context, img containerd.Image) (string, error) {
+	diffIDs, err := img.RootFS(ctx)
+	if err != nil {
+		return "", fmt.Errorf("layers of %s: %w", img.Name(), err)
+	}
+	return identity.ChainID(diffIDs).String(), nil
+}
+
+// countUnpacked counts the entries of img's unpacked tree (every path below
+// its root but an ext4's lost+found) through a read-only view, removed
+// after.
+func (r *runner) countUnpacked(ctx context.Context, img containerd.Image) (uint64, error) {
+	top, err := chainID(ctx, img)
+	if err != nil {
+		return 0, err
+	}
+	key := r.key("unpack-view")
+	ms, err := r.sn.View(r.ctx, key, top)
+	if err != nil {
+		return 0, fmt.Errorf("view %s: %w", top, err)
+	}
+	dir, err := r.mountPoint()
+	if err == nil {
+		err = mount.All(ms, dir)
+	}
+	var n uint64
+	if err == nil {
+		err = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			if p == dir {
+				return nil
+			}
+			if info.IsDir() && p == filepath.Join(dir, "lost+found") {
+				return filepath.SkipDir
+			}
+			n++
+			return nil
+		})
+		err = firstErr(err, unmount(dir))
+	}
+	if rerr := r.sn.Remove(r.ctx, key); err == nil && rerr != nil {
+		err = fmt.Errorf("remove %s: %w", key, rerr)
+	}
+	return n, err
+}
+
+// deleteImage deletes img with a synchronous collection, and checks that
+// its unpacked snapshot is gone with it.
+func (r *runner) deleteImage(ctx context.Context, img containerd.Image) error {
+	top, err := chainID(ctx, img)
+	if err != nil {
+		return err
+	}
+	if err := r.client.ImageService().Delete(ctx, img.Name(), images.SynchronousDelete()); err != nil {
+		return fmt.Errorf("delete image %s: %w", img.Name(), err)
+	}
+	// The view's removal, if it came during that collection (see settle).
+	if err := r.settle(); err != nil {
+		return err
+	}
+	if _, err := r.sn.Stat(ctx, top); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("the unpacked snapshot %s is still in %s after the image's deletion and a collection (%v)", top, r.Name, err)
 	}
 	return nil
 }
