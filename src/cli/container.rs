@@ -34,9 +34,13 @@ pub enum ContainerCmd {
     /// Mount a container's filesystem and print the path. Mounts are counted:
     /// each mount needs an umount.
     Mount { name: String },
-    /// Undo one mount; the last one unmounts and deactivates the device.
+    /// Undo one mount; the last one trims the filesystem (the blocks its
+    /// deleted files held go back to the pool), unmounts it and deactivates
+    /// the device.
     Umount { name: String },
-    /// Remove a container and free its blocks.
+    /// Remove a container and free its blocks: those no image shares are
+    /// discarded, which gives them back to the host (on loop files, `du` of
+    /// the pool's data file falls).
     Rm(RmArgs),
     /// Turn a container into a read-only image layer named IMAGE[:TAG]. The
     /// container is consumed; create new containers from the image.

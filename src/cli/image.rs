@@ -39,7 +39,9 @@ pub enum ImageCmd {
     Inspect { image: String },
     /// Show how an image was built, from its config.
     History { image: String },
-    /// Remove an image name, and every layer no other image or container uses.
+    /// Remove an image name, and every layer no other image or container
+    /// uses; those layers' blocks are discarded, back to the pool and the
+    /// host.
     Rm { image: String },
 }
 
