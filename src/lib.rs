@@ -17,6 +17,7 @@
 //! - [`driver`]: the operations, which tie all of the above together, and
 //!   the reconciler that repairs what a crash left;
 //! - [`service`]: containerd's snapshotter API over the driver;
+//! - [`metrics`]: what `thinlayer serve` exposes to Prometheus;
 //! - [`cli`]: the `thinlayer` command.
 
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod fs;
 pub mod image;
 pub mod kernel;
 pub mod layer;
+pub mod metrics;
 pub mod pool;
 pub mod records;
 pub mod service;

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,14 @@ pub struct ServeArgs {
     /// mode 0600 (only root may call it), removed on SIGTERM or SIGINT.
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
+
+    /// Serve Prometheus metrics at http://ADDRESS/metrics: the pool's data
+    /// and metadata space and mode, layers by kind, and the latency and
+    /// errors of every snapshotter call. An IP address and port, e.g.
+    /// 127.0.0.1:9323 (this host only) or [::]:9323 (every interface; the
+    /// endpoint has no authentication). Off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Answers, once stopped by a signal, with what stopped: nothing for
@@ -40,13 +49,35 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run(snapshots, &socket, &ctx.root))?;
+    rt.block_on(run(snapshots, &socket, &ctx.root, a.metrics_address))?;
     Done::new("stopped", "server", socket.display())
         .field("root", &ctx.root)
         .report()
 }
 
-async fn run(snapshots: Snapshots, socket: &Path, root: &Path) -> anyhow::Result<()> {
+async fn run(
+    snapshots: Snapshots,
+    socket: &Path,
+    root: &Path,
+    metrics_address: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    // The metrics endpoint is bound first: an address in use fails the
+    // start, before containerd is told anything.
+    let metrics = match metrics_address {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            let addr = l.local_addr().unwrap_or(addr);
+            tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::http::serve(
+                l,
+                snapshots.metrics(),
+                snapshots.driver(),
+            )))
+        }
+        None => None,
+    };
     let listener = bind(socket)?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -62,6 +93,9 @@ async fn run(snapshots: Snapshots, socket: &Path, root: &Path) -> anyhow::Result
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = fs::remove_file(socket);
+    if let Some(m) = metrics {
+        m.abort();
+    }
     served.with_context(|| format!("serving on {} failed", socket.display()))?;
     tracing::info!("stopped");
     Ok(())

@@ -20,6 +20,7 @@ mod reconcile;
 pub mod scenarios;
 mod service;
 mod sizes;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,6 +36,7 @@ pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
 pub use service::SnapshotSource;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
+pub use watch::{LayerCounts, PoolCondition, PoolReading};
 
 use crate::error::{Error, Result};
 use crate::failpoint;

@@ -33,9 +33,10 @@
 //! - `clear` (containerd's Cleanup) has nothing to do: removal is synchronous.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Status;
@@ -50,12 +51,15 @@ use crate::Driver;
 use crate::driver::SnapshotSource;
 use crate::error::Error;
 use crate::fs::FsKind;
+use crate::metrics::Metrics;
 use crate::tree::{Kind, Layer};
 
-/// The snapshotter: a shared driver and the pool's filesystem.
+/// The snapshotter: a shared driver, the pool's filesystem, and the
+/// metrics every call is counted in.
 pub struct Snapshots {
     driver: Arc<Driver>,
     fs: FsKind,
+    metrics: Arc<Metrics>,
 }
 
 /// Maps a driver error to the gRPC status containerd understands (it turns
@@ -204,11 +208,49 @@ impl Snapshots {
     /// Serves `driver`'s root. Reads the pool's filesystem (blocking).
     pub fn new(driver: Arc<Driver>) -> crate::Result<Snapshots> {
         let fs = driver.records()?.pool.filesystem;
-        Ok(Snapshots { driver, fs })
+        Ok(Snapshots {
+            driver,
+            fs,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// The metrics this service counts its calls in.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The driver this service serves.
+    pub fn driver(&self) -> Arc<Driver> {
+        self.driver.clone()
+    }
+
+    /// Runs the call `method`, counting its duration and, if it fails, its
+    /// gRPC code.
+    async fn timed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let start = Instant::now();
+        let out = call.await;
+        let code = out.as_ref().err().map(|e| format!("{:?}", e.code()));
+        self.metrics.observe_call(method, start.elapsed(), code);
+        out
+    }
+
+    /// Runs the call `what` as a driver operation on the blocking pool,
+    /// counted in the metrics.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Driver) -> crate::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.timed(what, self.blocking(what, f)).await
     }
 
     /// Runs a driver operation on the blocking pool.
-    async fn run<T: Send + 'static>(
+    async fn blocking<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&Driver) -> crate::Result<T> + Send + 'static,
@@ -304,13 +346,18 @@ impl Snapshotter for Snapshots {
     /// committed snapshot has none: FailedPrecondition.
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Status> {
         let fs = self.fs;
-        let source = self.run("mounts", move |d| d.snapshot_mounts(&key)).await?;
-        match source {
-            Some(source) => Ok(mounts_of(fs, &source)),
-            None => Err(Status::failed_precondition(
-                "a committed snapshot has no mounts; prepare or view a child of it",
-            )),
-        }
+        self.timed("mounts", async {
+            let source = self
+                .blocking("mounts", move |d| d.snapshot_mounts(&key))
+                .await?;
+            match source {
+                Some(source) => Ok(mounts_of(fs, &source)),
+                None => Err(Status::failed_precondition(
+                    "a committed snapshot has no mounts; prepare or view a child of it",
+                )),
+            }
+        })
+        .await
     }
 
     /// Prepare: a writable (active) snapshot `key` on the committed snapshot
@@ -380,7 +427,7 @@ impl Snapshotter for Snapshots {
     /// Cleanup: thinlayer frees a snapshot's blocks when it is removed;
     /// there is nothing deferred to clean.
     async fn clear(&self) -> Result<(), Status> {
-        Ok(())
+        self.timed("clear", async { Ok(()) }).await
     }
 
     type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
@@ -411,5 +458,7 @@ impl Snapshotter for Snapshots {
     }
 }
 
+#[cfg(test)]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ fn service() -> (TempDir, Snapshots) {
 }
 
 /// The service and the simulated kernel under it.
-fn service_on_sim() -> (TempDir, Arc<Sim>, Snapshots) {
+pub(super) fn service_on_sim() -> (TempDir, Arc<Sim>, Snapshots) {
     let dir = TempDir::new("service");
     let opts = PoolOptions {
         source: SourceOptions::LoopFiles {

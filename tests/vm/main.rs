@@ -15,6 +15,7 @@ mod docker;
 mod faults;
 mod images;
 mod kernel;
+mod metrics;
 mod pool;
 mod scenario;
 mod size;
