@@ -11,7 +11,7 @@ use super::Ctx;
 use super::output::{Done, Report, Said};
 use crate::Driver;
 use crate::fs::FsKind;
-use crate::pool::{PoolOptions, PoolStatus, SourceOptions};
+use crate::pool::{Autoextend, PoolOptions, PoolStatus, SourceOptions};
 use crate::units::{BlockSize, Bytes};
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +37,13 @@ pub enum PoolCmd {
         #[arg(long)]
         metadata_size: Option<Bytes>,
     },
+    /// Change how the pool grows by itself (loop files only): as LVM's
+    /// thin_pool_autoextend_threshold and thin_pool_autoextend_percent, with
+    /// a maximum. `thinlayer serve` does the growing. Without options, shows
+    /// the policy. Example: `thinlayer pool set --autoextend-threshold 80
+    /// --autoextend-percent 20 --autoextend-max 500G`; `--autoextend-threshold
+    /// 100` turns it off.
+    Set(AutoextendArgs),
     /// Take the pool offline, check its metadata with thin_check and bring
     /// it back. Refused while containers are mounted.
     Check,
@@ -79,6 +86,75 @@ pub struct InitArgs {
     /// Use a thin pool that already exists, by its device-mapper name.
     #[arg(long)]
     existing_pool: Option<String>,
+    #[command(flatten)]
+    autoextend: AutoextendArgs,
+}
+
+/// Automatic growth of a pool on loop files, done by `thinlayer serve`.
+#[derive(Args, Debug)]
+pub struct AutoextendArgs {
+    /// Grow the pool when this percentage of its data or metadata space is
+    /// used (LVM's thin_pool_autoextend_threshold): 50 to 100; 100, the
+    /// default, never grows it. Loop files only.
+    #[arg(long, value_name = "PCT")]
+    autoextend_threshold: Option<u8>,
+    /// Each growth adds this percentage of the space's current size, as many
+    /// times as it takes to get back under the threshold (LVM's
+    /// thin_pool_autoextend_percent; default 20).
+    #[arg(long, value_name = "PCT")]
+    autoextend_percent: Option<u16>,
+    /// The data space never grows past this size (default: no maximum but
+    /// the host filesystem's free space, less 5% of it or 1 GiB).
+    #[arg(long, value_name = "SIZE")]
+    autoextend_max: Option<Bytes>,
+}
+
+impl AutoextendArgs {
+    fn given(&self) -> bool {
+        self.autoextend_threshold.is_some()
+            || self.autoextend_percent.is_some()
+            || self.autoextend_max.is_some()
+    }
+
+    /// Applies the options given to `policy`.
+    fn apply(&self, policy: &mut Autoextend) {
+        if let Some(t) = self.autoextend_threshold {
+            policy.threshold_percent = t;
+        }
+        if let Some(p) = self.autoextend_percent {
+            policy.percent = p;
+        }
+        if let Some(m) = self.autoextend_max {
+            policy.max = Some(m);
+        }
+    }
+}
+
+/// A policy, for people and for scripts.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Policy(Autoextend);
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.0;
+        if !a.enabled() {
+            return writeln!(
+                f,
+                "autoextend: off (threshold 100%); --autoextend-threshold turns it on"
+            );
+        }
+        writeln!(
+            f,
+            "autoextend: at {}% used, grow by {}% of the size, {}; done by `thinlayer serve`",
+            a.threshold_percent,
+            a.percent,
+            match a.max {
+                Some(m) => format!("data up to {m}"),
+                None => "no maximum but the host's free space".into(),
+            }
+        )
+    }
 }
 
 pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
@@ -108,6 +184,17 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
                 st.mode.as_str()
             );
             Report::of(&Said::new(st, text))
+        }
+        PoolCmd::Set(a) => {
+            let driver = ctx.open()?;
+            let policy = if a.given() {
+                driver
+                    .set_autoextend(|p| a.apply(p))
+                    .context("cannot change the pool's autoextend policy")?
+            } else {
+                driver.records()?.pool.autoextend.unwrap_or_default()
+            };
+            Report::of(&Policy(policy))
         }
         PoolCmd::Check => {
             Driver::open_offline(&ctx.root, ctx.kernel.clone())?
@@ -155,8 +242,21 @@ fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<Report> {
         base_size: a.base_size,
         min_free_percent: a.min_free_percent,
     };
+    let policy = a.autoextend.given().then(|| {
+        let mut p = Autoextend::default();
+        a.autoextend.apply(&mut p);
+        p
+    });
+    if let Some(p) = &policy {
+        opts.validate_autoextend(p)?;
+    }
     let driver = Driver::init(&ctx.root, ctx.kernel.clone(), &opts)
         .with_context(|| format!("cannot create a pool at {}", ctx.root.display()))?;
+    if let Some(p) = policy {
+        driver
+            .set_autoextend(|a| *a = p)
+            .context("cannot record the pool's autoextend policy")?;
+    }
     let st = driver.status()?;
     let text = format!(
         "pool {} ready at {}: {} data, {} metadata, {} blocks, {} layers of {}",

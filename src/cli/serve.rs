@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use super::Ctx;
 use super::output::{Done, Report};
 use crate::service::Snapshots;
+use crate::service::autoextend::{INTERVAL, Watcher};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -45,6 +46,9 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
     let snapshots = Snapshots::new(driver)
         .with_context(|| format!("cannot read the records of {}", ctx.root.display()))?;
     let socket = std::path::absolute(&a.socket).unwrap_or(a.socket);
+    // Grows the pool before it fills, when its policy says so; stopped
+    // (dropped) when the server stops.
+    let _watcher = Watcher::start(snapshots.driver(), snapshots.metrics(), INTERVAL);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,7 +36,7 @@ pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
 pub use service::SnapshotSource;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
-pub use watch::{LayerCounts, PoolCondition, PoolReading};
+pub use watch::{AutoextendWatch, LayerCounts, PoolCondition, PoolReading};
 
 use crate::error::{Error, Result};
 use crate::failpoint;

@@ -78,6 +78,12 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
             .and_then(|file| file.set_len(len))
             .expect("sparse file");
     }
+    // The filesystem holding the files, as the autoextend watcher sees it;
+    // a wait for device-mapper events that times out.
+    let space = k.fs_space(dir).expect("statvfs of the contract dir");
+    assert!(space.size > 0 && space.free <= space.size, "{space:?}");
+    k.dm_wait_event(std::time::Duration::from_millis(1))
+        .expect("wait for device-mapper events");
     let pool = format!("{prefix}-contract-pool");
     let thin = format!("{prefix}-contract-0");
     let missing = format!("{prefix}-contract-missing");

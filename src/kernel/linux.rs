@@ -433,6 +433,34 @@ impl Kernel for Linux {
         f.sync_all().map_err(|e| Error::io("fsync", device, e))
     }
 
+    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+        statvfs(path)
+    }
+
+    fn dm_wait_event(&self, timeout: std::time::Duration) -> Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd as _;
+        let dm = self.dm()?;
+        let mut fds = [PollFd::new(dm.file().as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(Errno::EINTR) => Ok(()),
+            Ok(_) => {
+                // Readable until re-armed: re-arm before the caller looks,
+                // so an event during its look is not lost.
+                dm.arm_poll()
+                    .map(|_| ())
+                    .map_err(|e| dm_err("arm the event poll of", "/dev/mapper/control", e))
+            }
+            Err(e) => Err(Error::kernel(
+                "wait for an event of",
+                "/dev/mapper/control",
+                Some(e),
+                e.desc(),
+            )),
+        }
+    }
+
     fn reset_times(&self, path: &Path) -> Result<()> {
         let epoch = nix::sys::time::TimeSpec::new(0, 0);
         nix::sys::stat::utimensat(
@@ -625,6 +653,20 @@ fn unescape_mount(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The free space (to unprivileged users) and size of the filesystem
+/// holding `path`.
+// statvfs's counts are u64 here, not on every target.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn statvfs(path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| Error::kernel("statvfs", path.display().to_string(), Some(e), e.desc()))?;
+    let frag = st.fragment_size() as u64;
+    Ok(crate::pool::autoextend::FsSpace {
+        free: (st.blocks_available() as u64).saturating_mul(frag),
+        size: (st.blocks() as u64).saturating_mul(frag),
+    })
 }
 
 #[cfg(test)]

@@ -168,6 +168,13 @@ pub trait Kernel: Send + Sync {
     fn zero_start(&self, device: &Path) -> Result<()>;
     /// Sets a path's access and modification times to the epoch.
     fn reset_times(&self, path: &Path) -> Result<()>;
+    /// The free space and size of the filesystem holding `path` (statvfs).
+    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace>;
+    /// Waits until a device-mapper event (any device's: a thin pool
+    /// crossing its low water mark or changing mode, a device removed) or
+    /// for `timeout`, whichever comes first. An event that came since the
+    /// last wait returns at once. For one waiter per process.
+    fn dm_wait_event(&self, timeout: std::time::Duration) -> Result<()>;
 
     fn mount(&self, request: &MountRequest<'_>) -> Result<()>;
     /// Unmounts `target`; `lazy` detaches it even while busy (MNT_DETACH).

@@ -42,6 +42,8 @@ struct State {
     /// Blocks a filesystem freed but the device still maps, by device
     /// name: what a trim of its mount gives back (see [`Sim::free`]).
     freed: BTreeMap<String, Vec<u64>>,
+    /// What `fs_space` answers instead of the host's own figures.
+    fs_space: Option<crate::pool::autoextend::FsSpace>,
 }
 
 struct Device {
@@ -189,6 +191,12 @@ impl Sim {
 
     pub fn tool_runs(&self) -> Vec<String> {
         self.lock().tool_runs.clone()
+    }
+
+    /// Makes `fs_space` answer `space` for every path (`None`: the host's
+    /// own figures).
+    pub fn set_fs_space(&self, space: Option<crate::pool::autoextend::FsSpace>) {
+        self.lock().fs_space = space;
     }
 }
 
@@ -702,6 +710,19 @@ impl Kernel for Sim {
             .loop_file_of_path(device)
             .ok_or_else(|| kerr("open", &device.to_string_lossy(), Errno::ENOENT))?;
         s.metadata.remove(&file);
+        Ok(())
+    }
+
+    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+        match self.lock().fs_space {
+            Some(space) => Ok(space),
+            None => super::linux::statvfs(path),
+        }
+    }
+
+    /// Simulated pools raise no events: the wait is the timeout.
+    fn dm_wait_event(&self, timeout: std::time::Duration) -> Result<()> {
+        std::thread::sleep(timeout);
         Ok(())
     }
 

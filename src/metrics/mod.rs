@@ -13,6 +13,11 @@
 //! | `thinlayer_images` | gauge | image names |
 //! | `thinlayer_snapshotter_call_duration_seconds{method}` | histogram | every snapshotter call, by method |
 //! | `thinlayer_snapshotter_call_errors_total{method,code}` | counter | calls that failed, by method and gRPC code |
+//! | `thinlayer_autoextend_threshold_percent`, `thinlayer_autoextend_max_bytes` | gauge | the automatic growth policy, when the pool has one (the maximum when it has one) |
+//! | `thinlayer_autoextend_events_total{space}` | counter | automatic growths of `data` or `metadata` |
+//! | `thinlayer_autoextend_grown_bytes_total{space}` | counter | bytes they added |
+//! | `thinlayer_autoextend_limited_total{space,limit}` | counter | growths cut short, or found impossible, by the `max` or the `host_space` |
+//! | `thinlayer_autoextend_errors_total` | counter | looks of the watcher that failed |
 //!
 //! The pool's figures are read at each scrape, without the root's lock
 //! ([`Driver::reading`]): one status ioctl and a read of `state.json`. A
@@ -62,6 +67,17 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpaceLabels {
+    space: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    space: &'static str,
+    limit: &'static str,
+}
+
 type Calls = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// Latency buckets of a call: 1 ms to 33 s, doubling (a call under a slow
@@ -76,6 +92,10 @@ fn call_histogram() -> Histogram {
 pub struct Metrics {
     calls: Calls,
     errors: Family<ErrorLabels, Counter>,
+    grown: Family<SpaceLabels, Counter>,
+    grown_bytes: Family<SpaceLabels, Counter>,
+    limited: Family<LimitLabels, Counter>,
+    autoextend_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -89,7 +109,31 @@ impl Metrics {
         Metrics {
             calls: Family::new_with_constructor(call_histogram),
             errors: Family::default(),
+            grown: Family::default(),
+            grown_bytes: Family::default(),
+            limited: Family::default(),
+            autoextend_errors: Counter::default(),
         }
+    }
+    /// Counts an automatic growth of `space` (`data` or `metadata`) by
+    /// `bytes`.
+    pub fn grown(&self, space: &'static str, bytes: u64) {
+        let l = SpaceLabels { space };
+        self.grown.get_or_create(&l).inc();
+        self.grown_bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    /// Counts a growth of `space` that `limit` (`max`, `host_space`) cut
+    /// short or made impossible.
+    pub fn limited(&self, space: &'static str, limit: &'static str) {
+        self.limited
+            .get_or_create(&LimitLabels { space, limit })
+            .inc();
+    }
+
+    /// Counts a look of the autoextend watcher that failed.
+    pub fn autoextend_failed(&self) {
+        self.autoextend_errors.inc();
     }
 
     /// Counts one snapshotter call of `method` that took `elapsed`, and
@@ -182,6 +226,44 @@ impl Metrics {
             "thinlayer_snapshotter_call_errors",
             "Snapshotter calls that failed, by method and gRPC code",
             self.errors.clone(),
+        );
+        if let Some(a) = &reading.autoextend {
+            r.register(
+                "thinlayer_autoextend_threshold_percent",
+                "The pool grows when this percentage of its data or metadata is used (100: never)",
+                ConstGauge::new(i64::from(a.threshold_percent)),
+            );
+            if let Some(max) = a.max {
+                r.register(
+                    "thinlayer_autoextend_max_bytes",
+                    "The data space never grows past this",
+                    ConstGauge::new(max.0),
+                );
+            }
+        }
+        for (name, help, family) in [
+            (
+                "thinlayer_autoextend_events",
+                "Automatic growths of the pool, by space (data, metadata)",
+                &self.grown,
+            ),
+            (
+                "thinlayer_autoextend_grown_bytes",
+                "Bytes the automatic growths added, by space",
+                &self.grown_bytes,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "thinlayer_autoextend_limited",
+            "Automatic growths cut short or impossible, by space and limit (max, host_space)",
+            self.limited.clone(),
+        );
+        r.register(
+            "thinlayer_autoextend_errors",
+            "Looks of the autoextend watcher that failed",
+            self.autoextend_errors.clone(),
         );
         let mut out = String::new();
         if let Err(e) = prometheus_text::encode(&mut out, &r) {
@@ -287,6 +369,7 @@ mod tests {
                 view: 0,
                 images: 1,
             }),
+            autoextend: None,
         }
     }
 

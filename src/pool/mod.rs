@@ -13,6 +13,7 @@
 //! when the data space runs out, writes fail at once instead of queueing for
 //! `no_space_timeout` (60 s) while everything using the pool hangs.
 
+pub mod autoextend;
 mod status;
 
 use std::fs::{self, OpenOptions};
@@ -23,6 +24,7 @@ use std::str::FromStr;
 use devicemapper::ThinPoolTargetParams;
 use serde::{Deserialize, Serialize};
 
+pub use autoextend::Autoextend;
 pub use status::{KernelPoolStatus, META_BLOCK, PoolMode, PoolState};
 
 use crate::error::{Error, Result};
@@ -57,6 +59,9 @@ pub struct PoolConfig {
     pub base_size: Bytes,
     /// New layers are refused while less than this share of data space is free.
     pub min_free_percent: u8,
+    /// Automatic growth by `thinlayer serve` (loop files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoextend: Option<Autoextend>,
 }
 
 /// Options of `pool init`.
@@ -154,6 +159,26 @@ impl PoolOptions {
     }
 }
 
+impl PoolOptions {
+    /// Checks `policy` for a pool made with these options: loop files only.
+    pub fn validate_autoextend(&self, policy: &Autoextend) -> Result<()> {
+        match &self.source {
+            SourceOptions::LoopFiles { data_size, .. } => policy.validate(Some(*data_size)),
+            _ => Err(autoextend_refused()),
+        }
+    }
+}
+
+/// Automatic growth asked of a pool not on loop files.
+pub fn autoextend_refused() -> Error {
+    Error::invalid(
+        "autoextend",
+        "",
+        "only pools on loop files grow automatically; grow given block devices \
+         yourself (e.g. lvextend) and run `thinlayer pool grow`",
+    )
+}
+
 impl PoolConfig {
     /// The pool's device-mapper name.
     pub fn pool_name(&self) -> String {
@@ -181,6 +206,7 @@ impl PoolConfig {
             filesystem: FsKind::Ext4,
             base_size: Bytes(1 << 30),
             min_free_percent: 10,
+            autoextend: None,
         }
     }
 }
@@ -219,6 +245,7 @@ pub fn config_for(root: &Path, opts: &PoolOptions) -> PoolConfig {
         filesystem: opts.filesystem,
         base_size: opts.base_size,
         min_free_percent: opts.min_free_percent,
+        autoextend: None,
     }
 }
 
@@ -346,15 +373,28 @@ impl Pool<'_> {
     }
 
     fn table(&self, metadata: DevNum, data: DevNum, data_len: Sectors) -> [Target; 1] {
+        let block = self.config.block_size.sectors().0;
         [Target::new(
             data_len,
             "thin-pool",
             format!(
-                "{metadata} {data} {} {} 2 skip_block_zeroing error_if_no_space",
-                self.config.block_size.sectors().0,
-                self.config.low_water_blocks
+                "{metadata} {data} {block} {} 2 skip_block_zeroing error_if_no_space",
+                self.low_water_blocks(data_len.0 / block.max(1))
             ),
         )]
+    }
+
+    /// The table's low water mark, in data blocks: the kernel raises an
+    /// event when fewer blocks than this are free. With automatic growth
+    /// on, it is where the threshold lies, so that the watcher of
+    /// `thinlayer serve` wakes at once when the threshold is crossed.
+    pub fn low_water_blocks(&self, data_blocks: u64) -> u64 {
+        match &self.config.autoextend {
+            Some(a) if a.enabled() => {
+                (data_blocks * u64::from(100 - a.threshold_percent) / 100).max(1)
+            }
+            _ => self.config.low_water_blocks,
+        }
     }
 
     /// Grows the pool: the sparse files (loop source) are extended and their

@@ -43,6 +43,7 @@ use containerd_snapshots::tonic::Status;
 use containerd_snapshots::{Info, Kind as CKind, Snapshotter, Usage};
 use nix::errno::Errno;
 
+pub mod autoextend;
 mod filter;
 
 pub use filter::{Fields, Filters};

@@ -59,6 +59,7 @@ fn pool_thin_and_snapshot_through_the_library() {
             filesystem: FsKind::Ext4,
             base_size: Bytes(256 << 20),
             min_free_percent: 10,
+            autoextend: None,
         };
         let opts = PoolOptions {
             source: SourceOptions::LoopFiles {

@@ -5,6 +5,7 @@
 
 mod fixture;
 
+mod autoextend;
 mod bench;
 mod cli;
 mod concurrency;

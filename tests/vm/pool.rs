@@ -96,6 +96,7 @@ fn an_existing_pool_is_used_and_left_in_place() {
             filesystem: thinlayer::fs::FsKind::Ext4,
             base_size: Bytes(256 << 20),
             min_free_percent: 10,
+            autoextend: None,
         };
         let pool = Pool {
             kernel: &*fx.kernel,
