@@ -88,6 +88,8 @@ pub enum Command {
     /// `address = "SOCKET"` to containerd's config, then use
     /// `ctr --snapshotter thinlayer` (or the CRI plugin's `snapshotter`).
     /// Runs until SIGTERM or SIGINT; `ps` and `tree` show containerd's snapshots.
+    /// It also grows the pool by its autoextend policy (`pool set --help`), and
+    /// serves Prometheus metrics with --metrics-address.
     Serve(serve::ServeArgs),
     /// Disk usage of images, containers and the pool (`system df`).
     #[command(subcommand)]

@@ -1,8 +1,8 @@
 //! Automatic growth under `thinlayer serve`: a 256 MiB pool with a 70/50
 //! policy up to 1 GiB, a container whose writer writes and fsyncs more
 //! than the pool's first size (it must not fail: the pool grows first),
-//! then more than the maximum (it must fail with ENOSPC, the pool at its
-//! maximum and out of data space). The growth is in serve's log and in its
+//! then more than the maximum (it must fail, ENOSPC from the pool reported
+//! by ext4 as EIO, the pool at its maximum and out of data space). The growth is in serve's log and in its
 //! metrics. A pool on given block devices refuses a policy.
 
 use std::fs;
@@ -93,14 +93,20 @@ fn serve_grows_the_pool_before_a_writer_fills_it_and_stops_at_the_maximum() {
         assert_eq!(m.value("thinlayer_pool_data_total_bytes"), grown as f64);
 
         // 900 MiB more cannot fit in 1 GiB: growth stops at the maximum and
-        // the writer fails with ENOSPC, as the pool errors when it is full.
+        // the writer fails, as the pool errors writes when it is full.
         let (e, synced) = write_synced(&Path::new(&dir).join("second"), 900 * MIB)
             .expect_err("a writer past the maximum fails");
         eprintln!(
             "past the maximum: {e} after {} MiB more synced",
             synced / MIB
         );
-        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        // The pool fails the writes with ENOSPC (error_if_no_space); ext4's
+        // writeback reports that to fsync as EIO on Debian 12's 6.1 kernel.
+        // Which it is matters less than why: the pool is full, below.
+        assert!(
+            [Some(libc::ENOSPC), Some(libc::EIO)].contains(&e.raw_os_error()),
+            "the writer fails for want of space: {e}"
+        );
         let st = fx.json(&["pool", "status"]);
         assert_eq!(
             st["data_total"],
