@@ -274,13 +274,13 @@ fn system_df_shows_images_containers_and_what_the_host_holds() {
         let df = fx.json(&["system", "df"]);
         let (total, active, size, reclaimable) = line(&df, "images");
         assert_eq!((total, active), (2, 1), "{df}");
-        assert!(size >= 11 * MIB && size < 12 * MIB, "{df}");
+        assert!((11 * MIB..12 * MIB).contains(&size), "{df}");
         // unused's own layer: its 3 MiB file and the filesystem's metadata.
-        assert!(reclaimable >= 3 * MIB && reclaimable < 4 * MIB, "{df}");
+        assert!((3 * MIB..4 * MIB).contains(&reclaimable), "{df}");
         let (total, active, size, reclaimable) = line(&df, "containers");
         assert_eq!((total, active), (2, 1), "{df}");
-        assert!(size >= 6 * MIB && size < 7 * MIB, "{df}");
-        assert!(reclaimable >= 2 * MIB && reclaimable < 3 * MIB, "{df}");
+        assert!((6 * MIB..7 * MIB).contains(&size), "{df}");
+        assert!((2 * MIB..3 * MIB).contains(&reclaimable), "{df}");
         assert!(df.get("image_list").is_none(), "lists only with -v: {df}");
 
         let pool = &df["pool"];
