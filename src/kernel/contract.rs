@@ -230,6 +230,18 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
         "mapped in whole pool blocks"
     );
     assert!(working(k, &pool).data_used > 0);
+    // A longer table, and the filesystem grown to it on the unmounted
+    // device; what was mapped stays mapped.
+    k.dm_load(&thin, &thin_table(THIN * 3))
+        .expect("load a longer table");
+    k.dm_suspend(&thin, true).expect("suspend for the reload");
+    k.dm_resume(&thin).expect("resume with the new table");
+    k.grow_fs(&node, "resize2fs", &["-f".to_string()])
+        .expect("grow the filesystem");
+    assert!(
+        mapped(k, &thin).0 >= sectors_mapped,
+        "the grow unmapped blocks"
+    );
     let target = dir.join("mnt");
     std::fs::create_dir_all(&target).expect("mount point");
     k.mount(&MountRequest {
