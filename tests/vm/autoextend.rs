@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::fixture::{self, Fixture};
-use crate::metrics::Served;
+use crate::served::Served;
 
 const MIB: u64 = 1 << 20;
 

@@ -19,5 +19,6 @@ mod kernel;
 mod metrics;
 mod pool;
 mod scenario;
+mod served;
 mod size;
 mod space;

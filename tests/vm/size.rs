@@ -5,13 +5,11 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
-use containerd_snapshots::api::snapshots::v1::{PrepareSnapshotRequest, RemoveSnapshotRequest};
-use containerd_snapshots::tonic::{Code, transport::Channel, transport::Endpoint};
+use containerd_snapshots::tonic::Code;
 
-use crate::fixture::{self, Fixture, process::Daemon, write_file};
+use crate::fixture::{self, Fixture, write_file};
+use crate::served::{Client, Served};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -169,78 +167,35 @@ fn a_size_below_the_image_is_refused_and_changes_nothing() {
 }
 
 /// A client of `thinlayer serve`'s socket, as containerd dials it.
-async fn connect(sock: PathBuf) -> SnapshotsClient<Channel> {
-    let channel = Endpoint::try_from("http://thinlayer.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            tokio::net::UnixStream::connect(sock.clone())
-        }))
-        .await
-        .expect("connect to thinlayer serve");
-    SnapshotsClient::new(channel)
-}
-
-fn prepare(key: &str, size: &str) -> PrepareSnapshotRequest {
-    PrepareSnapshotRequest {
-        snapshotter: "thinlayer".into(),
-        key: key.into(),
-        parent: String::new(),
-        labels: HashMap::from([(
-            "containerd.io/snapshot/max-size".to_string(),
-            size.to_string(),
-        )]),
-    }
-}
-
 #[test]
 fn the_max_size_label_on_prepare_sizes_the_snapshot() {
     fixture::run("size-label", |fx| {
         fx.init_pool("2G", "32M", Some("512M"), &["--fs", "xfs"]);
-        let sock = fx.dir.join("thinlayer.sock");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
-        c.arg("--root")
-            .arg(&fx.root)
-            .arg("-vv")
-            .arg("serve")
-            .arg("--socket")
-            .arg(&sock);
-        let mut serve = Daemon::start("thinlayer serve", c, &fx.dir.join("serve.log"));
-        serve.wait_socket(&sock);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let mut client = connect(sock.clone()).await;
-            let mounts = client
-                .prepare(prepare("default/1/big", &(3 * GIB).to_string()))
-                .await
-                .expect("prepare with a size label")
-                .into_inner()
-                .mounts;
-            let source = PathBuf::from(&mounts[0].source);
-            let size = fs_bytes(&source);
-            println!("label max-size 3 GiB on a 512 MiB base: an xfs of {size} bytes");
-            assert!(size > 2 * GIB + GIB / 2 && size <= 3 * GIB, "{size}");
-            for (bad, says) in [
-                ("20G", "positive decimal integer"),
-                ("-5", "positive decimal integer"),
-                ("1048576", "536870912 B"),
-            ] {
-                let e = client
-                    .prepare(prepare("default/2/bad", bad))
-                    .await
-                    .expect_err(bad);
-                assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
-                assert!(e.message().contains(says), "{bad}: {}", e.message());
-            }
-            client
-                .remove(RemoveSnapshotRequest {
-                    snapshotter: "thinlayer".into(),
-                    key: "default/1/big".into(),
-                })
-                .await
-                .expect("remove");
-        });
+        let served = Served::start(fx);
+        let mut client = Client::connect(&served.socket);
+        let label = "containerd.io/snapshot/max-size";
+        let big = (3 * GIB).to_string();
+        let source = client
+            .prepare_labeled("default/1/big", "", &[(label, &big)])
+            .expect("prepare with a size label");
+        let size = fs_bytes(Path::new(&source));
+        println!("label max-size 3 GiB on a 512 MiB base: an xfs of {size} bytes");
+        assert!(size > 2 * GIB + GIB / 2 && size <= 3 * GIB, "{size}");
+        for (bad, says) in [
+            ("20G", "positive decimal integer"),
+            ("-5", "positive decimal integer"),
+            ("1048576", "536870912 B"),
+        ] {
+            let e = client
+                .prepare_labeled("default/2/bad", "", &[(label, bad)])
+                .expect_err(bad);
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+            assert!(e.message().contains(says), "{bad}: {}", e.message());
+        }
+        client.remove("default/1/big");
+        drop(client);
         assert!(fx.json(&["ps"]).as_array().unwrap().is_empty());
-        serve.stop();
+        served.daemon.stop();
     });
 }
 
