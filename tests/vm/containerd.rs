@@ -825,6 +825,9 @@ fn a_snapshot_mounts_again_read_only_beside_read_write() {
             fx.kernel.umount(v, false).unwrap();
         }
         snap_ok(&cl, &["rm", "v"]);
+        // containerd 1.6's collector drops a removal made while it runs:
+        // the commit goes once the view is gone.
+        converged(fx, "the view removed", &["done"]);
         snap_ok(&cl, &["rm", "done"]);
         converged(fx, "every snapshot removed", &[]);
         cl.stopped_clean();
