@@ -335,10 +335,7 @@ impl State {
             .strip_prefix("/dev/dm-")?
             .parse()
             .ok()?;
-        self.devices
-            .iter()
-            .find(|(_, d)| d.minor == minor)
-            .map(|(n, _)| (n.clone(), minor))
+        self.name_of_minor(minor).map(|n| (n, minor))
     }
 
     fn open_count(&self, name: &str, minor: u32) -> i32 {
