@@ -15,7 +15,9 @@
 //!   tree's, every committed image has its recorded hash, every file the
 //!   journal lists (written and fsynced in a container before its line was
 //!   appended and fsynced) is there with its content, every image whose
-//!   removal the journal lists is gone, and the pool still creates, mounts
+//!   removal the journal lists is gone (one whose removal started but is
+//!   not listed as done, because the cut fell between the command and its
+//!   line, is either whole or gone), and the pool still creates, mounts
 //!   and removes;
 //! - every boot but the last then starts the workload (three containers
 //!   writing and fsyncing files, one stream of `thinlayer` processes
@@ -247,6 +249,9 @@ fn check_after_cut(fx: &Fixture, boot: usize, journal_path: &Path) {
 
     let d = driver(fx);
     let mut images = BTreeMap::new();
+    // Removals the cut may have interrupted: started, never journaled as
+    // done (the cut can fall between `image rm` returning and its line).
+    let mut removing = BTreeMap::new();
     let mut removed = Vec::new();
     let mut files: BTreeMap<String, Vec<(String, usize, u8)>> = BTreeMap::new();
     for l in journal_lines(journal_path) {
@@ -254,8 +259,14 @@ fn check_after_cut(fx: &Fixture, boot: usize, journal_path: &Path) {
             "image" => {
                 images.insert(l[1].clone(), l[2].clone());
             }
+            "removing" => {
+                if let Some(hash) = images.remove(&l[1]) {
+                    removing.insert(l[1].clone(), hash);
+                }
+            }
             "rmimage" => {
                 images.remove(&l[1]);
+                removing.remove(&l[1]);
                 removed.push(l[1].clone());
             }
             "file" => files.entry(l[1].clone()).or_default().push((
@@ -270,6 +281,14 @@ fn check_after_cut(fx: &Fixture, boot: usize, journal_path: &Path) {
         assert_eq!(&image_hash(&d, image), hash, "image {image} changed");
     }
     let tree = d.tree().unwrap();
+    // Either there with its content or gone, never in between.
+    let mut interrupted = 0;
+    for (image, hash) in &removing {
+        if tree.images.contains_key(image) {
+            assert_eq!(&image_hash(&d, image), hash, "image {image} changed");
+            interrupted += 1;
+        }
+    }
     for image in &removed {
         assert!(
             !tree.images.contains_key(image),
@@ -301,9 +320,11 @@ fn check_after_cut(fx: &Fixture, boot: usize, journal_path: &Path) {
     d.umount(&probe).unwrap();
     fx.ok(&["container", "rm", &probe]);
     say(&format!(
-        "boot {boot}: pool activated with thin_check; {} images with their hashes, {} removed images absent, {nfiles} fsynced files in {} containers intact, {} thin ids as in the tree",
+        "boot {boot}: pool activated with thin_check; {} images with their hashes, {} removed images absent, {} of {} removals the cut interrupted left whole, {nfiles} fsynced files in {} containers intact, {} thin ids as in the tree",
         images.len(),
         removed.len(),
+        interrupted,
+        removing.len(),
         files.len(),
         tree_thin_ids_of(fx).len()
     ));
@@ -359,7 +380,8 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
             for l in journal_lines(&journal_path) {
                 match (l[0].as_str(), l[1].starts_with("churn-")) {
                     ("image", true) => live.push(l[1].clone()),
-                    ("rmimage", _) => live.retain(|i| *i != l[1]),
+                    // An interrupted removal is not tried again.
+                    ("rmimage" | "removing", _) => live.retain(|i| *i != l[1]),
                     _ => {}
                 }
             }
@@ -377,6 +399,7 @@ fn workload_then_cut(fx: &Fixture, boot: usize, journal_path: &Path, delay: Dura
                 // The newest kept, the one before it removed (often from an earlier boot).
                 if live.len() > 1 {
                     let old = live.remove(0);
+                    journal.append(&format!("removing {old}"));
                     cli(&["image", "rm", &old]);
                     journal.append(&format!("rmimage {old}"));
                 }
