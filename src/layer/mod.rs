@@ -5,6 +5,8 @@
 //! `DIR/.wh..wh..opq`) for what it deletes from the layers below.
 //! [`apply_layer`] writes such a stream into the mounted snapshot of the
 //! parent layers; [`write_diff`] produces one from a layer and its parent.
+//! Zeros take no blocks: [`apply_layer`] leaves them as holes, and
+//! [`punch_zeros`] makes holes of the zeros someone else wrote as data.
 //!
 //! Extended attributes travel as PAX records `SCHILY.xattr.NAME`, except
 //! `security.selinux`, which belongs to the host's policy, not to the image:
@@ -14,12 +16,14 @@ mod apply;
 #[cfg(any(test, feature = "testing"))]
 mod compare;
 mod diff;
+pub(crate) mod sparse;
 mod xattr;
 
 pub use apply::{ApplyStats, apply_layer};
 #[cfg(any(test, feature = "testing"))]
 pub use compare::compare_trees;
 pub use diff::{DiffStats, write_diff};
+pub use sparse::{PunchStats, punch_zeros};
 
 use std::io::{self, Read};
 

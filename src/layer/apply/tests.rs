@@ -8,8 +8,8 @@ use nix::sys::stat::makedev;
 use tar::EntryType;
 
 use super::header::parse_pax_time;
-use super::write::{HOLE_GRANULE, data_runs};
 use super::*;
+use crate::layer::sparse::HOLE_GRANULE;
 use crate::layer::xattr::read_xattrs;
 use crate::testutil::TempDir;
 
@@ -741,24 +741,4 @@ fn zeros_become_holes() {
         blocks <= data + 2 * g as u64,
         "`mixed` holds {blocks} bytes of blocks for {data} bytes of data"
     );
-}
-
-fn write_data_runs(buf: &[u8]) -> Vec<(usize, usize)> {
-    data_runs(buf)
-        .into_iter()
-        .map(|(d, at)| (at, at + d.len()))
-        .collect()
-}
-
-#[test]
-fn data_runs_join_neighbours() {
-    let g = HOLE_GRANULE;
-    let mut buf = vec![0u8; 6 * g + 7];
-    buf[1] = 1;
-    buf[g] = 1;
-    buf[4 * g] = 1;
-    buf[6 * g + 6] = 1;
-    let runs: Vec<(usize, usize)> = write_data_runs(&buf);
-    assert_eq!(runs, [(0, 2 * g), (4 * g, 5 * g), (6 * g, 6 * g + 7)]);
-    assert!(write_data_runs(&vec![0u8; 3 * g]).is_empty());
 }

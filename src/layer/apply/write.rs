@@ -20,33 +20,11 @@ use super::header::{Meta, cstr, normalize, rel_key};
 use super::{Applier, unsafe_entry};
 use crate::error::{Error, Result};
 use crate::layer::read_up_to;
+use crate::layer::sparse::data_runs;
 use crate::layer::xattr::{Xattrs, xattr_is_local};
 
 /// Bytes read from an archive at a time.
 const COPY_BUFFER: usize = 128 * 1024;
-
-/// The unit in which zeros become holes: the layers' filesystems' block
-/// size (ext4 and xfs as thinlayer makes them), so a hole frees a whole
-/// filesystem block and a block with any data is written as it is.
-pub(super) const HOLE_GRANULE: usize = 4096;
-
-/// The runs of `buf` holding data, each with its offset in `buf`: every
-/// [`HOLE_GRANULE`] (the last may be shorter) that is not all zeros, with
-/// neighbours joined.
-pub(super) fn data_runs(buf: &[u8]) -> Vec<(&[u8], usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, granule) in buf.chunks(HOLE_GRANULE).enumerate() {
-        if granule.iter().all(|&b| b == 0) {
-            continue;
-        }
-        let (start, end) = (i * HOLE_GRANULE, i * HOLE_GRANULE + granule.len());
-        match runs.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
-            _ => runs.push((start, end)),
-        }
-    }
-    runs.into_iter().map(|(s, e)| (&buf[s..e], s)).collect()
-}
 
 /// Where an entry goes: its parent directory, open, and its name there.
 pub(super) struct Place<'a> {
@@ -187,10 +165,10 @@ impl Applier<'_> {
     }
 
     /// Copies the entry's content into `file`, leaving every all-zero
-    /// [`HOLE_GRANULE`] of it a hole: a file written out as zeros (a sparse
-    /// file in an image, as every image builder writes it) takes no pool
-    /// blocks for them, as `cp --sparse=always` would. Returns the content's
-    /// length and the bytes left as holes.
+    /// granule ([`crate::layer::sparse`]) of it a hole: a file written out
+    /// as zeros (a sparse file in an image, as every image builder writes
+    /// it) takes no pool blocks for them, as `cp --sparse=always` would.
+    /// Returns the content's length and the bytes left as holes.
     fn copy_content<R: Read>(
         &self,
         name: &str,
