@@ -14,6 +14,14 @@
 //! of one mount can be read-write and read-only side by side, and a
 //! read-only one never writes. A view's device is read-only: it is mounted
 //! read-only from the device, any number of times.
+//!
+//! Zeros take no blocks in the layers containerd unpacks either: its
+//! applier writes a tar's sparse files out as zeros, so the Commit of a
+//! snapshot named as containerd names the ones it unpacks layers into
+//! (`extract-…`, its `snapshots.UnpackKeyPrefix`) first makes holes of the
+//! all-zero blocks of the files written since the snapshot was prepared
+//! ([`crate::layer::punch_zeros`]), and the trim before the unmount gives
+//! their blocks back to the pool.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -109,6 +117,7 @@ impl Driver {
                 name: name.to_string(),
             });
         }
+        op.punch_unpacked_zeros(key)?;
         op.release_snapshot_mount(key, Then::Keep)?;
         // Changed in memory only: `commit` checks the layer before it writes,
         // and the records are not saved if it refuses.
@@ -136,6 +145,14 @@ impl Driver {
     }
 }
 
+/// Whether `key` names a snapshot containerd unpacks a layer into:
+/// `extract-UNIQUE CHAINID` after the metadata store's `NAMESPACE/ID/`.
+pub(crate) fn is_unpack_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|k| k.starts_with("extract-"))
+}
+
 /// Where a containerd client mounts a snapshot from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotSource {
@@ -158,6 +175,33 @@ impl Op<'_> {
                 .activate(&l)
                 .map(|(dev, _)| SnapshotSource::Device(dev)),
         }
+    }
+
+    /// Makes holes of the zeros written as data into the snapshot `key` if
+    /// containerd unpacked a layer into it (see the module's doc) and it is
+    /// mounted here. Fails only if a punched file's times cannot be put
+    /// back: the layer's content would not be the tar's.
+    fn punch_unpacked_zeros(&mut self, key: &str) -> Result<()> {
+        let l = self.rec.tree.get(key)?;
+        if !(is_unpack_key(key) && l.kind == Kind::Active && l.mounts > 0) {
+            return Ok(());
+        }
+        // A second of slack: file times come from a coarser clock than the
+        // layer's; a file of the parent read for nothing costs only time.
+        let since = l.created_at_ns().saturating_sub(1_000_000_000);
+        let root = self.mount_path(l);
+        let started = std::time::Instant::now();
+        let stats = crate::layer::punch_zeros(&root, since)?;
+        tracing::debug!(
+            key,
+            files = stats.files,
+            read = stats.read,
+            punched = stats.punched,
+            skipped = stats.skipped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "made holes of the zeros of an unpacked layer"
+        );
+        Ok(())
     }
 
     /// Drops thinlayer's own mount of the active snapshot `key`, if it has

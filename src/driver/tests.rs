@@ -573,3 +573,13 @@ fn a_pool_on_given_block_devices_is_made_reopened_and_checked_for_devices() {
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
     assert!(!other.join("state.json").exists());
 }
+
+#[test]
+fn unpack_keys_are_containerd_extract_snapshots() {
+    use super::service::is_unpack_key;
+    assert!(is_unpack_key("k8s.io/12/extract-12345-abc sha256:0123"));
+    assert!(is_unpack_key("extract-1 sha256:0123"));
+    assert!(!is_unpack_key("k8s.io/12/my-container"));
+    assert!(!is_unpack_key("k8s.io/12/sha256:0123"));
+    assert!(!is_unpack_key("k8s.io/12/x-extract-1"));
+}

@@ -539,6 +539,89 @@ fn containerd_runs_containers_on_thinlayer() {
     });
 }
 
+/// Zeros a layer's tar holds as data (a sparse file, as image builders
+/// write it) take no pool blocks when containerd unpacks the image either:
+/// its applier writes them out, the Commit makes holes of them.
+#[test]
+fn zeros_containerd_unpacks_take_no_pool_blocks() {
+    fixture::run("cd-holes", |fx| {
+        small_pool(fx);
+        const MIB: usize = 1 << 20;
+        let mut l = LayerBuilder::new();
+        l.dir("var", 0o755);
+        l.file_owned(
+            "var/sparse.img",
+            &vec![0u8; 64 * MIB],
+            0o644,
+            0,
+            0,
+            1_600_000_000,
+        );
+        let mut head: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
+        head.extend(vec![0u8; 15 * MIB]);
+        l.file("var/head-then-zeros", &head, 0o644);
+        let mut all = layers(false);
+        all.push(l.finish());
+        let image = "localhost/holes:1";
+        let archive = fx.dir.join("holes.tar");
+        write_oci_archive(&archive, image, &all, Compression::Gzip, true).unwrap();
+        let expected = fx.dir.join("head-then-zeros");
+        fs::write(&expected, &head).unwrap();
+        let sum = |path: &Path| {
+            let out = Command::new("md5sum").arg(path).output().unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            String::from_utf8(out.stdout).unwrap()[..32].to_string()
+        };
+        let (head_sum, zeros_sum) = (sum(&expected), {
+            let zeros = fx.dir.join("zeros");
+            fs::write(&zeros, vec![0u8; 64 * MIB]).unwrap();
+            sum(&zeros)
+        });
+
+        let mut cl = Cluster::new(fx, "holes");
+        cl.start_serve(&[]);
+        cl.start_containerd();
+        let used = || fx.json(&["pool", "status"])["data_used"].as_u64().unwrap();
+        let before = used();
+        cl.import_ok(&archive);
+        let took = used() - before;
+        println!(
+            "containerd unpacked 80 MiB of files, 1 MiB of it data, and busybox: {took} bytes of pool"
+        );
+        assert!(
+            took < 8 * MIB as u64,
+            "the unpack took {took} bytes of pool for 1 MiB of data in 80 MiB of files"
+        );
+        let log = fs::read_to_string(fx.dir.join("serve-1.log")).unwrap();
+        let punched: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("made holes of the zeros of an unpacked layer"))
+            .collect();
+        println!("{}", punched.join("\n"));
+        assert_eq!(punched.len(), 3, "one line per layer unpacked:\n{log}");
+
+        // The content and the tar's modification time, as the container sees them.
+        let out = cl.run_sh(
+            image,
+            "holes",
+            true,
+            "busybox md5sum /var/sparse.img /var/head-then-zeros && busybox stat -c 'mtime %Y' /var/sparse.img",
+        );
+        let printed = text(&out);
+        assert!(out.status.success(), "{printed}");
+        for want in [
+            format!("{zeros_sum}  /var/sparse.img"),
+            format!("{head_sum}  /var/head-then-zeros"),
+            "mtime 1600000000".to_string(),
+        ] {
+            assert!(printed.contains(&want), "{want:?} in {printed}");
+        }
+
+        cl.ctr_ok(&["images", "rm", "--sync", image]);
+        cl.stopped_clean();
+    });
+}
+
 #[test]
 fn serve_recovers_after_being_killed_in_prepare_and_commit() {
     fixture::run("containerd-kill", |fx| {
