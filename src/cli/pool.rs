@@ -137,24 +137,24 @@ struct Policy(Autoextend);
 
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let a = &self.0;
-        if !a.enabled() {
-            return writeln!(
-                f,
-                "autoextend: off (threshold 100%); --autoextend-threshold turns it on"
-            );
-        }
-        writeln!(
-            f,
-            "autoextend: at {}% used, grow by {}% of the size, {}; done by `thinlayer serve`",
-            a.threshold_percent,
-            a.percent,
-            match a.max {
-                Some(m) => format!("data up to {m}"),
-                None => "no maximum but the host's free space".into(),
-            }
-        )
+        writeln!(f, "autoextend: {}", policy_text(&self.0))
     }
+}
+
+/// The autoextend policy in words.
+fn policy_text(a: &Autoextend) -> String {
+    if !a.enabled() {
+        return "off (threshold 100%); `pool set --autoextend-threshold` turns it on".into();
+    }
+    format!(
+        "at {}% used, grow by {}% of the size, {}; done by `thinlayer serve`",
+        a.threshold_percent,
+        a.percent,
+        match a.max {
+            Some(m) => format!("data up to {m}"),
+            None => "no maximum but the host's free space".into(),
+        }
+    )
 }
 
 pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
@@ -167,7 +167,13 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
                 .text(format!("pool at {root} is active"))
                 .report()
         }
-        PoolCmd::Status => Report::of(&Status(ctx.open()?.status()?)),
+        PoolCmd::Status => {
+            let driver = ctx.open()?;
+            Report::of(&Status {
+                status: driver.status()?,
+                autoextend: driver.records()?.pool.autoextend.unwrap_or_default(),
+            })
+        }
         PoolCmd::Grow {
             data_size,
             metadata_size,
@@ -271,14 +277,18 @@ fn init(ctx: &Ctx, a: InitArgs) -> anyhow::Result<Report> {
     Report::of(&Said::new(st, text))
 }
 
-/// `pool status`: the status, one field a line for people.
+/// `pool status`: the status and the autoextend policy, one field a line
+/// for people.
 #[derive(Serialize)]
-#[serde(transparent)]
-struct Status(PoolStatus);
+struct Status {
+    #[serde(flatten)]
+    status: PoolStatus,
+    autoextend: Autoextend,
+}
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = &self.0;
+        let st = &self.status;
         let pct = |u: Bytes, t: Bytes| {
             if t.0 == 0 {
                 0.0
@@ -313,6 +323,7 @@ impl fmt::Display for Status {
         )?;
         writeln!(f, "block size:      {}", st.block_size)?;
         writeln!(f, "transaction id:  {}", st.transaction_id)?;
-        writeln!(f, "thin devices:    {}", st.thin_devices)
+        writeln!(f, "thin devices:    {}", st.thin_devices)?;
+        writeln!(f, "autoextend:      {}", policy_text(&self.autoextend))
     }
 }

@@ -58,6 +58,18 @@ fn serve_grows_the_pool_before_a_writer_fills_it_and_stops_at_the_maximum() {
         assert_eq!(policy["threshold_percent"], 70);
         assert_eq!(policy["percent"], 50);
         assert_eq!(policy["max"], 1u64 << 30);
+        let st = fx.json(&["pool", "status"]);
+        assert_eq!(
+            st["autoextend"], policy,
+            "pool status shows the policy: {st}"
+        );
+        let text = fx.ok(&["pool", "status"]);
+        assert!(
+            text.contains(
+                "autoextend:      at 70% used, grow by 50% of the size, data up to 1.0 GiB"
+            ),
+            "{text}"
+        );
         assert_eq!(data_total(fx), 256 * MIB);
         let served = Served::start(fx);
         fx.ok(&["container", "create", "scratch", "w"]);
