@@ -179,8 +179,10 @@ impl Op<'_> {
 
     /// Makes holes of the zeros written as data into the snapshot `key` if
     /// containerd unpacked a layer into it (see the module's doc) and it is
-    /// mounted here. Fails only if a punched file's times cannot be put
-    /// back: the layer's content would not be the tar's.
+    /// mounted here. Fails if the layer's tree cannot be read, or if a
+    /// punched file's times cannot be put back (the layer's content would
+    /// not be the tar's); the Commit is then refused and the snapshot
+    /// stays active.
     fn punch_unpacked_zeros(&mut self, key: &str) -> Result<()> {
         let l = self.rec.tree.get(key)?;
         if !(is_unpack_key(key) && l.kind == Kind::Active && l.mounts > 0) {
