@@ -147,11 +147,10 @@ fn punch_file(path: &Path, meta: &Metadata, buf: &mut [u8], stats: &mut PunchSta
         }
         pos = extent.end;
     }
-    // Times restored after a failure too: what was punched moved them.
+    // Punching moved the modification time, after a failure too; the
+    // layer's content is the file's times as much as its bytes.
     if punched > 0 {
         stats.punched += punched;
-        // Punching moved the modification time; the layer's content is the
-        // file's times as much as its bytes.
         let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
         let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
         futimens(&file, &atime, &mtime)

@@ -547,21 +547,9 @@ fn zeros_containerd_unpacks_take_no_pool_blocks() {
     fixture::run("cd-holes", |fx| {
         small_pool(fx);
         const MIB: usize = 1 << 20;
-        let mut l = LayerBuilder::new();
-        l.dir("var", 0o755);
-        l.file_owned(
-            "var/sparse.img",
-            &vec![0u8; 64 * MIB],
-            0o644,
-            0,
-            0,
-            1_600_000_000,
-        );
-        let mut head: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
-        head.extend(vec![0u8; 15 * MIB]);
-        l.file("var/head-then-zeros", &head, 0o644);
+        let (layer, head) = crate::images::holes_layer();
         let mut all = layers(false);
-        all.push(l.finish());
+        all.push(layer);
         let image = "localhost/holes:1";
         let archive = fx.dir.join("holes.tar");
         write_oci_archive(&archive, image, &all, Compression::Gzip, true).unwrap();
@@ -612,7 +600,7 @@ fn zeros_containerd_unpacks_take_no_pool_blocks() {
         for want in [
             format!("{zeros_sum}  /var/sparse.img"),
             format!("{head_sum}  /var/head-then-zeros"),
-            "mtime 1600000000".to_string(),
+            format!("mtime {}", crate::images::SPARSE_MTIME),
         ] {
             assert!(printed.contains(&want), "{want:?} in {printed}");
         }

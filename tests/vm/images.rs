@@ -567,18 +567,36 @@ fn reading_every_file_of_an_image_does_not_grow_a_container() {
 /// A file of zeros in a layer (a sparse file written out, as image
 /// builders write it) is stored as holes: it takes no pool blocks and reads
 /// back as zeros.
+/// The tar's mtime of [`holes_layer`]'s `var/sparse.img`.
+pub const SPARSE_MTIME: u64 = 1_600_000_000;
+
+/// A layer of 80 MiB of files holding 1 MiB of data: `var/sparse.img`,
+/// 64 MiB of zeros written out (mtime [`SPARSE_MTIME`]), and
+/// `var/head-then-zeros`, 1 MiB of data then 15 MiB of zeros (returned too).
+pub fn holes_layer() -> (Vec<u8>, Vec<u8>) {
+    let mut l = LayerBuilder::new();
+    l.dir("var", 0o755);
+    l.file_owned(
+        "var/sparse.img",
+        &vec![0u8; 64 * MIB],
+        0o644,
+        0,
+        0,
+        SPARSE_MTIME,
+    );
+    let mut head = pattern(MIB, 3);
+    head.extend(vec![0u8; 15 * MIB]);
+    l.file("var/head-then-zeros", &head, 0o644);
+    (l.finish(), head)
+}
+
 #[test]
 fn zeros_in_a_layer_take_no_pool_blocks() {
     fixture::run("holes", |fx| {
         small_pool(fx);
-        let mut l = LayerBuilder::new();
-        l.dir("var", 0o755);
-        l.file("var/sparse.img", &vec![0u8; 64 * MIB], 0o644);
-        let mut head = pattern(MIB, 3);
-        head.extend(vec![0u8; 15 * MIB]);
-        l.file("var/head-then-zeros", &head, 0o644);
+        let (layer, head) = holes_layer();
         let archive = fx.dir.join("holes.tar");
-        write_oci_archive(&archive, "holes:1", &[l.finish()], Compression::Gzip, true).unwrap();
+        write_oci_archive(&archive, "holes:1", &[layer], Compression::Gzip, true).unwrap();
         let before = status(fx)["data_used"].as_u64().unwrap();
         fx.ok(&["image", "import", archive.to_str().unwrap()]);
         let took = status(fx)["data_used"].as_u64().unwrap() - before;
