@@ -142,7 +142,12 @@ fn records(c: &mut Criterion) {
     c.bench_function("records/save (10k layers, atomic)", |b| {
         b.iter(|| store.save(black_box(&rec), Durability::Atomic))
     });
+    // Read and parsed, as by a process that did not write this version.
     c.bench_function("records/load (10k layers)", |b| {
+        b.iter(|| Store::new(&dir).load().map(|r| r.tree.layers.len()))
+    });
+    // The version the store wrote, kept (see `Store`).
+    c.bench_function("records/load (10k layers, kept)", |b| {
         b.iter(|| store.load().map(|r| r.tree.layers.len()))
     });
     let _ = std::fs::remove_dir_all(&dir);

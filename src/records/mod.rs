@@ -34,9 +34,10 @@
 mod lock;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -181,16 +182,80 @@ pub enum Durability {
 }
 
 /// Where the records of one root live.
+///
+/// A store keeps the last version it read or wrote, with the file it came
+/// from held open, and answers [`Store::load`] from it while `state.json`
+/// is still that file, unchanged: a long-running process (`serve`) then
+/// parses the records only when another process has changed them, not at
+/// every operation. Held open, the file's inode cannot be freed and its
+/// number given to another file, so a path naming the same device and
+/// inode names the same file; every save makes a new file and renames it
+/// over the old, and the size and change times are compared too, for a
+/// file edited in place by hand.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    kept: Arc<Mutex<Option<Kept>>>,
+}
+
+/// The version of the records a store last read or wrote.
+#[derive(Debug)]
+struct Kept {
+    /// Held open so that its inode number names it alone.
+    _file: File,
+    id: FileId,
+    records: Records,
+}
+
+/// What tells one version of `state.json` from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 impl Store {
     pub fn new(root: &Path) -> Self {
         Store {
             root: root.to_path_buf(),
+            kept: Arc::default(),
         }
+    }
+
+    /// The kept version, if `state.json` is still its file.
+    fn kept(&self, path: &Path) -> Option<Records> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = kept.as_ref()?;
+        let now = fs::metadata(path).ok()?;
+        (FileId::of(&now) == kept.id).then(|| kept.records.clone())
+    }
+
+    fn keep(&self, file: File, records: &Records) {
+        let kept = file.metadata().ok().map(|m| Kept {
+            id: FileId::of(&m),
+            _file: file,
+            records: records.clone(),
+        });
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+    }
+
+    fn forget(&self) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub fn root(&self) -> &Path {
@@ -223,15 +288,23 @@ impl Store {
     /// and leaves it, and its previous version, untouched.
     pub fn load(&self) -> Result<Records> {
         let path = self.path();
-        let text = match fs::read(&path) {
-            Ok(t) => t,
+        if let Some(records) = self.kept(&path) {
+            return Ok(records);
+        }
+
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget();
                 return Err(Error::NotInitialized {
                     root: self.root.clone(),
                 });
             }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
+            .map_err(|e| Error::io("read", &path, e))?;
         let mut records: Records =
             serde_json::from_slice(&text).map_err(|e| Error::CorruptRecords {
                 path: path.clone(),
@@ -252,6 +325,7 @@ impl Store {
                 ),
             });
         }
+        self.keep(file, &records);
         Ok(records)
     }
 
@@ -274,7 +348,9 @@ impl Store {
         f.write_all(&body)
             .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
+        // Whatever happens below, the kept version may no longer be the
+        // file's.
+        self.forget();
         if path.exists() {
             // Keep the version being replaced: a hard link costs no copy.
             let _ = fs::remove_file(&prev);
@@ -282,6 +358,11 @@ impl Store {
                 .map_err(|e| Error::io("keep previous version as", &prev, e))?;
         }
         fs::rename(&tmp, &path).map_err(|e| Error::io("replace", &path, e))?;
+        // Kept after the rename, which changes the file's ctime; what a
+        // load would refuse or upgrade is read again.
+        if records.version == VERSION {
+            self.keep(f, records);
+        }
         match durability {
             Durability::Durable => sync_dir(&self.root),
             Durability::Atomic => Ok(()),
@@ -290,6 +371,7 @@ impl Store {
 
     /// Removes the records (pool destroy).
     pub fn remove(&self) -> Result<()> {
+        self.forget();
         for name in [
             STATE_FILE.to_string(),
             format!("{STATE_FILE}.prev"),
@@ -350,6 +432,36 @@ mod tests {
             &full[..full.len() / 2],
             "left as it was"
         );
+    }
+
+    #[test]
+    fn a_kept_version_is_never_read_after_the_file_changed() {
+        let dir = TempDir::new("records");
+        let (a, b) = (Store::new(dir.path()), Store::new(dir.path()));
+        let mut r = Records::new(PoolConfig::for_tests(dir.path()));
+        r.transaction = 1;
+        a.save(&r, Durability::Durable).unwrap();
+        assert_eq!(a.load().unwrap(), r, "its own save");
+        assert_eq!(b.load().unwrap(), r, "read from the file");
+        // Saves by another process replace the file.
+        for t in 2..5 {
+            r.transaction = t;
+            b.save(&r, Durability::Atomic).unwrap();
+            assert_eq!(a.load().unwrap().transaction, t);
+            assert_eq!(a.load().unwrap().transaction, t, "kept");
+        }
+        // An edit in place, same length: the change time tells. The coarse
+        // clock that stamps files ticks at least every 10 ms.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let text = fs::read_to_string(a.path()).unwrap();
+        let edited = text.replace("\"transaction\":4", "\"transaction\":9");
+        assert_ne!(text, edited);
+        fs::write(a.path(), edited).unwrap();
+        assert_eq!(a.load().unwrap().transaction, 9);
+        // Gone: not kept either.
+        a.remove().unwrap();
+        assert!(matches!(b.load(), Err(Error::NotInitialized { .. })));
+        assert!(matches!(a.load(), Err(Error::NotInitialized { .. })));
     }
 
     #[test]
