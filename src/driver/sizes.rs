@@ -72,11 +72,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use serde::Serialize;
@@ -84,7 +83,7 @@ use serde::Serialize;
 use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
-use crate::records::Records;
+use crate::records::{FileStat, Records};
 use crate::thin::{Mappings, parse_thin_dump};
 use crate::tree::{Layer, Tree};
 use crate::units::{Bytes, ThinId};
@@ -169,38 +168,6 @@ impl Dump {
 /// filesystem's timestamp granularity (a clock tick, a second, FAT's 2 s).
 const SETTLED: Duration = Duration::from_secs(2);
 
-/// What `stat` shows of a file: enough to tell one save from another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stat {
-    fn of(m: &fs::Metadata) -> Stat {
-        Stat {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    /// The later of the change and modification times.
-    fn newest(&self) -> SystemTime {
-        let at = |(s, ns): (i64, i64)| {
-            UNIX_EPOCH
-                + Duration::from_secs(u64::try_from(s).unwrap_or(0))
-                + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
-        };
-        at(self.mtime).max(at(self.ctime))
-    }
-}
-
 /// `state.json` as read under the root's lock, where nothing writes it.
 ///
 /// A save writes a new file and renames it over the old one, at a time no
@@ -211,7 +178,7 @@ impl Stat {
 /// byte for byte.
 struct RecordsFile {
     bytes: Vec<u8>,
-    stat: Stat,
+    stat: FileStat,
     settled: bool,
 }
 
@@ -219,7 +186,7 @@ impl RecordsFile {
     fn read(path: &Path) -> Result<RecordsFile> {
         let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
         let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        let stat = Stat::of(&meta);
+        let stat = FileStat::of(&meta);
         let settled = stat.newest() + SETTLED <= SystemTime::now();
         Ok(RecordsFile {
             bytes,
@@ -231,7 +198,7 @@ impl RecordsFile {
     /// Whether `path` holds the same records still; `None` if it cannot be
     /// read.
     fn unchanged(&self, path: &Path) -> Option<bool> {
-        let stat = Stat::of(&fs::metadata(path).ok()?);
+        let stat = FileStat::of(&fs::metadata(path).ok()?);
         if self.settled && stat == self.stat {
             return Some(true);
         }

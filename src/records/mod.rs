@@ -38,6 +38,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -203,29 +204,40 @@ pub struct Store {
 struct Kept {
     /// Held open so that its inode number names it alone.
     _file: File,
-    id: FileId,
+    id: FileStat,
     records: Records,
 }
 
-/// What tells one version of `state.json` from another.
+/// What `stat` shows of a file: enough to tell one save of the records
+/// from another (each save is a new file renamed over the old).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+pub(crate) struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
 }
 
-impl FileId {
-    fn of(m: &fs::Metadata) -> FileId {
-        FileId {
+impl FileStat {
+    pub fn of(m: &fs::Metadata) -> FileStat {
+        FileStat {
             dev: m.dev(),
             ino: m.ino(),
-            len: m.len(),
+            size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         }
+    }
+
+    /// The later of the change and modification times.
+    pub fn newest(&self) -> SystemTime {
+        let at = |(s, ns): (i64, i64)| {
+            UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+                + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+        };
+        at(self.mtime).max(at(self.ctime))
     }
 }
 
@@ -242,12 +254,12 @@ impl Store {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let kept = kept.as_ref()?;
         let now = fs::metadata(path).ok()?;
-        (FileId::of(&now) == kept.id).then(|| kept.records.clone())
+        (FileStat::of(&now) == kept.id).then(|| kept.records.clone())
     }
 
     fn keep(&self, file: File, records: &Records) {
         let kept = file.metadata().ok().map(|m| Kept {
-            id: FileId::of(&m),
+            id: FileStat::of(&m),
             _file: file,
             records: records.clone(),
         });
