@@ -79,6 +79,8 @@ pub struct Config {
     /// Which workloads run: `only` if set, never those in `skip`.
     pub only: Option<Workload>,
     pub skip: Vec<Workload>,
+    /// A line on standard error per figure made (failures always).
+    pub progress: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +199,7 @@ impl Config {
             peer_unpack_reps: 1,
             only: None,
             skip: Vec::new(),
+            progress: true,
         }
     }
 
@@ -237,6 +240,7 @@ impl Config {
             peer_unpack_reps: 3,
             only: None,
             skip: Vec::new(),
+            progress: true,
         }
     }
 
@@ -276,11 +280,14 @@ pub struct Results {
     /// or directory.
     pub leaks: Vec<(String, Vec<String>)>,
     pub seconds: f64,
+    /// See [`Config::progress`].
+    pub progress: bool,
 }
 
 impl Results {
     pub fn push(&mut self, f: Figure) {
         match &f.values {
+            Ok(_) if !self.progress => {}
             Ok(v) => eprintln!(
                 "cow: {} {} {} {}: {} values",
                 f.workload,
@@ -352,7 +359,10 @@ pub const RAW: &str = "raw-loop";
 /// baselines, then the peers.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     let start = Instant::now();
-    let mut res = Results::default();
+    let mut res = Results {
+        progress: cfg.progress,
+        ..Results::default()
+    };
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     if Workload::ALL
         .into_iter()

@@ -42,8 +42,10 @@ fn quick_benchmarks_produce_sane_figures() {
         // fixture checks its devices for leaks too.
         fx.with_another_root("thin", |_| {
             // The peers have a test of their own.
+            // Quiet: a failure's message must not drown in progress lines.
             let cfg = Config {
                 skip: vec![Workload::Peers],
+                progress: false,
                 ..Config::quick()
             };
             let res = workloads::run(&fx.dir, &cfg).expect("run the quick benchmarks");
