@@ -71,15 +71,20 @@ struct Op<'a> {
     lock: RootLock,
     /// Whether the root was settled (reconciled) when the operation began.
     settled: bool,
+    /// Atomic saves wait for [`Op::flush`] (see [`Op::defer_atomic_saves`]).
+    deferred: bool,
+    /// A deferred atomic save is owed.
+    unsaved: bool,
 }
 
 impl Drop for Op<'_> {
     /// An operation that returns, with its result or a handled error, has
     /// cleaned up after itself; one that panics has not, one whose start-up
     /// repair failed has not, and one killed never gets here: the next
-    /// operation then checks everything.
+    /// operation then checks everything. So does one that owes a save
+    /// (see [`Op::defer_atomic_saves`]).
     fn drop(&mut self) {
-        if self.settled && !std::thread::panicking() {
+        if self.settled && !self.unsaved && !std::thread::panicking() {
             self.lock.set_busy(false);
         }
     }
@@ -178,6 +183,8 @@ impl Driver {
             rec: Records::new(config),
             lock,
             settled: true,
+            deferred: false,
+            unsaved: false,
         };
         let made = (|| {
             // The pool's transaction id is ours from now on; a pool someone
@@ -241,6 +248,8 @@ impl Driver {
             rec,
             lock,
             settled: false,
+            deferred: false,
+            unsaved: false,
         };
         op.reconcile(interrupted)?;
         op.settled = true;
@@ -258,6 +267,8 @@ impl Driver {
             rec,
             lock,
             settled: true,
+            deferred: false,
+            unsaved: false,
         })
     }
 
@@ -497,15 +508,47 @@ impl Op<'_> {
         }
     }
 
-    /// Saves the records durably.
-    fn save(&self) -> Result<()> {
-        self.driver.store.save(&self.rec, Durability::Durable)
+    /// Saves the records durably, with any deferred atomic save.
+    fn save(&mut self) -> Result<()> {
+        self.driver.store.save(&self.rec, Durability::Durable)?;
+        self.unsaved = false;
+        Ok(())
     }
 
     /// Saves the records atomically, without waiting for the directory:
     /// for changes that a power cut may undo (see [`Durability::Atomic`]).
-    fn save_atomic(&self) -> Result<()> {
-        self.driver.store.save(&self.rec, Durability::Atomic)
+    /// Deferred to [`Op::flush`] after [`Op::defer_atomic_saves`].
+    fn save_atomic(&mut self) -> Result<()> {
+        if self.deferred {
+            self.unsaved = true;
+            return Ok(());
+        }
+        self.driver.store.save(&self.rec, Durability::Atomic)?;
+        self.unsaved = false;
+        Ok(())
+    }
+
+    /// From now until [`Op::flush`], atomic saves are folded into the next
+    /// save: an operation of several steps (make a layer, then mount it)
+    /// writes the records once at its end instead of after each step. Safe
+    /// for the reason an atomic save is: a save that never happens, as
+    /// after a kill or a power cut between the steps, leaves what the next
+    /// operation's reconciliation repairs (a finished transaction redone
+    /// from its durable intent and the pool's transaction id; mount counts
+    /// checked against the mounts).
+    fn defer_atomic_saves(&mut self) {
+        self.deferred = true;
+    }
+
+    /// Ends [`Op::defer_atomic_saves`]: saves if a save is owed. Called
+    /// whether or not the steps succeeded, as what they did must be
+    /// recorded either way.
+    fn flush(&mut self) -> Result<()> {
+        self.deferred = false;
+        if self.unsaved {
+            self.save_atomic()?;
+        }
+        Ok(())
     }
 
     fn image(&self, r: &ImageRef) -> Result<&Image> {

@@ -52,28 +52,35 @@ impl Driver {
         validate_key(key)?;
         let mut op = self.begin()?;
         let size = grow::size_label(kind, &labels)?;
-        let layer = op.create_layer(
-            key,
-            parent,
-            kind,
-            super::LayerOptions {
-                labels,
-                pinned: true,
-                size,
-                ..Default::default()
-            },
-        )?;
-        match op.snapshot_source(key) {
-            Ok(source) => Ok((layer, source)),
-            Err(e) => {
-                // Not left half made: the caller was told it failed.
-                super::undo_failed(
-                    "remove the snapshot that failed to mount",
-                    op.remove_layer(key),
-                );
-                Err(e)
+        // The new layer and its mount count are written once, at the end.
+        op.defer_atomic_saves();
+        let made = (|| {
+            let layer = op.create_layer(
+                key,
+                parent,
+                kind,
+                super::LayerOptions {
+                    labels,
+                    pinned: true,
+                    size,
+                    ..Default::default()
+                },
+            )?;
+            match op.snapshot_source(key) {
+                Ok(source) => Ok((layer, source)),
+                Err(e) => {
+                    // Not left half made: the caller was told it failed.
+                    super::undo_failed(
+                        "remove the snapshot that failed to mount",
+                        op.remove_layer(key),
+                    );
+                    Err(e)
+                }
             }
-        }
+        })();
+        let flushed = op.flush();
+        let made = made?;
+        flushed.map(|()| made)
     }
 
     /// Where the active snapshot or view `key` is mounted from, mounting or
@@ -92,9 +99,15 @@ impl Driver {
     /// never has, or while its device is still open elsewhere).
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {
         let mut op = self.begin()?;
-        op.release_snapshot_mount(key, Then::Remove)?;
-        op.rec.tree.check_remove(key)?;
-        op.remove_layer(key)
+        // The unmount is recorded with the removal's intent.
+        op.defer_atomic_saves();
+        let removed = (|| {
+            op.release_snapshot_mount(key, Then::Remove)?;
+            op.rec.tree.check_remove(key)?;
+            op.remove_layer(key)
+        })();
+        let flushed = op.flush();
+        removed.and(flushed)
     }
 
     /// Commits the active layer `key` as the committed layer `name` with
@@ -118,11 +131,22 @@ impl Driver {
             });
         }
         op.punch_unpacked_zeros(key)?;
-        op.release_snapshot_mount(key, Then::Keep)?;
-        // Changed in memory only: `commit` checks the layer before it writes,
-        // and the records are not saved if it refuses.
-        op.rec.tree.get_mut(key)?.labels = labels;
-        let layer = op.commit(key, name)?;
+        // The unmount is recorded with the commit.
+        op.defer_atomic_saves();
+        let committed = (|| {
+            op.release_snapshot_mount(key, Then::Keep)?;
+            // Changed in memory only: `commit` checks the layer before it
+            // writes, and the records are not saved if it refuses.
+            let old = std::mem::replace(&mut op.rec.tree.get_mut(key)?.labels, labels);
+            op.commit(key, name).inspect_err(|_| {
+                if let Ok(l) = op.rec.tree.get_mut(key) {
+                    l.labels = old;
+                }
+            })
+        })();
+        let flushed = op.flush();
+        let layer = committed?;
+        flushed?;
         failpoint::hit(failpoint::commit::AFTER_RECORD);
         Ok(layer)
     }
