@@ -471,6 +471,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 &cfg.peer_idle.to_string(),
                 "-live",
                 &cfg.peer_live.to_string(),
+                "-live-devmapper",
+                &cfg.peer_live_devmapper.unwrap_or(0).to_string(),
                 "-unpack-entries",
                 &image.entries.to_string(),
                 "-unpack-reps",

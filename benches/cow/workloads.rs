@@ -74,6 +74,9 @@ pub struct Config {
     pub peer_reps: usize,
     pub peer_idle: usize,
     pub peer_live: usize,
+    /// `peer_live` for devmapper when set: its steps run `dmsetup`
+    /// processes, and a teardown of 1000 takes it about an hour.
+    pub peer_live_devmapper: Option<usize>,
     pub peer_unpack_entries: Option<usize>,
     pub peer_unpack_reps: usize,
     /// Which workloads run: `only` if set, never those in `skip`.
@@ -195,6 +198,7 @@ impl Config {
             peer_reps: 2,
             peer_idle: 5,
             peer_live: 20,
+            peer_live_devmapper: None,
             peer_unpack_entries: Some(4000),
             peer_unpack_reps: 1,
             only: None,
@@ -236,6 +240,7 @@ impl Config {
             peer_reps: 3,
             peer_idle: 20,
             peer_live: 1000,
+            peer_live_devmapper: Some(200),
             peer_unpack_entries: None,
             peer_unpack_reps: 3,
             only: None,

@@ -323,6 +323,10 @@ fn quick_peers_produce_sane_figures() {
                 other => panic!("a peers workload this test does not know: {other}"),
             };
             for b in PEERS {
+                let param = match (w, b, cfg.peer_live_devmapper) {
+                    (TEARDOWN, "devmapper", Some(n)) => n as u64,
+                    _ => param,
+                };
                 for &(m, unit) in metrics {
                     let v = values(&res, w, m, param, b);
                     // One teardown of all N per snapshotter.

@@ -75,6 +75,9 @@ type config struct {
 	reps      int
 	idle      int
 	live      int
+	// live for devmapper, when not 0: its every step runs dmsetup
+	// processes, and 1000 live containers take it about an hour.
+	liveDevmapper int
 	// The unpack workload's image (an OCI archive), the entries of its
 	// layer, and the workload's repetitions.
 	archive    string
@@ -102,6 +105,7 @@ func main() {
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
 	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
 	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
+	flag.IntVar(&cfg.liveDevmapper, "live-devmapper", 0, "live containers of the teardown workload on devmapper (0: -live)")
 	flag.StringVar(&cfg.archive, "unpack-archive", "", "the OCI image archive of the unpack workload (one layer)")
 	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
 	flag.IntVar(&cfg.unpackReps, "unpack-reps", 3, "repetitions of the unpack")
@@ -808,6 +812,9 @@ type ctr struct {
 func (r *runner) teardown() {
 	logf("%s: %s", r.Name, teardown)
 	n := r.cfg.live
+	if r.Backend == "devmapper" && r.cfg.liveDevmapper > 0 {
+		n = r.cfg.liveDevmapper
+	}
 	var one, many, down []float64
 	var made []ctr
 	err := func() error {
