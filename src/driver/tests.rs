@@ -583,3 +583,33 @@ fn unpack_keys_are_containerd_extract_snapshots() {
     assert!(!is_unpack_key("k8s.io/12/sha256:0123"));
     assert!(!is_unpack_key("k8s.io/12/x-extract-1"));
 }
+
+#[test]
+fn snapshot_calls_write_the_records_once_beyond_their_intent() {
+    let (w, d) = World::new();
+    let saves = || d.store.saves();
+    let labels = BTreeMap::new;
+    // Prepare: the intent (durable), then the snapshot and its mount.
+    let before = saves();
+    d.create_snapshot("ns/1/a", None, Kind::Active, labels())
+        .unwrap();
+    assert_eq!(saves() - before, 2, "Prepare");
+    assert_eq!(d.tree().unwrap().get("ns/1/a").unwrap().mounts, 1);
+    // Commit of an unmounted, closed device: the unmount and the commit.
+    let before = saves();
+    d.commit_snapshot("ns/1/a", "ns/2/c", labels()).unwrap();
+    assert_eq!(saves() - before, 1, "Commit");
+    d.create_snapshot("ns/3/b", Some("ns/2/c"), Kind::Active, labels())
+        .unwrap();
+    // Remove: the intent with the unmount, then the removal.
+    let before = saves();
+    d.remove_snapshot("ns/3/b").unwrap();
+    assert_eq!(saves() - before, 2, "Remove");
+    // What was folded reached the file.
+    let on_disk = crate::records::Store::new(w.dir.path()).load().unwrap();
+    assert!(on_disk.pending.is_none());
+    assert!(on_disk.tree.layers.contains_key("ns/2/c"));
+    assert!(!on_disk.tree.layers.contains_key("ns/3/b"));
+    assert!(on_disk.tree.layers.values().all(|l| l.mounts == 0));
+    w.check_invariants();
+}

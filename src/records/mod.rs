@@ -37,6 +37,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -197,6 +198,7 @@ pub enum Durability {
 pub struct Store {
     root: PathBuf,
     kept: Arc<Mutex<Option<Kept>>>,
+    saves: Arc<AtomicU64>,
 }
 
 /// The version of the records a store last read or wrote.
@@ -246,7 +248,13 @@ impl Store {
         Store {
             root: root.to_path_buf(),
             kept: Arc::default(),
+            saves: Arc::default(),
         }
+    }
+
+    /// How many saves this store (and its clones) has made.
+    pub fn saves(&self) -> u64 {
+        self.saves.load(Ordering::Relaxed)
     }
 
     /// The kept version, if `state.json` is still its file.
@@ -370,6 +378,7 @@ impl Store {
                 .map_err(|e| Error::io("keep previous version as", &prev, e))?;
         }
         fs::rename(&tmp, &path).map_err(|e| Error::io("replace", &path, e))?;
+        self.saves.fetch_add(1, Ordering::Relaxed);
         // Kept after the rename, which changes the file's ctime; what a
         // load would refuse or upgrade is read again.
         if records.version == VERSION {
