@@ -613,3 +613,40 @@ fn snapshot_calls_write_the_records_once_beyond_their_intent() {
     assert!(on_disk.tree.layers.values().all(|l| l.mounts == 0));
     w.check_invariants();
 }
+
+/// The kernel calls of one Prepare and one Remove, on a root of `live`
+/// other mounted snapshots.
+fn kernel_calls_of_a_cycle(live: usize) -> Vec<BTreeMap<&'static str, u64>> {
+    let (w, d) = World::new();
+    for i in 0..live {
+        d.create_snapshot(&format!("ns/{i}/live"), None, Kind::Active, BTreeMap::new())
+            .unwrap();
+    }
+    w.sim.take_calls();
+    d.create_snapshot("ns/x/a", None, Kind::Active, BTreeMap::new())
+        .unwrap();
+    let prepare = w.sim.take_calls();
+    d.remove_snapshot("ns/x/a").unwrap();
+    vec![prepare, w.sim.take_calls()]
+}
+
+#[test]
+fn a_snapshot_cycle_asks_the_kernel_as_much_whatever_the_number_of_layers() {
+    let few = kernel_calls_of_a_cycle(1);
+    assert_eq!(few, kernel_calls_of_a_cycle(30), "1 live against 30");
+    let [prepare, remove] = &few[..] else {
+        unreachable!()
+    };
+    // The snapshot, then the transaction id; one device made, one mount.
+    assert_eq!(prepare["dm_message"], 2, "{prepare:?}");
+    assert_eq!(prepare["dm_create"], 1, "{prepare:?}");
+    assert_eq!(prepare["mount"], 1, "{prepare:?}");
+    // The delete and the transaction id; the device discarded first.
+    assert_eq!(remove["dm_message"], 2, "{remove:?}");
+    assert_eq!(remove["discard"], 1, "{remove:?}");
+    for calls in [prepare, remove] {
+        // One look at the devices and the mounts, at the start.
+        assert_eq!(calls["dm_list"], 1, "{calls:?}");
+        assert_eq!(calls["mounts"], 1, "{calls:?}");
+    }
+}

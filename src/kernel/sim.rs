@@ -44,6 +44,8 @@ struct State {
     freed: BTreeMap<String, Vec<u64>>,
     /// What `fs_space` answers instead of the host's own figures.
     fs_space: Option<crate::pool::autoextend::FsSpace>,
+    /// Calls of each [`Kernel`] method, for tests that bound them.
+    calls: BTreeMap<&'static str, u64>,
 }
 
 struct Device {
@@ -124,6 +126,16 @@ impl Sim {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, call: &'static str) {
+        *self.lock().calls.entry(call).or_default() += 1;
+    }
+
+    /// How many times each [`Kernel`] method was called, since the last
+    /// time this was asked.
+    pub fn take_calls(&self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut self.lock().calls)
     }
 
     /// Makes the next operation whose `op:detail` starts with `prefix` fail
@@ -391,10 +403,12 @@ impl State {
 
 impl Kernel for Sim {
     fn check(&self) -> Result<()> {
+        self.count("check");
         Ok(())
     }
 
     fn dm_create(&self, name: &str, table: &[Target], _read_only: bool) -> Result<DmInfo> {
+        self.count("dm_create");
         let mut s = self.lock();
         s.fail("create", name)?;
         if s.devices.contains_key(name) {
@@ -426,6 +440,7 @@ impl Kernel for Sim {
     }
 
     fn dm_load(&self, name: &str, table: &[Target]) -> Result<()> {
+        self.count("dm_load");
         let mut s = self.lock();
         s.fail("load", name)?;
         s.dev(name)?;
@@ -435,6 +450,7 @@ impl Kernel for Sim {
     }
 
     fn dm_suspend(&self, name: &str, _flush: bool) -> Result<()> {
+        self.count("dm_suspend");
         let mut s = self.lock();
         s.fail("suspend", name)?;
         s.dev(name)?;
@@ -443,6 +459,7 @@ impl Kernel for Sim {
     }
 
     fn dm_resume(&self, name: &str) -> Result<()> {
+        self.count("dm_resume");
         let mut s = self.lock();
         s.fail("resume", name)?;
         let d = s
@@ -457,6 +474,7 @@ impl Kernel for Sim {
     }
 
     fn dm_remove(&self, name: &str, deferred: bool) -> Result<()> {
+        self.count("dm_remove");
         let mut s = self.lock();
         s.fail("remove", name)?;
         let minor = s.dev(name)?.minor;
@@ -473,6 +491,7 @@ impl Kernel for Sim {
     }
 
     fn dm_message(&self, name: &str, message: &str) -> Result<Option<String>> {
+        self.count("dm_message");
         let mut s = self.lock();
         s.fail("message", message)?;
         let file = s.pool_meta_file(name)?;
@@ -559,6 +578,7 @@ impl Kernel for Sim {
     }
 
     fn dm_status(&self, name: &str) -> Result<Vec<Target>> {
+        self.count("dm_status");
         let s = self.lock();
         let d = s.dev(name)?;
         let Some(table) = d.live.clone() else {
@@ -617,10 +637,12 @@ impl Kernel for Sim {
     }
 
     fn dm_table(&self, name: &str) -> Result<Vec<Target>> {
+        self.count("dm_table");
         Ok(self.lock().dev(name)?.live.clone().unwrap_or_default())
     }
 
     fn dm_info(&self, name: &str) -> Result<Option<DmInfo>> {
+        self.count("dm_info");
         let s = self.lock();
         Ok(s.devices.get(name).map(|d| DmInfo {
             devnum: DevNum {
@@ -635,10 +657,12 @@ impl Kernel for Sim {
     }
 
     fn dm_list(&self) -> Result<Vec<String>> {
+        self.count("dm_list");
         Ok(self.lock().devices.keys().cloned().collect())
     }
 
     fn loop_attach(&self, file: &Path) -> Result<LoopAttachment> {
+        self.count("loop_attach");
         std::fs::metadata(file).map_err(|e| Error::io("attach loop device to", file, e))?;
         let mut s = self.lock();
         s.fail("loop_attach", &file.to_string_lossy())?;
@@ -660,6 +684,7 @@ impl Kernel for Sim {
     }
 
     fn loop_list(&self) -> Result<Vec<LoopInfo>> {
+        self.count("loop_list");
         Ok(self
             .lock()
             .loops
@@ -676,12 +701,14 @@ impl Kernel for Sim {
     }
 
     fn loop_refresh_size(&self, _device: &Path) -> Result<()> {
+        self.count("loop_refresh_size");
         Ok(())
     }
 
     /// Block devices here are the simulated loop devices: `/dev/loopN`, as
     /// long as the file behind it.
     fn block_device(&self, path: &Path) -> Result<(DevNum, Bytes)> {
+        self.count("block_device");
         let s = self.lock();
         let not_block =
             || Error::invalid("device", &path.display().to_string(), "not a block device");
@@ -702,6 +729,7 @@ impl Kernel for Sim {
     /// Forgets the pool metadata kept for the device's file: the kernel
     /// formats afresh a metadata device whose start is zero.
     fn zero_start(&self, device: &Path) -> Result<()> {
+        self.count("zero_start");
         let mut s = self.lock();
         let file = s
             .loop_file_of_path(device)
@@ -711,6 +739,7 @@ impl Kernel for Sim {
     }
 
     fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+        self.count("fs_space");
         match self.lock().fs_space {
             Some(space) => Ok(space),
             None => super::linux::statvfs(path),
@@ -719,11 +748,13 @@ impl Kernel for Sim {
 
     /// Simulated pools raise no events: the wait is the timeout.
     fn dm_wait_event(&self, timeout: std::time::Duration) -> Result<()> {
+        self.count("dm_wait_event");
         std::thread::sleep(timeout);
         Ok(())
     }
 
     fn reset_times(&self, path: &Path) -> Result<()> {
+        self.count("reset_times");
         let epoch = std::time::SystemTime::UNIX_EPOCH;
         std::fs::File::open(path)
             .and_then(|f| {
@@ -737,6 +768,7 @@ impl Kernel for Sim {
     }
 
     fn loop_detach(&self, device: &Path) -> Result<()> {
+        self.count("loop_detach");
         let mut s = self.lock();
         let minor = loop_minor(device)
             .ok_or_else(|| kerr("detach", &device.to_string_lossy(), Errno::ENXIO))?;
@@ -745,6 +777,7 @@ impl Kernel for Sim {
     }
 
     fn mount(&self, r: &MountRequest<'_>) -> Result<()> {
+        self.count("mount");
         let mut s = self.lock();
         s.fail("mount", &r.target.to_string_lossy())?;
         let minor: u32 = r
@@ -771,6 +804,7 @@ impl Kernel for Sim {
     }
 
     fn umount(&self, target: &Path, _lazy: bool) -> Result<()> {
+        self.count("umount");
         let mut s = self.lock();
         s.fail("umount", &target.to_string_lossy())?;
         let i = s
@@ -793,10 +827,12 @@ impl Kernel for Sim {
     }
 
     fn mounts(&self) -> Result<Vec<MountEntry>> {
+        self.count("mounts");
         Ok(self.lock().mounts.clone())
     }
 
     fn discard(&self, device: &Path) -> Result<()> {
+        self.count("discard");
         let mut s = self.lock();
         let node = device.to_string_lossy();
         s.fail("discard", &node)?;
@@ -820,6 +856,7 @@ impl Kernel for Sim {
     }
 
     fn trim(&self, target: &Path) -> Result<Bytes> {
+        self.count("trim");
         let mut s = self.lock();
         s.fail("trim", &target.to_string_lossy())?;
         let minor = s
@@ -845,6 +882,7 @@ impl Kernel for Sim {
     }
 
     fn mkfs(&self, device: &Path, program: &str, _args: &[String]) -> Result<()> {
+        self.count("mkfs");
         let name = {
             let mut s = self.lock();
             s.tool_runs.push(format!("{program} {}", device.display()));
@@ -860,6 +898,7 @@ impl Kernel for Sim {
     /// A device must be live and unmounted, a mount point mounted; the
     /// tool writes one block (the grown filesystem's new descriptors).
     fn grow_fs(&self, target: &Path, program: &str, _args: &[String]) -> Result<()> {
+        self.count("grow_fs");
         let name = {
             let mut s = self.lock();
             s.tool_runs.push(format!("{program} {}", target.display()));
@@ -890,6 +929,7 @@ impl Kernel for Sim {
     }
 
     fn thin_check(&self, metadata: &Path) -> Result<()> {
+        self.count("thin_check");
         let mut s = self.lock();
         s.tool_runs
             .push(format!("thin_check {}", metadata.display()));
@@ -904,6 +944,7 @@ impl Kernel for Sim {
     }
 
     fn thin_repair(&self, metadata: &Path, into: &Path) -> Result<()> {
+        self.count("thin_repair");
         let mut s = self.lock();
         s.tool_runs.push(format!(
             "thin_repair {} {}",
@@ -914,6 +955,7 @@ impl Kernel for Sim {
     }
 
     fn thin_dump_snapshot(&self, metadata: &Path) -> Result<String> {
+        self.count("thin_dump_snapshot");
         let s = self.lock();
         let m = s.meta_of(metadata, "thin_dump")?;
         if !m.held_snapshot {
@@ -945,6 +987,7 @@ impl Kernel for Sim {
     }
 
     fn thin_ls_snapshot(&self, metadata: &Path) -> Result<String> {
+        self.count("thin_ls_snapshot");
         let s = self.lock();
         let m = s.meta_of(metadata, "thin_ls")?;
         if !m.held_snapshot {
