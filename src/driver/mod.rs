@@ -236,6 +236,11 @@ impl Driver {
         self.store.root()
     }
 
+    /// Where the layer of thin id `id` is mounted.
+    fn mount_path_of(&self, id: ThinId) -> PathBuf {
+        self.store.root().join(MOUNT_DIR).join(id.to_string())
+    }
+
     /// Takes the lock, reads the records, brings the pool up and settles any
     /// interrupted operation.
     fn begin(&self) -> Result<Op<'_>> {
@@ -605,11 +610,7 @@ impl Op<'_> {
 
     /// Where the layer of thin id `id` is mounted.
     fn mount_path_of(&self, id: ThinId) -> PathBuf {
-        self.driver
-            .store
-            .root()
-            .join(MOUNT_DIR)
-            .join(id.to_string())
+        self.driver.mount_path_of(id)
     }
 
     /// Runs one change of the pool's thin ids under the transaction protocol

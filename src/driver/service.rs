@@ -123,6 +123,8 @@ impl Driver {
         labels: BTreeMap<String, String>,
     ) -> Result<Layer> {
         validate_key(name)?;
+        // Before the lock: other operations go on while the files are read.
+        let punched = self.punch_unpacked_zeros(key);
         let mut op = self.begin()?;
         if op.rec.tree.layers.contains_key(name) {
             return Err(Error::Exists {
@@ -130,7 +132,12 @@ impl Driver {
                 name: name.to_string(),
             });
         }
-        op.punch_unpacked_zeros(key)?;
+        if let Err(e) = punched {
+            // Unless the snapshot went meanwhile: the commit says so.
+            if op.rec.tree.get(key).is_ok_and(|l| l.mounts > 0) {
+                return Err(e);
+            }
+        }
         // The unmount is recorded with the commit.
         op.defer_atomic_saves();
         let committed = (|| {
@@ -187,35 +194,26 @@ pub enum SnapshotSource {
     Device(PathBuf),
 }
 
-impl Op<'_> {
-    /// Mounts an active snapshot (once: thinlayer holds one mount of it,
-    /// whoever asks) or activates a view's device.
-    fn snapshot_source(&mut self, key: &str) -> Result<SnapshotSource> {
-        let l = self.rec.tree.get(key)?.clone();
-        match l.kind {
-            Kind::Active if l.mounts > 0 => Ok(SnapshotSource::Mounted(self.mount_path(&l))),
-            Kind::Active => self.mount(key).map(SnapshotSource::Mounted),
-            _ => self
-                .activate(&l)
-                .map(|(dev, _)| SnapshotSource::Device(dev)),
-        }
-    }
-
+impl Driver {
     /// Makes holes of the zeros written as data into the snapshot `key` if
     /// containerd unpacked a layer into it (see the module's doc) and it is
-    /// mounted here. Fails if the layer's tree cannot be read, or if a
-    /// punched file's times cannot be put back (the layer's content would
-    /// not be the tar's); the Commit is then refused and the snapshot
-    /// stays active.
-    fn punch_unpacked_zeros(&mut self, key: &str) -> Result<()> {
-        let l = self.rec.tree.get(key)?;
+    /// mounted here. Runs without the root's lock, on the records as last
+    /// saved. Fails if the layer's tree cannot be read, or if a punched
+    /// file's times cannot be put back (the layer's content would not be
+    /// the tar's); the Commit is then refused and the snapshot stays
+    /// active.
+    fn punch_unpacked_zeros(&self, key: &str) -> Result<()> {
+        let rec = self.store.load()?;
+        let Some(l) = rec.tree.layers.get(key) else {
+            return Ok(());
+        };
         if !(is_unpack_key(key) && l.kind == Kind::Active && l.mounts > 0) {
             return Ok(());
         }
         // A second of slack: file times come from a coarser clock than the
         // layer's; a file of the parent read for nothing costs only time.
         let since = l.created_at_ns().saturating_sub(1_000_000_000);
-        let root = self.mount_path(l);
+        let root = self.mount_path_of(l.thin_id);
         let started = std::time::Instant::now();
         let stats = crate::layer::punch_zeros(&root, since)?;
         tracing::debug!(
@@ -228,6 +226,21 @@ impl Op<'_> {
             "made holes of the zeros of an unpacked layer"
         );
         Ok(())
+    }
+}
+
+impl Op<'_> {
+    /// Mounts an active snapshot (once: thinlayer holds one mount of it,
+    /// whoever asks) or activates a view's device.
+    fn snapshot_source(&mut self, key: &str) -> Result<SnapshotSource> {
+        let l = self.rec.tree.get(key)?.clone();
+        match l.kind {
+            Kind::Active if l.mounts > 0 => Ok(SnapshotSource::Mounted(self.mount_path(&l))),
+            Kind::Active => self.mount(key).map(SnapshotSource::Mounted),
+            _ => self
+                .activate(&l)
+                .map(|(dev, _)| SnapshotSource::Device(dev)),
+        }
     }
 
     /// Drops thinlayer's own mount of the active snapshot `key`, if it has
