@@ -152,8 +152,14 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
+// started is when the program started, for the progress lines.
+var started = time.Now()
+
+// logf prints a progress line with the minutes and seconds since the start.
 func logf(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, "peers: "+format+"\n", args...)
+	d := time.Since(started).Round(time.Second)
+	fmt.Fprintf(os.Stderr, "peers: %d:%02d "+format+"\n",
+		append([]interface{}{int(d.Minutes()), int(d.Seconds()) % 60}, args...)...)
 }
 
 // runner runs the workloads on one snapshotter.
