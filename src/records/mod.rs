@@ -311,7 +311,6 @@ impl Store {
         if let Some(records) = self.kept(&path) {
             return Ok(records);
         }
-
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
