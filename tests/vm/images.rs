@@ -564,9 +564,6 @@ fn reading_every_file_of_an_image_does_not_grow_a_container() {
     }
 }
 
-/// A file of zeros in a layer (a sparse file written out, as image
-/// builders write it) is stored as holes: it takes no pool blocks and reads
-/// back as zeros.
 /// The tar's mtime of [`holes_layer`]'s `var/sparse.img`.
 pub const SPARSE_MTIME: u64 = 1_600_000_000;
 
@@ -590,6 +587,9 @@ pub fn holes_layer() -> (Vec<u8>, Vec<u8>) {
     (l.finish(), head)
 }
 
+/// A file of zeros in a layer (a sparse file written out, as image
+/// builders write it) is stored as holes: it takes no pool blocks and reads
+/// back as zeros.
 #[test]
 fn zeros_in_a_layer_take_no_pool_blocks() {
     fixture::run("holes", |fx| {
