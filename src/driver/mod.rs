@@ -71,7 +71,7 @@ struct Op<'a> {
     lock: RootLock,
     /// Whether the root was settled (reconciled) when the operation began.
     settled: bool,
-    /// Atomic saves wait for [`Op::flush`] (see [`Op::defer_atomic_saves`]).
+    /// Atomic saves wait for the end of [`Op::saving_once`].
     deferred: bool,
     /// A deferred atomic save is owed.
     unsaved: bool,
@@ -82,7 +82,7 @@ impl Drop for Op<'_> {
     /// cleaned up after itself; one that panics has not, one whose start-up
     /// repair failed has not, and one killed never gets here: the next
     /// operation then checks everything. So does one that owes a save
-    /// (see [`Op::defer_atomic_saves`]).
+    /// (see [`Op::saving_once`]).
     fn drop(&mut self) {
         if self.settled && !self.unsaved && !std::thread::panicking() {
             self.lock.set_busy(false);
@@ -522,7 +522,7 @@ impl Op<'_> {
 
     /// Saves the records atomically, without waiting for the directory:
     /// for changes that a power cut may undo (see [`Durability::Atomic`]).
-    /// Deferred to [`Op::flush`] after [`Op::defer_atomic_saves`].
+    /// Within [`Op::saving_once`], deferred to its end.
     fn save_atomic(&mut self) -> Result<()> {
         if self.deferred {
             self.unsaved = true;
@@ -533,27 +533,26 @@ impl Op<'_> {
         Ok(())
     }
 
-    /// From now until [`Op::flush`], atomic saves are folded into the next
-    /// save: an operation of several steps (make a layer, then mount it)
-    /// writes the records once at its end instead of after each step. Safe
-    /// for the reason an atomic save is: a save that never happens, as
-    /// after a kill or a power cut between the steps, leaves what the next
-    /// operation's reconciliation repairs (a finished transaction redone
-    /// from its durable intent and the pool's transaction id; mount counts
-    /// checked against the mounts).
-    fn defer_atomic_saves(&mut self) {
+    /// Runs `steps`, an operation of several steps (make a layer, then
+    /// mount it), with their atomic saves folded into one at the end
+    /// instead of one after each step; made whether or not the steps
+    /// succeeded, as what they did must be recorded either way. The steps'
+    /// error comes first. Safe for the reason an atomic save is: a save that
+    /// never happens, as after a kill or a power cut between the steps,
+    /// leaves what the next operation's reconciliation repairs (a finished
+    /// transaction redone from its durable intent and the pool's transaction
+    /// id; mount counts checked against the mounts).
+    fn saving_once<T>(&mut self, steps: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.deferred = true;
-    }
-
-    /// Ends [`Op::defer_atomic_saves`]: saves if a save is owed. Called
-    /// whether or not the steps succeeded, as what they did must be
-    /// recorded either way.
-    fn flush(&mut self) -> Result<()> {
+        let done = steps(self);
         self.deferred = false;
-        if self.unsaved {
-            self.save_atomic()?;
-        }
-        Ok(())
+        let saved = if self.unsaved {
+            self.save_atomic()
+        } else {
+            Ok(())
+        };
+        let done = done?;
+        saved.map(|()| done)
     }
 
     fn image(&self, r: &ImageRef) -> Result<&Image> {

@@ -53,8 +53,7 @@ impl Driver {
         let mut op = self.begin()?;
         let size = grow::size_label(kind, &labels)?;
         // The new layer and its mount count are written once, at the end.
-        op.defer_atomic_saves();
-        let made = (|| {
+        op.saving_once(|op| {
             let layer = op.create_layer(
                 key,
                 parent,
@@ -77,10 +76,7 @@ impl Driver {
                     Err(e)
                 }
             }
-        })();
-        let flushed = op.flush();
-        let made = made?;
-        flushed.map(|()| made)
+        })
     }
 
     /// Where the active snapshot or view `key` is mounted from, mounting or
@@ -100,14 +96,11 @@ impl Driver {
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {
         let mut op = self.begin()?;
         // The unmount is recorded with the removal's intent.
-        op.defer_atomic_saves();
-        let removed = (|| {
+        op.saving_once(|op| {
             op.release_snapshot_mount(key, Then::Remove)?;
             op.rec.tree.check_remove(key)?;
             op.remove_layer(key)
-        })();
-        let flushed = op.flush();
-        removed.and(flushed)
+        })
     }
 
     /// Commits the active layer `key` as the committed layer `name` with
@@ -139,21 +132,17 @@ impl Driver {
             }
         }
         // The unmount is recorded with the commit.
-        op.defer_atomic_saves();
-        let committed = (|| {
+        let layer = op.saving_once(|op| {
             op.release_snapshot_mount(key, Then::Keep)?;
-            // Changed in memory only: `commit` checks the layer before it
-            // writes, and the records are not saved if it refuses.
+            // Changed in memory for `commit` to write; put back if it
+            // refuses, as the unmount is saved all the same.
             let old = std::mem::replace(&mut op.rec.tree.get_mut(key)?.labels, labels);
             op.commit(key, name).inspect_err(|_| {
                 if let Ok(l) = op.rec.tree.get_mut(key) {
                     l.labels = old;
                 }
             })
-        })();
-        let flushed = op.flush();
-        let layer = committed?;
-        flushed?;
+        })?;
         failpoint::hit(failpoint::commit::AFTER_RECORD);
         Ok(layer)
     }
