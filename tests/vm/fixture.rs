@@ -17,8 +17,8 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use thinlayer::kernel::{Kernel, Linux};
@@ -75,8 +75,24 @@ pub struct Fixture {
     others: RefCell<Vec<Fixture>>,
 }
 
+/// Device tests run side by side (two at a time in the VM), each in its
+/// fixture holding this lock shared; a test whose figures read counters of
+/// the whole machine holds it alone (see [`run_alone`]).
+static SIDE_BY_SIDE: RwLock<()> = RwLock::new(());
+
 /// Runs `body` in a fresh fixture named `name`.
 pub fn run(name: &str, body: impl FnOnce(&Fixture)) {
+    let _shared = SIDE_BY_SIDE.read().unwrap_or_else(PoisonError::into_inner);
+    run_with(Fixture::new(name), name, body);
+}
+
+/// Like [`run`], while no other device test runs: for figures read from
+/// counters of the whole machine (the page cache's size in
+/// `/proc/meminfo`), which another test's reads and writes would move.
+/// The tests already running finish first; none starts until this one ends.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, runs alone anyway
+pub fn run_alone(name: &str, body: impl FnOnce(&Fixture)) {
+    let _only = SIDE_BY_SIDE.write().unwrap_or_else(PoisonError::into_inner);
     run_with(Fixture::new(name), name, body);
 }
 
