@@ -323,7 +323,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
                 cfg.peer_reps,
                 cfg.peer_live,
                 cfg.peer_live_devmapper.map_or(String::new(), |n| format!(
-                    " (N = {n} on devmapper, whose every step runs `dmsetup` processes: 1000 would take it about an hour; it has no target here)"
+                    " (N = {n} on devmapper, whose every step runs `dmsetup` processes; it has no target here)"
                 )),
                 cfg.peer_reps
             ),
