@@ -43,12 +43,17 @@ fn layer(key: String, id: u32, parent: Option<String>, kind: Kind) -> Layer {
 
 /// 1,000 images of 9 committed layers, each with one container: 10,000 layers.
 fn wide_tree() -> Tree {
+    wide_tree_of(1000)
+}
+
+/// `images` images of 9 layers, each with one container: 10 layers each.
+fn wide_tree_of(images: usize) -> Tree {
     let mut t = Tree {
         base: Some(ThinId::new(1).expect("id")),
         ..Tree::default()
     };
     let mut id = 100;
-    for img in 0..1000 {
+    for img in 0..images {
         let mut parent = None;
         for l in 0..9 {
             let key = format!("sha256:{img:032x}{l:032x}");
@@ -154,9 +159,16 @@ fn records(c: &mut Criterion) {
 }
 
 /// A whole driver operation (lock, load, reconcile, transaction, save) on
-/// the simulated kernel, with 10,000 layers already recorded.
+/// the simulated kernel, with none, 1,000 and 10,000 layers already
+/// recorded: how its cost grows with the layers.
 fn driver_ops(c: &mut Criterion) {
-    let dir = scratch_dir("driver");
+    for (images, name) in [(0, "0"), (100, "1k"), (1000, "10k")] {
+        driver_ops_among(c, images, name);
+    }
+}
+
+fn driver_ops_among(c: &mut Criterion, images: usize, name: &str) {
+    let dir = scratch_dir(&format!("driver-{name}"));
     let sim = Sim::new();
     let opts = PoolOptions {
         source: SourceOptions::LoopFiles {
@@ -167,25 +179,28 @@ fn driver_ops(c: &mut Criterion) {
         ..PoolOptions::default()
     };
     let d = Driver::init(&dir, Arc::new(sim), &opts).expect("init");
-    // Record 10,000 layers directly (creating them one by one would measure
+    // Record the layers directly (creating them one by one would measure
     // the setup, not the operation). The simulated kernel never sees them:
     // the measured operations touch only the base and their own layer.
     let store = Store::new(&dir);
     let mut rec = store.load().expect("records");
-    let mut tree = wide_tree();
+    let mut tree = wide_tree_of(images);
     tree.base = rec.tree.base;
     rec.tree = tree;
     store.save(&rec, Durability::Durable).expect("save");
     let mut n = 0u64;
-    c.bench_function("driver/create+remove container (10k layers)", |b| {
-        b.iter(|| {
-            n += 1;
-            let name = format!("bench{n}");
-            d.create_container(&name, None).expect("create");
-            d.remove(&name, false).expect("remove");
-        })
-    });
-    c.bench_function("driver/ps without sizes (10k layers)", |b| {
+    c.bench_function(
+        &format!("driver/create+remove container ({name} layers)"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                let name = format!("bench{n}");
+                d.create_container(&name, None).expect("create");
+                d.remove(&name, false).expect("remove");
+            })
+        },
+    );
+    c.bench_function(&format!("driver/ps without sizes ({name} layers)"), |b| {
         b.iter(|| d.containers(false).map(|l| l.len()))
     });
     let _ = std::fs::remove_dir_all(&dir);
