@@ -62,17 +62,18 @@
 //!
 //! [`Driver::layer_size`], the service's `Usage`, answers from what is kept
 //! without the root's lock and without start-up repair when checks 1 and 2
-//! pass and `state.json` is still the file read under the lock when its
-//! answers were computed. That costs a `stat` of `state.json` and one
-//! ioctl, whatever the number of layers; a file saved less than 2 s before
-//! it was read is compared byte for byte instead, a read of a few hundred
-//! bytes a layer (see `RecordsFile`; the `stat` shortcut trusts the clock
-//! not to go back, and check 1 bounds what a clock set back could hide).
+//! pass and the records' files (`state.json` and its journal) are still
+//! what was read under the lock when its answers were computed. That costs
+//! a `stat` of each and one ioctl, whatever the number of layers; files
+//! saved less than 2 s before they were read are compared byte for byte
+//! instead, a read of a few hundred bytes a layer (see `RecordsFile`; the
+//! `stat` shortcut trusts the clock not to go back, and check 1 bounds what
+//! a clock set back could hide).
 //! Anything else takes the lock and runs as every operation does.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -83,7 +84,7 @@ use serde::Serialize;
 use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
-use crate::records::{FileStat, Records};
+use crate::records::{FileStat, Records, Store};
 use crate::thin::{Mappings, parse_thin_dump};
 use crate::tree::{Layer, Tree};
 use crate::units::{Bytes, ThinId};
@@ -163,46 +164,72 @@ impl Dump {
     }
 }
 
-/// How long `state.json` must have been left alone, when read, for an
-/// unchanged `stat` to mean unchanged bytes: more than any Linux
+/// How long the records' files must have been left alone, when read, for
+/// an unchanged `stat` to mean unchanged bytes: more than any Linux
 /// filesystem's timestamp granularity (a clock tick, a second, FAT's 2 s).
 const SETTLED: Duration = Duration::from_secs(2);
 
-/// `state.json` as read under the root's lock, where nothing writes it.
+/// The records' files (`state.json` and its journal) as read under the
+/// root's lock, where nothing writes them.
 ///
-/// A save writes a new file and renames it over the old one, at a time no
-/// earlier than the read, give or take the filesystem's timestamp
-/// granularity. So if the file was already [`SETTLED`] when read, a save
-/// since shows in its `stat` (inode, size, times) and an equal `stat`
-/// means equal bytes. A file read sooner after its last save is compared
-/// byte for byte.
+/// A save appends to the journal, or writes new files and renames them
+/// over the old, at a time no earlier than the read, give or take the
+/// filesystem's timestamp granularity. So if both files were already
+/// [`SETTLED`] when read, a save since shows in a `stat` (inode, size,
+/// times) and equal `stat`s mean equal bytes. Files read sooner after
+/// the last save are compared byte for byte.
 struct RecordsFile {
-    bytes: Vec<u8>,
-    stat: FileStat,
+    /// Each file's bytes and `stat`; `None`, a file that was not there.
+    files: [Option<(Vec<u8>, FileStat)>; 2],
     settled: bool,
 }
 
 impl RecordsFile {
-    fn read(path: &Path) -> Result<RecordsFile> {
-        let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        let stat = FileStat::of(&meta);
-        let settled = stat.newest() + SETTLED <= SystemTime::now();
-        Ok(RecordsFile {
-            bytes,
-            stat,
-            settled,
-        })
+    fn paths(store: &Store) -> [PathBuf; 2] {
+        [store.path(), store.journal_path()]
     }
 
-    /// Whether `path` holds the same records still; `None` if it cannot be
-    /// read.
-    fn unchanged(&self, path: &Path) -> Option<bool> {
-        let stat = FileStat::of(&fs::metadata(path).ok()?);
-        if self.settled && stat == self.stat {
-            return Some(true);
+    fn read(store: &Store) -> Result<RecordsFile> {
+        let read = |path: &Path| -> Result<Option<(Vec<u8>, FileStat)>> {
+            let meta = match fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("stat", path, e)),
+            };
+            let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            Ok(Some((bytes, FileStat::of(&meta))))
+        };
+        let [state, journal] = Self::paths(store);
+        let files = [read(&state)?, read(&journal)?];
+        let now = SystemTime::now();
+        let settled = files
+            .iter()
+            .flatten()
+            .all(|(_, stat)| stat.newest() + SETTLED <= now);
+        Ok(RecordsFile { files, settled })
+    }
+
+    /// Whether the files hold the same records still; `None` if one cannot
+    /// be read.
+    fn unchanged(&self, store: &Store) -> Option<bool> {
+        for (path, was) in Self::paths(store).iter().zip(&self.files) {
+            let now = match fs::metadata(path) {
+                Ok(m) => Some(FileStat::of(&m)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => return None,
+            };
+            let same = match (was, now) {
+                (None, None) => true,
+                (Some((bytes, stat)), Some(now)) => {
+                    (self.settled && now == *stat) || fs::read(path).ok()? == *bytes
+                }
+                _ => false,
+            };
+            if !same {
+                return Some(false);
+            }
         }
-        Some(fs::read(path).ok()? == self.bytes)
+        Some(true)
     }
 }
 
@@ -257,7 +284,7 @@ impl Driver {
         let (dump, by_key) = op.figures()?;
         // Under the lock no one else writes the records, and `begin` saved
         // whatever it changed: the file holds the records `op` holds.
-        let records = RecordsFile::read(&self.store.path())?;
+        let records = RecordsFile::read(&self.store)?;
         let answer = by_key
             .get(key)
             .cloned()
@@ -285,7 +312,7 @@ impl Driver {
         if answers.dump != dump.number || !dump.fresh() {
             return None;
         }
-        if !answers.records.unchanged(&self.store.path())? {
+        if !answers.records.unchanged(&self.store)? {
             tracing::debug!("sizes: the records changed since the kept answers");
             return None;
         }

@@ -3,8 +3,8 @@
 //! ([`Driver::autoextend`]).
 //!
 //! A reading never waits for an operation in progress (an import may hold
-//! the lock for minutes): it reads `state.json`, which every save replaces
-//! atomically, and the pool's status, one ioctl. It fails in no case: a
+//! the lock for minutes): it reads the records as last saved (see
+//! [`crate::records::Store::load`]), and the pool's status, one ioctl. It fails in no case: a
 //! pool that failed, is down, or whose records cannot be read is reported
 //! as such, with whatever else could be read.
 
@@ -19,7 +19,7 @@ use super::Driver;
 use crate::error::{Error, Result};
 use crate::pool::autoextend::{self, Autoextend, Plan, Space};
 use crate::pool::{META_BLOCK, Pool, PoolConfig, PoolSource, PoolStatus, autoextend_refused};
-use crate::records::STATE_FILE;
+use crate::records::RecordsId;
 use crate::tree::Kind;
 
 /// The pool as a scrape sees it.
@@ -171,8 +171,8 @@ impl Driver {
     /// `pool grow`, after looking again). `None` when the pool has no
     /// policy or it is off; otherwise the plan, carried out if it grows
     /// anything. `watch` keeps the pool's configuration between looks: a
-    /// look that finds nothing to do costs a `stat` of `state.json`, one
-    /// status ioctl, a `stat` of each pool file and a `statvfs`.
+    /// look that finds nothing to do costs a `stat` of each of the records'
+    /// files and of the pool's, one status ioctl and a `statvfs`.
     pub fn autoextend(&self, watch: &mut AutoextendWatch) -> Result<Option<Plan>> {
         let config = watch.config(self)?;
         let Some(policy) = config.autoextend.filter(Autoextend::enabled) else {
@@ -233,17 +233,16 @@ fn space(used: u64, total: u64, file: &Path) -> Result<Space> {
 }
 
 /// The pool's configuration as the watcher last read it, and which
-/// `state.json` it came from (every save replaces the file: a new inode).
+/// version of the records it came from (every save changes the files'
+/// `stat`).
 #[derive(Default)]
 pub struct AutoextendWatch {
-    seen: Option<((u64, i64, i64), PoolConfig)>,
+    seen: Option<(RecordsId, PoolConfig)>,
 }
 
 impl AutoextendWatch {
     fn config(&mut self, driver: &Driver) -> Result<&PoolConfig> {
-        let path = driver.root().join(STATE_FILE);
-        let m = fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-        let stamp = (m.ino(), m.mtime(), m.mtime_nsec());
+        let stamp = driver.store.identity()?;
         if self.seen.as_ref().is_none_or(|(s, _)| *s != stamp) {
             let config = driver.store.load()?.pool;
             self.seen = Some((stamp, config));

@@ -20,7 +20,7 @@
 //! | `thinlayer_autoextend_errors_total` | counter | looks of the watcher that failed |
 //!
 //! The pool's figures are read at each scrape, without the root's lock
-//! ([`Driver::reading`]): one status ioctl and a read of `state.json`. A
+//! ([`Driver::reading`]): one status ioctl and a read of the records. A
 //! pool that failed or is down answers with its mode and the layer counts,
 //! and without the space figures; the endpoint itself never fails for it.
 //! Calls and growth are counted in memory since the server started, as

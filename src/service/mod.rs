@@ -328,9 +328,9 @@ impl Snapshotter for Snapshots {
     /// (discards freeing as many blocks as writes elsewhere allocate, a
     /// write allocated before the dump and mapped after it) can go unseen
     /// for at most those 2 s plus the dump's own duration (the driver's
-    /// sizes module has the details). While `state.json` is the file read
-    /// when the answers were computed, a reused answer costs a `stat` of it
-    /// and one status ioctl, without the root's lock.
+    /// sizes module has the details). While the records' files are what was
+    /// read when the answers were computed, a reused answer costs a `stat`
+    /// of each and one status ioctl, without the root's lock.
     async fn usage(&self, key: String) -> Result<Usage, Status> {
         self.run("usage", move |d| {
             let s = d.layer_size(&key)?;

@@ -311,11 +311,13 @@ fn refuses_to_run_without_root() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&fx.root).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "root directory mode {mode:o}");
-        let mode = std::fs::metadata(fx.root.join("state.json"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "records mode {mode:o}");
+        for file in ["state.json", "state.journal"] {
+            let mode = std::fs::metadata(fx.root.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file} mode {mode:o}");
+        }
     });
 }
 

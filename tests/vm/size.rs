@@ -140,8 +140,8 @@ fn a_size_below_the_image_is_refused_and_changes_nothing() {
         fx.init_pool("1G", "16M", Some("512M"), &[]);
         fx.ok(&["container", "create", "scratch", "img"]);
         fx.ok(&["container", "commit", "img", "app"]);
-        let state = fx.root.join("state.json");
-        let records = fs::read(&state).unwrap();
+        let files = [fx.root.join("state.json"), fx.root.join("state.journal")];
+        let records = files.each_ref().map(|f| fs::read(f).unwrap());
         let devices = fx.devices();
         let used = data_used(fx);
         for (from, size, asked) in [
@@ -158,7 +158,11 @@ fn a_size_below_the_image_is_refused_and_changes_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("invalid size \"lots\""), "{err}");
-        assert_eq!(fs::read(&state).unwrap(), records, "the records changed");
+        assert_eq!(
+            files.each_ref().map(|f| fs::read(f).unwrap()),
+            records,
+            "the records changed"
+        );
         assert_eq!(fx.devices(), devices);
         assert_eq!(data_used(fx), used);
         assert!(!device_sizes(fx).contains_key("c"));
