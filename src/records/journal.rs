@@ -41,7 +41,7 @@ pub(super) fn header(state: &[u8]) -> String {
 
 /// One entry: the head of the records and what changed of the rest.
 #[derive(Debug, Serialize, Deserialize)]
-struct Entry {
+pub(super) struct Entry {
     /// The records without their layers and images.
     head: Records,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -50,15 +50,19 @@ struct Entry {
     images: BTreeMap<String, Option<Image>>,
 }
 
-/// The journal line that takes `from` to `to`, newline included. Costs a
-/// comparison of each layer and image, and the encoding of what changed.
-pub(super) fn line(from: &Records, to: &Records) -> serde_json::Result<Vec<u8>> {
-    let entry = Entry {
+/// What takes the records `from` to `to`. Costs a comparison of each
+/// layer and image, and a copy of what changed.
+pub(super) fn entry(from: &Records, to: &Records) -> Entry {
+    Entry {
         head: head(to),
         layers: changes(&from.tree.layers, &to.tree.layers),
         images: changes(&from.tree.images, &to.tree.images),
-    };
-    let json = serde_json::to_vec(&entry)?;
+    }
+}
+
+/// The journal line of `entry`, newline included.
+pub(super) fn line(entry: &Entry) -> serde_json::Result<Vec<u8>> {
+    let json = serde_json::to_vec(entry)?;
     let mut out = Vec::with_capacity(json.len() + 18);
     out.extend_from_slice(checksum(&json).as_bytes());
     out.push(b' ');
@@ -150,7 +154,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn apply(records: &mut Records, entry: Entry) {
+/// Makes `records` what `entry` says: its head, and its layers and
+/// images changed.
+pub(super) fn apply(records: &mut Records, entry: Entry) {
     let Entry {
         head,
         layers,

@@ -525,7 +525,8 @@ impl Store {
     /// Appends the entry that takes the kept version to `records`.
     fn append(&self, k: &mut Kept, records: &Records, durability: Durability) -> Result<()> {
         let path = self.journal_path();
-        let line = journal::line(&k.records, records).map_err(|e| Error::CorruptRecords {
+        let entry = journal::entry(&k.records, records);
+        let line = journal::line(&entry).map_err(|e| Error::CorruptRecords {
             path: path.clone(),
             detail: format!("cannot encode: {e}"),
         })?;
@@ -541,7 +542,10 @@ impl Store {
         let stat = FileStat::of(&metadata(&f, &path)?);
         k.id.journal = Some(stat);
         k.journal_len = stat.size;
-        k.records = records.clone();
+        // The kept version becomes `records` by what changed, not a copy
+        // of every layer.
+        journal::apply(&mut k.records, entry);
+        debug_assert!(k.records == *records);
         Ok(())
     }
 
