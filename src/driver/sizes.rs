@@ -283,7 +283,7 @@ impl Driver {
         let op = self.begin()?;
         let (dump, by_key) = op.figures()?;
         // Under the lock no one else writes the records, and `begin` saved
-        // whatever it changed: the file holds the records `op` holds.
+        // whatever it changed: the files hold the records `op` holds.
         let records = RecordsFile::read(&self.store)?;
         let answer = by_key
             .get(key)
