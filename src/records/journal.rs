@@ -27,16 +27,16 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::Records;
+use crate::image::Digest;
 use crate::tree::{Image, Tree};
 
-const MAGIC: &str = "thinlayer journal 1 extends sha256:";
+const MAGIC: &str = "thinlayer journal 1 extends ";
 
 /// The journal's first line, for `state.json` whose bytes are `state`.
 pub(super) fn header(state: &[u8]) -> String {
-    format!("{MAGIC}{}\n", hex(&Sha256::digest(state)))
+    format!("{MAGIC}{}\n", Digest::of_bytes(state))
 }
 
 /// One entry: the head of the records and what changed of the rest.
@@ -101,7 +101,7 @@ pub(super) fn replay(state: &[u8], text: &[u8], records: &mut Records) -> Result
             "the journal's header is not thinlayer's (version 1)".into(),
         ));
     };
-    if extends != hex(&Sha256::digest(state)) {
+    if extends != Digest::of_bytes(state).as_str() {
         return Ok(Replay::Stale);
     }
     let mut rest = &text[end + 1..];
@@ -146,12 +146,9 @@ fn verified(line: &[u8]) -> Option<&[u8]> {
     (line[16] == b' ' && checksum(json).as_bytes() == sum).then_some(json)
 }
 
+/// An entry's checksum: the first 16 hex digits of its sha256.
 fn checksum(json: &[u8]) -> String {
-    hex(&Sha256::digest(json)[..8])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Digest::of_bytes(json).hex()[..16].to_string()
 }
 
 /// Makes `records` what `entry` says: its head, and its layers and

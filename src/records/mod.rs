@@ -244,7 +244,8 @@ struct Kept {
 }
 
 /// What `stat` shows of a file: enough to tell one save of the records
-/// from another (each save is a new file renamed over the old).
+/// from another (an append grows the journal; a compaction makes new
+/// files).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileStat {
     pub dev: u64,
