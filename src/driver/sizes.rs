@@ -73,7 +73,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -84,7 +84,7 @@ use serde::Serialize;
 use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
-use crate::records::{FileStat, Records, Store};
+use crate::records::{Records, RecordsId, Store};
 use crate::thin::{Mappings, parse_thin_dump};
 use crate::tree::{Layer, Tree};
 use crate::units::{Bytes, ThinId};
@@ -179,57 +179,41 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// times) and equal `stat`s mean equal bytes. Files read sooner after
 /// the last save are compared byte for byte.
 struct RecordsFile {
-    /// Each file's bytes and `stat`; `None`, a file that was not there.
-    files: [Option<(Vec<u8>, FileStat)>; 2],
+    id: RecordsId,
+    /// Each file's bytes (`state.json`, the journal); `None`, a file that
+    /// was not there.
+    bytes: [Option<Vec<u8>>; 2],
     settled: bool,
 }
 
 impl RecordsFile {
-    fn paths(store: &Store) -> [PathBuf; 2] {
-        [store.path(), store.journal_path()]
+    /// The files' bytes, `None` for one that is not there.
+    fn bytes(store: &Store) -> Result<[Option<Vec<u8>>; 2]> {
+        let read = |path: PathBuf| match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path, e)),
+        };
+        Ok([read(store.path())?, read(store.journal_path())?])
     }
 
     fn read(store: &Store) -> Result<RecordsFile> {
-        let read = |path: &Path| -> Result<Option<(Vec<u8>, FileStat)>> {
-            let meta = match fs::metadata(path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("stat", path, e)),
-            };
-            let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
-            Ok(Some((bytes, FileStat::of(&meta))))
-        };
-        let [state, journal] = Self::paths(store);
-        let files = [read(&state)?, read(&journal)?];
+        let id = store.identity()?;
+        let bytes = Self::bytes(store)?;
         let now = SystemTime::now();
-        let settled = files
-            .iter()
-            .flatten()
-            .all(|(_, stat)| stat.newest() + SETTLED <= now);
-        Ok(RecordsFile { files, settled })
+        let settled = std::iter::once(id.state)
+            .chain(id.journal)
+            .all(|stat| stat.newest() + SETTLED <= now);
+        Ok(RecordsFile { id, bytes, settled })
     }
 
-    /// Whether the files hold the same records still; `None` if one cannot
-    /// be read.
+    /// Whether the files hold the same records still; `None` if they
+    /// cannot be read.
     fn unchanged(&self, store: &Store) -> Option<bool> {
-        for (path, was) in Self::paths(store).iter().zip(&self.files) {
-            let now = match fs::metadata(path) {
-                Ok(m) => Some(FileStat::of(&m)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(_) => return None,
-            };
-            let same = match (was, now) {
-                (None, None) => true,
-                (Some((bytes, stat)), Some(now)) => {
-                    (self.settled && now == *stat) || fs::read(path).ok()? == *bytes
-                }
-                _ => false,
-            };
-            if !same {
-                return Some(false);
-            }
+        if self.settled && store.identity().ok()? == self.id {
+            return Some(true);
         }
-        Some(true)
+        Some(Self::bytes(store).ok()? == self.bytes)
     }
 }
 
