@@ -18,6 +18,7 @@
 //!   the reconciler that repairs what a crash left;
 //! - [`service`]: containerd's snapshotter API over the driver;
 //! - [`metrics`]: what `thinlayer serve` exposes to Prometheus;
+//! - [`trace`]: the spans that time each operation and its steps;
 //! - [`cli`]: the `thinlayer` command.
 
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod pool;
 pub mod records;
 pub mod service;
 pub mod thin;
+pub mod trace;
 pub mod tree;
 pub mod units;
 

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use crate::Driver;
 use crate::error::Error;
 use crate::kernel::{Kernel, Linux};
+use crate::metrics::steps::StepTimer;
 
 /// Block-level copy-on-write storage for containers.
 ///
@@ -147,7 +148,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -156,11 +159,17 @@ fn init_logging(verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("THINLAYER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter);
+    // Operations and their steps are timed whatever is logged: `serve`
+    // shows them in its metrics.
+    let steps = StepTimer.with_filter(StepTimer::filter());
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(steps)
         .try_init();
 }
 

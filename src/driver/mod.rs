@@ -244,8 +244,14 @@ impl Driver {
     /// Takes the lock, reads the records, brings the pool up and settles any
     /// interrupted operation.
     fn begin(&self) -> Result<Op<'_>> {
-        let lock = self.store.lock()?;
-        let rec = self.store.load()?;
+        let lock = {
+            let _s = crate::step!("lock");
+            self.store.lock()?
+        };
+        let rec = {
+            let _s = crate::step!("load");
+            self.store.load()?
+        };
         let interrupted = lock.interrupted();
         lock.set_busy(true);
         let mut op = Op {
@@ -256,7 +262,10 @@ impl Driver {
             deferred: false,
             unsaved: false,
         };
-        op.reconcile(interrupted)?;
+        {
+            let _s = crate::step!("reconcile");
+            op.reconcile(interrupted)?;
+        }
         op.settled = true;
         Ok(op)
     }
@@ -515,6 +524,7 @@ impl Op<'_> {
 
     /// Saves the records durably, with any deferred atomic save.
     fn save(&mut self) -> Result<()> {
+        let _s = crate::step!("save_durable");
         self.driver.store.save(&self.rec, Durability::Durable)?;
         self.unsaved = false;
         Ok(())
@@ -528,6 +538,7 @@ impl Op<'_> {
             self.unsaved = true;
             return Ok(());
         }
+        let _s = crate::step!("save");
         self.driver.store.save(&self.rec, Durability::Atomic)?;
         self.unsaved = false;
         Ok(())
@@ -766,6 +777,7 @@ impl Op<'_> {
 
     /// Refuses new layers when the pool is not writable or nearly full.
     fn check_space(&self) -> Result<()> {
+        let _s = crate::step!("check_space");
         let st = self.pool().kernel_status()?;
         if st.mode != PoolMode::ReadWrite {
             return Err(Error::PoolMode {
@@ -870,6 +882,7 @@ impl Op<'_> {
             // A containerd snapshot is a container's root, as on any
             // snapshotter: its device nodes must work.
             let nodev = !l.snapshotter;
+            let _s = crate::step!("mount");
             if let Err(e) = self.mount_fs_with(&dev, &target, l.kind.read_only(), nodev) {
                 let _ = fs::remove_dir(&target);
                 if !l.pinned {
@@ -903,7 +916,10 @@ impl Op<'_> {
             if trim {
                 self.trim(&target);
             }
-            let unmounted = self.umount_settled(&target);
+            let unmounted = {
+                let _s = crate::step!("umount");
+                self.umount_settled(&target)
+            };
             if unmounted.is_err() && trim {
                 // The trim's count must reach the records all the same.
                 undo_failed("record the trim", self.save_atomic());
@@ -935,6 +951,7 @@ impl Op<'_> {
     /// trimming, not online discard). A trim that fails costs only space
     /// until the next one: it is logged, and the unmount goes ahead.
     fn trim(&mut self, target: &Path) {
+        let _s = crate::step!("trim");
         match self.kernel().trim(target) {
             Ok(bytes) => {
                 tracing::debug!(target = %target.display(), bytes = bytes.0, "trimmed before unmounting");

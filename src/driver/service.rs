@@ -204,6 +204,7 @@ impl Driver {
         let since = l.created_at_ns().saturating_sub(1_000_000_000);
         let root = self.mount_path_of(l.thin_id);
         let started = std::time::Instant::now();
+        let _s = crate::step!("punch_zeros");
         let stats = crate::layer::punch_zeros(&root, since)?;
         tracing::debug!(
             key,

@@ -18,6 +18,7 @@
 //! | `thinlayer_autoextend_grown_bytes_total{space}` | counter | bytes they added |
 //! | `thinlayer_autoextend_limited_total{space,limit}` | counter | growths cut short, or found impossible, by the `max` or the `host_space` |
 //! | `thinlayer_autoextend_errors_total` | counter | looks of the watcher that failed |
+//! | `thinlayer_step_duration_seconds{op,step}` | histogram | the steps of each operation (`prepare`, `commit`, `remove`, ...): kernel calls, record writes, mounts; `step="total"` the whole operation ([`steps`]) |
 //!
 //! The pool's figures are read at each scrape, without the root's lock
 //! ([`Driver::reading`]): one status ioctl and a read of the records. A
@@ -27,6 +28,7 @@
 //! Prometheus counters are.
 
 pub mod http;
+pub mod steps;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -221,6 +223,11 @@ impl Metrics {
             "thinlayer_snapshotter_call_duration_seconds",
             "Snapshotter calls by method and how long they took",
             self.calls.clone(),
+        );
+        r.register(
+            steps::STEP_METRIC,
+            "Steps of the driver's operations by operation and step, and how long they took",
+            steps::STEPS.clone(),
         );
         r.register(
             "thinlayer_snapshotter_call_errors",

@@ -257,9 +257,12 @@ impl Snapshots {
         f: impl FnOnce(&Driver) -> crate::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let driver = self.driver.clone();
-        let out = tokio::task::spawn_blocking(move || f(&driver))
-            .await
-            .map_err(|e| Status::internal(format!("{what}: the driver task failed: {e}")))?;
+        let out = tokio::task::spawn_blocking(move || {
+            let _op = crate::op!(what);
+            f(&driver)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("{what}: the driver task failed: {e}")))?;
         out.map_err(|e| {
             tracing::info!(call = what, error = %e, "refused");
             status(e)

@@ -58,9 +58,13 @@ impl Thins<'_> {
             .dm_info(&origin_dev)?
             .is_some_and(|i| i.active_table && !i.suspended);
         if active {
+            let _s = crate::step!("suspend_origin");
             self.kernel().dm_suspend(&origin_dev, true)?;
         }
-        let sent = self.message(&format!("create_snap {new} {origin}"));
+        let sent = {
+            let _s = crate::step!("create_snap");
+            self.message(&format!("create_snap {new} {origin}"))
+        };
         if active {
             let resumed = self.kernel().dm_resume(&origin_dev);
             if let Err(e) = &resumed {
@@ -82,6 +86,7 @@ impl Thins<'_> {
     /// EBUSY is retried for up to a second before it is returned.
     pub fn delete(&self, id: ThinId) -> Result<bool> {
         const TRIES: u32 = 40;
+        let _s = crate::step!("delete");
         let msg = format!("delete {id}");
         for _ in 1..TRIES {
             match self.message(&msg) {
@@ -106,6 +111,7 @@ impl Thins<'_> {
     /// allocated in the data file, holding its data until reused. The
     /// caller makes sure no layer needs the device any more.
     pub fn discard(&self, id: ThinId, size: Bytes) -> Result<()> {
+        let _s = crate::step!("discard");
         let (dev, _) = self.activate(id, size, false)?;
         let discarded = self.kernel().discard(&dev);
         let down = self.deactivate(id);
@@ -129,6 +135,7 @@ impl Thins<'_> {
 
     /// `set_transaction_id old new`: the kernel's compare-and-swap.
     pub fn set_transaction(&self, old: u64, new: u64) -> Result<()> {
+        let _s = crate::step!("set_transaction_id");
         self.message(&format!("set_transaction_id {old} {new}"))
     }
 
@@ -136,6 +143,7 @@ impl Thins<'_> {
     /// that name with another table (left by a crash) is replaced; a
     /// suspended one is resumed.
     pub fn activate(&self, id: ThinId, size: Bytes, read_only: bool) -> Result<(PathBuf, DmInfo)> {
+        let _s = crate::step!("activate");
         let name = dm_name(&self.pool.config.prefix, id);
         let pool = self.pool.devnum()?;
         let sectors = size.to_sectors().ok_or_else(|| {
@@ -176,6 +184,7 @@ impl Thins<'_> {
     /// removal when the last holder (a mount in another namespace, say)
     /// lets go, and the thin id can still be deleted from the pool meanwhile.
     pub fn deactivate(&self, id: ThinId) -> Result<()> {
+        let _s = crate::step!("deactivate");
         let name = dm_name(&self.pool.config.prefix, id);
         deactivate_named(self.kernel(), &name)
     }
