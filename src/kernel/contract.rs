@@ -264,6 +264,12 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
             .any(|m| m.target == target && m.devnum == Some(t.devnum) && m.fstype == "ext4"),
         "{target:?} not in {mounts:?}"
     );
+    assert!(k.is_mount_point(&target).expect("is a mount point"));
+    assert!(!k.is_mount_point(dir).expect("is not a mount point"));
+    assert!(
+        !k.is_mount_point(&dir.join("nowhere"))
+            .expect("does not exist")
+    );
     assert!(k.dm_info(&thin).unwrap().is_some_and(|i| i.open_count > 0));
     assert_eq!(
         errno_of("remove a mounted device", k.dm_remove(&thin, false)),
@@ -298,6 +304,7 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     );
     k.umount(&target, false).expect("umount");
     assert!(!k.mounts().unwrap().iter().any(|m| m.target == target));
+    assert!(!k.is_mount_point(&target).expect("no longer a mount point"));
     // The kernel queues the removal at the last close and runs it a moment
     // later (a work queue): soon, not at once.
     eventually("the deferred removal, after the last close", || {

@@ -518,6 +518,20 @@ impl Kernel for Linux {
         Ok(parse_mountinfo(&text))
     }
 
+    fn is_mount_point(&self, path: &Path) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let here = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let up = fs::symlink_metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
+        // A filesystem mounted there is on another device than its parent
+        // (`/` is its own parent).
+        Ok(here.dev() != up.dev() || here.ino() == up.ino())
+    }
+
     fn discard(&self, device: &Path) -> Result<()> {
         use std::io::{Seek, SeekFrom};
         use std::os::fd::AsRawFd;

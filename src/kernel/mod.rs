@@ -181,6 +181,11 @@ pub trait Kernel: Send + Sync {
     fn umount(&self, target: &Path, lazy: bool) -> Result<()>;
     /// This process's mount table.
     fn mounts(&self) -> Result<Vec<MountEntry>>;
+    /// Whether a filesystem is mounted on `path`: one look at it and at its
+    /// parent, whatever the size of the mount table (so a bind mount of a
+    /// directory of its parent's own filesystem does not count). A path
+    /// that does not exist is not.
+    fn is_mount_point(&self, path: &Path) -> Result<bool>;
 
     /// Discards every block of the block device `device` (BLKDISCARD over
     /// its whole length). The device is opened exclusively, so one that is

@@ -831,6 +831,11 @@ impl Kernel for Sim {
         Ok(self.lock().mounts.clone())
     }
 
+    fn is_mount_point(&self, path: &Path) -> Result<bool> {
+        self.count("is_mount_point");
+        Ok(self.lock().mounts.iter().any(|m| m.target == path))
+    }
+
     fn discard(&self, device: &Path) -> Result<()> {
         self.count("discard");
         let mut s = self.lock();
