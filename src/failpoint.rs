@@ -32,31 +32,25 @@ impl fmt::Display for Point {
     }
 }
 
-/// The points of one change of the pool's thin ids under the transaction
-/// protocol of [`crate::records`]: after the intent is saved, after the
-/// kernel message, after the transaction id is set, after the record.
+/// The points of one change of the pool's thin ids under the protocol of
+/// [`crate::records`]: after the intent is saved, after the kernel message
+/// (and whatever the operation does with it), after the record.
 #[derive(Clone, Copy, Debug)]
 pub struct Transaction {
     pub after_intent: Point,
     pub after_message: Point,
-    pub after_transaction: Point,
     pub after_record: Point,
 }
 
 impl Transaction {
-    /// The four points, in the order the protocol reaches them.
-    pub const fn points(&self) -> [Point; 4] {
-        [
-            self.after_intent,
-            self.after_message,
-            self.after_transaction,
-            self.after_record,
-        ]
+    /// The three points, in the order the protocol reaches them.
+    pub const fn points(&self) -> [Point; 3] {
+        [self.after_intent, self.after_message, self.after_record]
     }
 }
 
 /// Declares one module of points per operation, with its `POINTS`, and
-/// [`ALL`]. An operation marked `[transaction]` starts with the four points
+/// [`ALL`]. An operation marked `[transaction]` starts with the three points
 /// of its transaction, `AFTER_INTENT` to `AFTER_RECORD`, also given as its
 /// `TRANSACTION`.
 macro_rules! operations {
@@ -77,7 +71,6 @@ macro_rules! operations {
         operations!(@module $(#[$doc])* $op $name {
             AFTER_INTENT = "after-intent",
             AFTER_MESSAGE = "after-message",
-            AFTER_TRANSACTION = "after-transaction",
             AFTER_RECORD = "after-record",
             $($point = $step,)*
         } {
@@ -85,7 +78,6 @@ macro_rules! operations {
             pub const TRANSACTION: super::Transaction = super::Transaction {
                 after_intent: AFTER_INTENT,
                 after_message: AFTER_MESSAGE,
-                after_transaction: AFTER_TRANSACTION,
                 after_record: AFTER_RECORD,
             };
         });
@@ -144,7 +136,7 @@ operations! {
     }
     /// Growing a new layer's filesystem to a device larger than its
     /// parent's: inside the layer's creation, after its `create_snap` and
-    /// before the transaction id moves, so a crash rolls the layer back.
+    /// before its record, so a crash rolls the layer back.
     grow = "grow" {
         AFTER_ACTIVATE = "after-activate",
         AFTER_RESIZE = "after-resize",
@@ -159,14 +151,32 @@ operations! {
         AFTER_UMOUNT = "after-umount",
         AFTER_DEACTIVATE = "after-deactivate",
     }
-    /// Committing a layer: in place (`AFTER_DEACTIVATE` for a pinned one,
-    /// then `AFTER_RECORD` where the caller names an image or sets labels),
-    /// or, for a layer whose device is open, as a snapshot (the transaction).
-    commit = "commit" [transaction] {
-        AFTER_DEACTIVATE = "after-deactivate",
+    /// Committing a layer: in place (`AFTER_RECORD` where the caller names
+    /// an image or sets labels), or, for a layer whose device is open, as a
+    /// snapshot (the transaction).
+    commit = "commit" [transaction] {}
+    /// Removing a layer: it leaves the tree for the pending removals, in
+    /// one record write (see [`reap`] for the rest).
+    remove = "remove" {
+        AFTER_RECORD = "after-record",
     }
-    /// Deleting a layer's thin id.
-    remove = "remove" [transaction] {}
+    /// Doing a pending removal's kernel work: its mount, its blocks, its
+    /// device, its thin id, then its record.
+    reap = "reap" {
+        AFTER_UMOUNT = "after-umount",
+        AFTER_DISCARD = "after-discard",
+        AFTER_DEACTIVATE = "after-deactivate",
+        AFTER_DELETE = "after-delete",
+        AFTER_RECORD = "after-record",
+    }
+    /// Making a spare: its transaction, then its device and mount.
+    spare = "spare" [transaction] {
+        AFTER_MOUNT = "after-mount",
+    }
+    /// A Prepare claiming a spare: one record write.
+    claim = "claim" {
+        AFTER_RECORD = "after-record",
+    }
     /// Removing an image and the layers only it used ([`remove`] for each).
     image_rm = "image-rm" {
         AFTER_MARK = "after-mark",
@@ -196,7 +206,6 @@ pub const INIT_POINTS: &[Point] = &[
     init::AFTER_RECORDS,
     base::AFTER_INTENT,
     base::AFTER_MESSAGE,
-    base::AFTER_TRANSACTION,
     base::AFTER_RECORD,
     base::AFTER_MKFS,
 ];

@@ -1204,7 +1204,7 @@ fn sample_records(root: &Path, n: u32) -> Records {
         );
     }
     r.pending = Some(Intent::Delete {
-        transaction: r.transaction + 1,
+        transaction: None,
         key: "web".into(),
         thin_id: ThinId::new(n + 2).unwrap(),
     });

@@ -44,6 +44,13 @@ pub enum PoolCmd {
     /// --autoextend-percent 20 --autoextend-max 500G`; `--autoextend-threshold
     /// 100` turns it off.
     Set(AutoextendArgs),
+    /// Free now the space of removed layers whose removal is not done
+    /// (containerd's Cleanup): their mounts, devices and thin ids go, their
+    /// blocks are discarded back to the pool and the host. `thinlayer
+    /// serve` does this in the background as snapshots are removed; `pool
+    /// status` and `system df` show what is pending. A removed layer whose
+    /// device something still holds open stays pending (exit 5).
+    Cleanup,
     /// Take the pool offline, check its metadata with thin_check and bring
     /// it back. Refused while containers are mounted.
     Check,
@@ -202,6 +209,27 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<Report> {
             };
             Report::of(&Policy(policy))
         }
+        PoolCmd::Cleanup => {
+            let r = ctx
+                .open()?
+                .reap_all()
+                .context("cannot free the space of removed layers")?;
+            if r.held + r.failed > 0 {
+                return Err(anyhow::Error::new(crate::Error::Busy {
+                    kind: "pool",
+                    name: root,
+                    why: format!(
+                        "{} removed layer(s) freed; {} still held open elsewhere, {} failed \
+                         (see the log): they stay pending",
+                        r.done, r.held, r.failed
+                    ),
+                }));
+            }
+            Done::new("cleaned", "pool", &root)
+                .field("freed", r.done)
+                .text(format!("freed {} removed layer(s)", r.done))
+                .report()
+        }
         PoolCmd::Check => {
             Driver::open_offline(&ctx.root, ctx.kernel.clone())?
                 .check()
@@ -324,6 +352,21 @@ impl fmt::Display for Status {
         writeln!(f, "block size:      {}", st.block_size)?;
         writeln!(f, "transaction id:  {}", st.transaction_id)?;
         writeln!(f, "thin devices:    {}", st.thin_devices)?;
+        if st.pending_removals > 0 {
+            writeln!(
+                f,
+                "removing:        {} removed layer(s) whose space is still held \
+                 (`thinlayer system df` says how much, `thinlayer pool cleanup` frees it)",
+                st.pending_removals
+            )?;
+        }
+        if st.spares > 0 {
+            writeln!(
+                f,
+                "spares:          {} (see `thinlayer serve --spares`)",
+                st.spares
+            )?;
+        }
         writeln!(f, "autoextend:      {}", policy_text(&self.autoextend))
     }
 }

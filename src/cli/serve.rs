@@ -35,6 +35,14 @@ pub struct ServeArgs {
     /// endpoint has no authentication). Off when not given.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<SocketAddr>,
+
+    /// Writable snapshots kept ready, mounted, for each of the two parents
+    /// most recently prepared on (at most 8 in all), so that a Prepare
+    /// on them only claims one: no kernel call, no mount. Each costs a
+    /// pool block or two and a mounted filesystem; 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = crate::service::housekeeper::SPARES as u8,
+          value_parser = clap::value_parser!(u8).range(0..=8))]
+    pub spares: u8,
 }
 
 /// Answers, once stopped by a signal, with what stopped: nothing for
@@ -43,7 +51,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
     // Opening the root brings the pool up and settles whatever a killed
     // earlier server or command left, before any request is taken.
     let driver = Arc::new(ctx.open()?);
-    let snapshots = Snapshots::new(driver)
+    let snapshots = Snapshots::with_spares(driver, usize::from(a.spares))
         .with_context(|| format!("cannot read the records of {}", ctx.root.display()))?;
     let socket = std::path::absolute(&a.socket).unwrap_or(a.socket);
     // Grows the pool before it fills, when its policy says so; stopped
@@ -53,7 +61,13 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run(snapshots, &socket, &ctx.root, a.metrics_address))?;
+    // Reaps removals and keeps spares in the background; stopped once the
+    // server stops: its spares dropped, pending removals reaped for a few
+    // seconds.
+    let keeper = snapshots.housekeeper();
+    let served = rt.block_on(run(snapshots, &socket, &ctx.root, a.metrics_address));
+    keeper.stop();
+    served?;
     Done::new("stopped", "server", socket.display())
         .field("root", &ctx.root)
         .report()

@@ -128,6 +128,15 @@ impl fmt::Display for Df {
             &["POOL", "USED", "TOTAL"]
         };
         Table { headers, rows }.fmt(f)?;
+        if p.pending_removals > 0 {
+            writeln!(
+                f,
+                "\n{} removed layer(s) still hold {} of the data space until their \
+                 blocks are freed (in the background under `thinlayer serve`, at once \
+                 by `thinlayer pool cleanup`)",
+                p.pending_removals, p.pending_bytes
+            )?;
+        }
         if !self.verbose {
             return Ok(());
         }

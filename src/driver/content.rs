@@ -239,7 +239,7 @@ impl Op<'_> {
                 while self.rec.tree.get(key)?.mounts > 0 {
                     self.umount(key)?;
                 }
-                self.remove_layer(key)
+                self.remove_layer_now(key)
             })();
             if let Err(e) = cleaned {
                 tracing::error!(layer = key, error = %e, "could not remove a layer of a failed import");
@@ -275,7 +275,7 @@ impl Op<'_> {
             while self.rec.tree.get(&key)?.mounts > 0 {
                 self.umount(&key)?;
             }
-            self.remove_layer(&key)?;
+            self.remove_layer_now(&key)?;
         }
         Ok(())
     }

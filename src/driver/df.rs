@@ -88,6 +88,12 @@ pub struct PoolSpace {
     /// The sparse files of a pool on loop files, data then metadata; empty
     /// for a pool on block devices or someone else's pool.
     pub files: Vec<HostFile>,
+    /// Removed layers whose kernel work is not done yet (see the
+    /// `removal` module).
+    pub pending_removals: usize,
+    /// The data space they still hold: the blocks no other thin device
+    /// maps, which their reap frees.
+    pub pending_bytes: Bytes,
 }
 
 /// What `system df` shows.
@@ -116,12 +122,28 @@ impl Driver {
             }
             PoolSource::Devices { .. } | PoolSource::Existing { .. } => Vec::new(),
         };
+        let pending = &op.rec.tree.removals;
+        let pending_bytes = if pending.is_empty() {
+            Bytes(0)
+        } else {
+            let maps = op.kernel_mappings()?;
+            let (theirs, others): (Vec<_>, Vec<_>) = maps
+                .iter()
+                .partition(|(id, _)| pending.contains_key(&id.to_string()));
+            let blocks = crate::thin::held_only_by(
+                theirs.into_iter().map(|(_, m)| m),
+                others.into_iter().map(|(_, m)| m),
+            );
+            op.rec.pool.block_size.blocks(blocks)
+        };
         let pool = PoolSpace {
             data_used: status.data_used,
             data_total: status.data_total,
             metadata_used: status.metadata_used,
             metadata_total: status.metadata_total,
             files,
+            pending_removals: pending.len(),
+            pending_bytes,
         };
         Ok(usage_of(&op.rec.tree, &sizes, pool))
     }

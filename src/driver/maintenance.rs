@@ -17,7 +17,7 @@ impl Driver {
     pub fn grow(&self, data: Option<Bytes>, metadata: Option<Bytes>) -> Result<PoolStatus> {
         let op = self.begin()?;
         op.pool().grow(data, metadata)?;
-        op.pool().status(op.rec.tree.thin_ids().count())
+        op.status()
     }
 
     /// Takes the pool offline, checks its metadata with `thin_check`, and

@@ -16,10 +16,12 @@ mod grow;
 mod images;
 mod maintenance;
 mod reconcile;
+mod removal;
 #[cfg(any(test, feature = "testing"))]
 pub mod scenarios;
 mod service;
 mod sizes;
+mod spares;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -34,8 +36,11 @@ pub use content::{BLOB, DIFF_ID, IMPORTING, ImportLayer, ImportedLayer};
 pub use df::{ContainerUsage, DiskUsage, HostFile, ImageUsage, PoolSpace, UsageSummary};
 pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
+pub use removal::Reaped;
 pub use service::SnapshotSource;
+pub(crate) use service::is_unpack_key;
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
+pub use spares::MAX_SPARES;
 pub use watch::{AutoextendWatch, LayerCounts, PoolCondition, PoolReading};
 
 use crate::error::{Error, Result};
@@ -62,6 +67,13 @@ pub struct Driver {
     store: Store,
     kernel: Arc<dyn Kernel>,
     sizes: sizes::SizesCache,
+    /// Thin ids a thread of this process is working on outside the root's
+    /// lock (see the `removal` module).
+    claimed: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// Devices no layer needs any more, left up for a background thread
+    /// to take down (`None`: taken down at once; see
+    /// [`Driver::release_devices_later`]).
+    idle: std::sync::Mutex<Option<Vec<ThinId>>>,
 }
 
 /// One operation in progress: the lock is held and the records are current.
@@ -75,6 +87,9 @@ struct Op<'a> {
     deferred: bool,
     /// A deferred atomic save is owed.
     unsaved: bool,
+    /// The next operation must check every device and mount (this one
+    /// left a device up that no layer needs).
+    check_next: bool,
 }
 
 impl Drop for Op<'_> {
@@ -84,7 +99,7 @@ impl Drop for Op<'_> {
     /// operation then checks everything. So does one that owes a save
     /// (see [`Op::saving_once`]).
     fn drop(&mut self) {
-        if self.settled && !self.unsaved && !std::thread::panicking() {
+        if self.settled && !self.unsaved && !self.check_next && !std::thread::panicking() {
             self.lock.set_busy(false);
         }
     }
@@ -160,6 +175,8 @@ impl Driver {
             store,
             kernel,
             sizes: Default::default(),
+            claimed: Default::default(),
+            idle: Default::default(),
         };
         let p = Pool {
             kernel: &*driver.kernel,
@@ -185,6 +202,7 @@ impl Driver {
             settled: true,
             deferred: false,
             unsaved: false,
+            check_next: false,
         };
         let made = (|| {
             // The pool's transaction id is ours from now on; a pool someone
@@ -223,6 +241,8 @@ impl Driver {
             store: Store::new(root),
             kernel,
             sizes: Default::default(),
+            claimed: Default::default(),
+            idle: Default::default(),
         };
         if !driver.store.exists() {
             return Err(Error::NotInitialized {
@@ -234,6 +254,47 @@ impl Driver {
 
     pub fn root(&self) -> &Path {
         self.store.root()
+    }
+
+    /// From now on, devices that no layer needs any more after an
+    /// operation (a committed containerd snapshot's) are left up for
+    /// [`Driver::release_idle_devices`] to take down, off the operation's
+    /// path: for `serve`, whose background thread calls it. A device left
+    /// up when the process dies is taken down by the next operation that
+    /// finds the root was left by a crash.
+    pub fn release_devices_later(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_or_insert_with(Vec::new);
+    }
+
+    /// Takes down the devices left up by [`Driver::release_devices_later`]
+    /// that no layer has come to need since. Returns how many.
+    pub fn release_idle_devices(&self) -> Result<usize> {
+        let ids = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            match idle.as_mut() {
+                Some(ids) if !ids.is_empty() => std::mem::take(ids),
+                _ => return Ok(0),
+            }
+        };
+        let _op = crate::op!("release");
+        let op = self.begin()?;
+        let pool = op.pool();
+        let thins = Thins { pool: &pool };
+        let mut n = 0;
+        for id in ids {
+            let needed = op
+                .rec
+                .tree
+                .layers
+                .values()
+                .any(|l| l.thin_id == id && (l.pinned || l.mounts > 0));
+            if !needed && !thins.is_open(id)? {
+                thins.deactivate(id)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Where the layer of thin id `id` is mounted.
@@ -261,6 +322,7 @@ impl Driver {
             settled: false,
             deferred: false,
             unsaved: false,
+            check_next: false,
         };
         {
             let _s = crate::step!("reconcile");
@@ -283,14 +345,14 @@ impl Driver {
             settled: true,
             deferred: false,
             unsaved: false,
+            check_next: false,
         })
     }
 
     /// The pool's state as the kernel reports it.
     pub fn status(&self) -> Result<PoolStatus> {
         let op = self.begin()?;
-        let n = op.rec.tree.thin_ids().count();
-        op.pool().status(n)
+        op.status()
     }
 
     /// Brings the pool up if it is down (after a reboot) and repairs what
@@ -402,16 +464,20 @@ impl Driver {
 
     /// Makes the layer's device live and returns its node, for a mount done
     /// by someone else. The device of a layer that is neither mounted nor
-    /// pinned is one no layer needs: the next operation takes it down.
+    /// pinned is one no layer needs: the next operation checks every
+    /// device and takes it down.
     pub fn activate_layer(&self, key: &str) -> Result<PathBuf> {
-        let op = self.begin()?;
+        let mut op = self.begin()?;
         let l = op.rec.tree.get(key)?.clone();
+        op.check_next = !(l.pinned || l.mounts > 0);
         op.activate(&l).map(|(p, _)| p)
     }
 
     /// Removes a layer. `force` unmounts it first. The blocks it held alone
     /// are discarded before its thin id is deleted: they go back to the
-    /// pool and, through its data device, to the host.
+    /// pool and, through its data device, to the host, before this returns
+    /// (see the `removal` module); so does what other removals left
+    /// pending.
     pub fn remove(&self, key: &str, force: bool) -> Result<()> {
         let mut op = self.begin()?;
         if force {
@@ -419,8 +485,28 @@ impl Driver {
                 op.umount_then(key, Then::Remove)?;
             }
         }
-        op.rec.tree.check_remove(key)?;
-        op.remove_layer(key)
+        let l = op.rec.tree.check_remove(key)?.clone();
+        // Its space must come back before this returns: refused while
+        // something else holds its device, before anything changes.
+        if op.is_open(&l)? {
+            return Err(Error::Busy {
+                kind: "layer",
+                name: key.to_string(),
+                why: "its device is still open elsewhere (a mount in another namespace?); \
+                      retry once it is released"
+                    .into(),
+            });
+        }
+        let id = op.remove_layer(key)?;
+        op.reap_now(&[id])?;
+        // And what others left pending (a crash, a server stopped early).
+        let others: Vec<ThinId> = op.rec.tree.removals.values().map(|r| r.thin_id).collect();
+        if !others.is_empty()
+            && let Err(e) = op.reap_now(&others)
+        {
+            tracing::info!(error = %e, "other removals stay pending");
+        }
+        Ok(())
     }
 
     /// Turns a container into a committed image layer named `image`. The
@@ -455,20 +541,17 @@ impl Driver {
             });
         }
         let doomed = op.rec.tree.unreferenced_below(&name);
-        if doomed.is_empty() {
-            op.rec.tree.images.remove(&name);
-            return op.save();
-        }
-        // Marked first, in one record write: if the removal is cut short,
-        // the next command removes the rest, as it does a killed import's.
+        // The name and its layers go in one record write; a removal cut
+        // short after it is finished by whoever reaps next.
+        let mut ids = Vec::new();
         for key in &doomed {
-            let l = op.rec.tree.get_mut(key)?;
-            l.labels.insert(IMPORTING.to_string(), "true".to_string());
+            ids.push(op.queue_removal(key)?);
         }
+        op.rec.tree.images.remove(&name);
         op.save()?;
         failpoint::hit(failpoint::image_rm::AFTER_MARK);
-        for key in doomed {
-            op.remove_layer(&key)?;
+        for id in ids {
+            op.reap_now(&[id])?;
             failpoint::hit(failpoint::image_rm::AFTER_LAYER);
         }
         Ok(())
@@ -513,6 +596,15 @@ impl Driver {
 impl Op<'_> {
     fn kernel(&self) -> &dyn Kernel {
         &*self.driver.kernel
+    }
+
+    /// The pool's status, with what the records know of it.
+    fn status(&self) -> Result<PoolStatus> {
+        let tree = &self.rec.tree;
+        let mut st = self.pool().status(tree.thin_ids().count())?;
+        st.pending_removals = tree.removals.len();
+        st.spares = tree.spares.len();
+        Ok(st)
     }
 
     fn pool(&self) -> Pool<'_> {
@@ -623,9 +715,9 @@ impl Op<'_> {
         self.driver.mount_path_of(id)
     }
 
-    /// Runs one change of the pool's thin ids under the transaction protocol
-    /// of [`crate::records`]: intent, kernel message, transaction id, record,
-    /// with a failpoint after each (`points`).
+    /// Runs one change of the pool's thin ids under the protocol of
+    /// [`crate::records`]: intent, kernel message, record, with a failpoint
+    /// after each (`points`).
     fn transact(
         &mut self,
         points: failpoint::Transaction,
@@ -636,47 +728,50 @@ impl Op<'_> {
     }
 
     /// As [`Op::transact`], with the operation at hand in `send`, which may
-    /// do more than send the message: whatever it does is rolled back with
-    /// the thin id if the transaction id has not moved.
+    /// do more than send the message: if it fails, the thin id is deleted
+    /// again and whatever `send` left of it taken down.
     fn transact_with(
         &mut self,
         points: failpoint::Transaction,
         intent: Intent,
         send: impl FnOnce(&Op<'_>, &Thins<'_>) -> Result<()>,
     ) -> Result<()> {
-        let t = self.rec.transaction;
-        debug_assert_eq!(intent.transaction(), t + 1);
+        debug_assert!(self.rec.pending.is_none());
+        let durable = intent.durable_result();
         self.rec.pending = Some(intent);
         self.save()?;
         failpoint::hit(points.after_intent);
         let sent = {
             let pool = self.pool();
             let thins = Thins { pool: &pool };
-            send(self, &thins).and_then(|()| {
-                failpoint::hit(points.after_message);
-                thins.set_transaction(t, t + 1)
-            })
+            send(self, &thins)
         };
         if let Err(e) = sent {
-            // Settle the intent now, as the next command would.
-            if let Err(again) = self.settle_pending() {
-                tracing::error!(error = %again, "could not settle an interrupted operation; the next command will retry");
+            // The message or a step after it failed: nothing of it stays.
+            if let Err(again) = self.roll_back_pending() {
+                tracing::error!(error = %again, "could not undo a failed operation; the next command will retry");
             }
             return Err(e);
         }
-        failpoint::hit(points.after_transaction);
+        failpoint::hit(points.after_message);
         let intent = self.rec.pending.take().expect("set above");
         self.apply(intent);
-        // Durable already: the intent on disk and the kernel's transaction
-        // id finish this record after a power cut.
-        self.save_atomic()?;
+        // An atomic record is enough where a crash completes the intent
+        // from its durable copy (see `Intent::completes`).
+        if durable {
+            self.save()?;
+        } else {
+            self.save_atomic()?;
+        }
         failpoint::hit(points.after_record);
         Ok(())
     }
 
     /// Records the effect of an intent the kernel has carried out.
     fn apply(&mut self, intent: Intent) {
-        self.rec.transaction = intent.transaction();
+        if let Some(t) = intent.legacy_transaction() {
+            self.rec.transaction = t;
+        }
         match intent {
             Intent::CreateBase { thin_id, .. } => self.rec.tree.base = Some(thin_id),
             Intent::CreateLayer { layer, .. } => {
@@ -689,6 +784,7 @@ impl Op<'_> {
                 self.rec.tree.layers.insert(layer.key.clone(), layer);
                 self.rec.tree.retired.push(origin);
             }
+            Intent::CreateSpare { spare, .. } => self.rec.tree.spares.push(spare),
             Intent::Delete { key, thin_id, .. } => {
                 self.rec.tree.layers.remove(&key);
                 self.rec.tree.images.retain(|_, i| i.top != key);
@@ -707,7 +803,7 @@ impl Op<'_> {
         if self.rec.tree.base.is_none() {
             let id = self.allocate_id()?;
             let intent = Intent::CreateBase {
-                transaction: self.rec.transaction + 1,
+                transaction: None,
                 thin_id: id,
             };
             self.transact(failpoint::base::TRANSACTION, intent, |t| t.create(id))?;
@@ -845,9 +941,10 @@ impl Op<'_> {
             pinned,
         };
         let intent = Intent::CreateLayer {
-            transaction: self.rec.transaction + 1,
+            transaction: None,
             origin,
             layer: layer.clone(),
+            grow,
         };
         self.transact_with(failpoint::create::TRANSACTION, intent, |op, t| {
             t.snapshot(thin_id, origin)?;
@@ -866,6 +963,30 @@ impl Op<'_> {
     fn activate(&self, l: &Layer) -> Result<(PathBuf, crate::kernel::DmInfo)> {
         let pool = self.pool();
         Thins { pool: &pool }.activate(l.thin_id, l.device_size, l.kind.read_only())
+    }
+
+    /// Takes down the device of thin id `id`, which no layer needs any
+    /// more, now or later (see [`Driver::release_devices_later`]).
+    fn release_device(&self, id: ThinId) -> Result<()> {
+        let mut idle = self.driver.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match idle.as_mut() {
+            Some(later) => {
+                later.push(id);
+                Ok(())
+            }
+            None => {
+                drop(idle);
+                let pool = self.pool();
+                Thins { pool: &pool }.deactivate(id)
+            }
+        }
+    }
+
+    /// Whether the layer's device is live and held open (by a mount, a
+    /// process).
+    fn is_open(&self, l: &Layer) -> Result<bool> {
+        let pool = self.pool();
+        Thins { pool: &pool }.is_open(l.thin_id)
     }
 
     fn deactivate(&self, l: &Layer) -> Result<()> {
@@ -1043,7 +1164,7 @@ impl Op<'_> {
         if open {
             layer.thin_id = self.allocate_id()?;
             let intent = Intent::CommitCopy {
-                transaction: self.rec.transaction + 1,
+                transaction: None,
                 key: key.to_string(),
                 origin: l.thin_id,
                 layer: layer.clone(),
@@ -1057,8 +1178,10 @@ impl Op<'_> {
             return Ok(layer);
         }
         if l.pinned {
-            self.deactivate(&l)?;
-            failpoint::hit(failpoint::commit::AFTER_DEACTIVATE);
+            // Nobody holds it open: nobody writes to it. Taking the device
+            // down waits for the kernel (a grace period or two); see
+            // `Driver::release_devices_later`.
+            self.release_device(l.thin_id)?;
         }
         self.rec.tree.layers.remove(key);
         self.rec
@@ -1082,37 +1205,19 @@ impl Op<'_> {
         self.save()
     }
 
-    /// Deletes a layer's device and thin id. The tree's checks (children,
-    /// mounts) are the caller's; a device still open elsewhere once its
-    /// removal was asked (its removal deferred) is refused as busy.
-    fn remove_layer(&mut self, key: &str) -> Result<()> {
-        let l = self.rec.tree.get(key)?.clone();
-        self.deactivate(&l)?;
-        let pool = self.pool();
-        if (Thins { pool: &pool }).is_active(l.thin_id)? {
-            return Err(Error::Busy {
-                kind: "layer",
-                name: key.to_string(),
-                why: "its device is still open elsewhere (a mount in another namespace?); \
-                      it will be removed when released, then retry"
-                    .into(),
-            });
-        }
-        let intent = Intent::Delete {
-            transaction: self.rec.transaction + 1,
-            key: key.to_string(),
-            thin_id: l.thin_id,
-        };
-        self.transact(failpoint::remove::TRANSACTION, intent, |t| {
-            t.discard_and_delete(l.thin_id, l.device_size).map(|_| ())
-        })
-    }
-
     fn destroy(&mut self) -> Result<()> {
         for key in self.rec.tree.mounted() {
             while self.rec.tree.get(&key)?.mounts > 0 {
                 self.umount_then(&key, Then::Remove)?;
             }
+        }
+        // What spares and pending removals hold mounted.
+        let tree = &self.rec.tree;
+        let others: Vec<ThinId> = (tree.spares.iter().map(|s| s.thin_id))
+            .chain(tree.removals.values().map(|r| r.thin_id))
+            .collect();
+        for id in others {
+            self.driver.umount_id(id)?;
         }
         let pool = self.pool();
         let thins = Thins { pool: &pool };
@@ -1125,9 +1230,8 @@ impl Op<'_> {
             pool.remove_files()?;
         } else {
             // Someone else's pool: give back every id we made, newest first.
-            for (t, id) in (self.rec.transaction..).zip(ids.iter().rev()) {
+            for id in ids.iter().rev() {
                 thins.discard_and_delete(*id, self.thin_size(*id))?;
-                thins.set_transaction(t, t + 1)?;
             }
         }
         let _ = fs::remove_dir(self.driver.store.root().join(MOUNT_DIR));

@@ -23,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 
 use super::Op;
+use nix::errno::Errno;
+
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::records::Intent;
@@ -37,6 +39,7 @@ impl Op<'_> {
             tracing::info!(pool = self.pool().name(), "pool activated");
         }
         let had_pending = self.rec.pending.is_some();
+        let deep = activated || had_pending || interrupted;
         self.settle_pending()?;
         if !self.rec.base_ready {
             tracing::info!("finishing the base device");
@@ -46,12 +49,27 @@ impl Op<'_> {
         if activated || had_pending {
             self.remove_orphans()?;
         }
-        if interrupted {
-            tracing::info!("the previous operation did not finish; checking every device");
+        if deep {
+            if interrupted {
+                tracing::info!("the previous operation did not finish; checking every device");
+            }
+            self.drop_stale_spares()?;
+            self.clean_devices()?;
         }
-        self.clean_devices(activated || had_pending || interrupted)?;
         self.remove_crashed_imports()?;
         self.delete_retired()
+    }
+
+    /// After a crash or a reboot, every spare goes to the pending
+    /// removals: it may be half made, or no longer mounted (see the
+    /// `spares` module).
+    fn drop_stale_spares(&mut self) -> Result<()> {
+        if self.rec.tree.spares.is_empty() {
+            return Ok(());
+        }
+        let ids = self.drop_spares_where(|_| true);
+        tracing::info!(?ids, "dropping the spares a crash or a reboot left");
+        self.save()
     }
 
     /// Deletes the retired thin ids whose devices are gone: the device of a
@@ -109,24 +127,88 @@ impl Op<'_> {
         }
     }
 
-    /// Completes or rolls back the pending intent; checks the transaction
-    /// ids agree when there is none.
+    /// Completes or rolls back the pending intent (see
+    /// [`Intent::completes`]); checks the transaction ids agree when there
+    /// is none.
     pub(super) fn settle_pending(&mut self) -> Result<()> {
-        let kernel_t = self.pool().kernel_status()?.transaction;
         let Some(intent) = self.rec.pending.clone() else {
-            if kernel_t != self.rec.transaction {
-                return Err(Error::Inconsistent {
-                    pool: self.pool().name(),
-                    detail: format!(
-                        "the pool's transaction id is {kernel_t} but the records expect {}: \
-                         something other than thinlayer changed this pool",
-                        self.rec.transaction
-                    ),
-                });
+            return self.check_transaction();
+        };
+        if let Some(t) = intent.legacy_transaction() {
+            return self.settle_legacy(intent, t);
+        }
+        if !intent.completes() {
+            return self.roll_back_pending();
+        }
+        tracing::info!(?intent, "completing an interrupted operation");
+        let pool = self.pool();
+        let thins = Thins { pool: &pool };
+        let sent = match &intent {
+            Intent::CreateBase { thin_id, .. } => thins.create(*thin_id),
+            Intent::CreateLayer { origin, layer, .. } => thins.snapshot(layer.thin_id, *origin),
+            Intent::Delete { thin_id, .. } => thins
+                .deactivate(*thin_id)
+                .and_then(|()| thins.discard_and_delete(*thin_id, self.thin_size(*thin_id)))
+                .map(|_| ()),
+            Intent::CommitCopy { .. } | Intent::CreateSpare { .. } => {
+                unreachable!("rolled back above")
             }
+        };
+        match sent {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(Errno::EEXIST) => {}
+            Err(e) => {
+                tracing::warn!(?intent, error = %e, "cannot complete an interrupted create; rolling it back");
+                return self.roll_back_pending();
+            }
+        }
+        self.rec.pending = None;
+        self.apply(intent);
+        self.save()
+    }
+
+    /// Undoes the pending intent: deletes the thin id it creates, if the
+    /// pool has it, with whatever device or mount was made of it. A
+    /// pending delete is dropped: its thin id, if still there, is an
+    /// orphan the next repair after a reboot deletes.
+    pub(super) fn roll_back_pending(&mut self) -> Result<()> {
+        let Some(intent) = self.rec.pending.clone() else {
             return Ok(());
         };
-        let t = intent.transaction();
+        if !matches!(intent, Intent::Delete { .. }) {
+            let id = intent.thin_id();
+            tracing::info!(thin_id = id.get(), "rolling back an interrupted create");
+            self.release_grow_mount(id)?;
+            let pool = self.pool();
+            let thins = Thins { pool: &pool };
+            thins.deactivate(id)?;
+            thins.delete(id)?;
+        }
+        self.rec.pending = None;
+        self.save()
+    }
+
+    /// The pool's transaction id is the records': nothing else moved it.
+    fn check_transaction(&self) -> Result<()> {
+        let kernel_t = self.pool().kernel_status()?.transaction;
+        if kernel_t != self.rec.transaction {
+            return Err(Error::Inconsistent {
+                pool: self.pool().name(),
+                detail: format!(
+                    "the pool's transaction id is {kernel_t} but the records expect {}: \
+                     something other than thinlayer changed this pool",
+                    self.rec.transaction
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Settles an intent of version 3's records, which moved the pool's
+    /// transaction id to `t` once the kernel had done it: the kernel's id
+    /// tells whether it did.
+    fn settle_legacy(&mut self, intent: Intent, t: u64) -> Result<()> {
+        let kernel_t = self.pool().kernel_status()?.transaction;
         if kernel_t == t {
             tracing::info!(
                 ?intent,
@@ -135,35 +217,19 @@ impl Op<'_> {
             self.rec.pending = None;
             self.apply(intent);
         } else if kernel_t + 1 == t {
-            let pool = self.pool();
-            let thins = Thins { pool: &pool };
-            match &intent {
-                Intent::CreateBase { thin_id, .. }
-                | Intent::CreateLayer {
-                    layer: crate::tree::Layer { thin_id, .. },
-                    ..
-                }
-                | Intent::CommitCopy {
-                    layer: crate::tree::Layer { thin_id, .. },
-                    ..
-                } => {
-                    tracing::info!(
-                        thin_id = thin_id.get(),
-                        "rolling back an interrupted create"
-                    );
-                    self.release_grow_mount(*thin_id)?;
-                    thins.deactivate(*thin_id)?;
-                    thins.delete(*thin_id)?;
-                    self.rec.pending = None;
-                }
-                Intent::Delete { thin_id, .. } => {
-                    tracing::info!(thin_id = thin_id.get(), "finishing an interrupted delete");
-                    thins.deactivate(*thin_id)?;
-                    thins.discard_and_delete(*thin_id, self.thin_size(*thin_id))?;
-                    thins.set_transaction(kernel_t, t)?;
-                    self.rec.pending = None;
-                    self.apply(intent);
-                }
+            if let Intent::Delete { thin_id, .. } = &intent {
+                tracing::info!(thin_id = thin_id.get(), "finishing an interrupted delete");
+                let pool = self.pool();
+                let thins = Thins { pool: &pool };
+                thins.deactivate(*thin_id)?;
+                thins.discard_and_delete(*thin_id, self.thin_size(*thin_id))?;
+                thins.set_transaction(kernel_t, t)?;
+                self.rec.pending = None;
+                self.apply(intent);
+            } else {
+                // Its records are version 3's: the id moves no more.
+                self.roll_back_pending()?;
+                return Ok(());
             }
         } else {
             return Err(Error::Inconsistent {
@@ -195,8 +261,11 @@ impl Op<'_> {
             self.save_atomic()?;
         }
         let tree_ids: BTreeSet<u32> = self.rec.tree.thin_ids().map(ThinId::get).collect();
+        // A pending removal's id may be gone already: its delete is done
+        // before its record.
         let missing: Vec<String> = tree_ids
             .difference(&kernel_ids)
+            .filter(|id| !self.rec.tree.removals.contains_key(&id.to_string()))
             .map(u32::to_string)
             .collect();
         if !missing.is_empty() {
@@ -213,7 +282,7 @@ impl Op<'_> {
             let id = ThinId::new(*orphan)?;
             tracing::warn!(thin_id = orphan, "deleting a thin id no layer owns");
             let intent = Intent::Delete {
-                transaction: self.rec.transaction + 1,
+                transaction: None,
                 key: String::new(),
                 thin_id: id,
             };
@@ -226,10 +295,12 @@ impl Op<'_> {
         Ok(())
     }
 
-    /// Removes devices and mounts of this root that no layer needs; `deep`
-    /// also resumes devices left suspended. Linear in the number of layers
-    /// and devices: it runs before every operation.
-    fn clean_devices(&mut self, deep: bool) -> Result<()> {
+    /// Removes devices and mounts of this root that no layer needs, and
+    /// resumes devices left suspended. Linear in the number of layers,
+    /// devices and mounts: it runs only after a crash, a reboot or an
+    /// operation that did not finish. The devices and mounts of pending
+    /// removals are theirs to take down (see the `removal` module).
+    fn clean_devices(&mut self) -> Result<()> {
         let mnt = self.driver.store.root().join(super::MOUNT_DIR);
         let mounts = self.kernel().mounts()?;
         let targets: HashSet<&std::path::Path> =
@@ -252,13 +323,23 @@ impl Op<'_> {
             self.rec.tree.get_mut(&key)?.mounts = 0;
             changed = true;
         }
-        // Whether each thin id's layer needs its device, and its mounts.
-        let by_id: BTreeMap<u32, (bool, u32)> = self
-            .rec
-            .tree
+        // Whether each thin id's layer needs its device, and its mounts
+        // (a removal's: any it has).
+        let tree = &self.rec.tree;
+        let by_id: BTreeMap<u32, (bool, u32)> = tree
             .layers
             .values()
             .map(|l| (l.thin_id.get(), (l.mounts > 0 || l.pinned, l.mounts)))
+            .chain(
+                tree.spares
+                    .iter()
+                    .map(|s| (s.thin_id.get(), (true, u32::from(s.mounted)))),
+            )
+            .chain(
+                tree.removals
+                    .values()
+                    .map(|r| (r.thin_id.get(), (true, u32::MAX))),
+            )
             .collect();
         for m in mounts
             .iter()
@@ -284,7 +365,7 @@ impl Op<'_> {
             };
             let needed = by_id.get(&id.get()).is_some_and(|&(needed, _)| needed);
             if needed {
-                if deep && self.kernel().dm_info(&name)?.is_some_and(|i| i.suspended) {
+                if self.kernel().dm_info(&name)?.is_some_and(|i| i.suspended) {
                     tracing::warn!(device = name, "resuming a device left suspended");
                     self.kernel().dm_resume(&name)?;
                 }

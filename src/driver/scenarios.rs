@@ -50,8 +50,10 @@ impl World {
     }
 
     /// The invariants every command must leave: the kernel's thin ids are
-    /// the tree's, nothing is pending, the transaction ids agree, and only
-    /// the devices and mounts of mounted layers exist.
+    /// the tree's (but that a pending removal's may be gone already),
+    /// nothing is pending, the transaction ids agree, and only the devices
+    /// and mounts of mounted layers, of spares and of pending removals
+    /// exist (a removal's until it is reaped).
     pub fn check_invariants(&self) {
         let d = self.open();
         let rec = d.records().expect("records");
@@ -62,10 +64,25 @@ impl World {
         );
         let kernel = d.kernel_thin_ids().expect("the pool's thin ids");
         let tree: BTreeSet<u32> = rec.tree.thin_ids().map(ThinId::get).collect();
-        assert_eq!(kernel, tree, "kernel thin ids vs tree");
+        let removals: BTreeSet<u32> = rec
+            .tree
+            .removals
+            .values()
+            .map(|r| r.thin_id.get())
+            .collect();
+        assert!(
+            kernel.is_subset(&tree),
+            "kernel thin ids {kernel:?} vs tree {tree:?}"
+        );
+        let missing: BTreeSet<u32> = tree.difference(&kernel).copied().collect();
+        assert!(
+            missing.is_subset(&removals),
+            "thin ids missing from the kernel: {missing:?}"
+        );
         let status = d.status().expect("pool status");
         assert_eq!(status.transaction_id, rec.transaction);
         let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0).count();
+        let spares = rec.tree.spares.iter().filter(|s| s.mounted).count();
         let mounts: Vec<_> = self
             .kernel
             .mounts()
@@ -73,7 +90,16 @@ impl World {
             .into_iter()
             .filter(|m| m.target.starts_with(&self.root))
             .collect();
-        assert_eq!(mounts.len(), mounted, "mounts: {mounts:?}");
+        let removed = |target: &std::path::Path| {
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|id| removals.contains(&id))
+        };
+        let (of_removals, others): (Vec<_>, Vec<_>) =
+            mounts.iter().partition(|m| removed(&m.target));
+        assert_eq!(others.len(), mounted + spares, "mounts: {mounts:?}");
         let devices: Vec<String> = self
             .kernel
             .dm_list()
@@ -81,7 +107,28 @@ impl World {
             .into_iter()
             .filter(|n| n.starts_with(&rec.pool.prefix))
             .collect();
-        assert_eq!(devices.len(), 1 + mounted, "devices: {devices:?}");
+        let removal_devices = devices
+            .iter()
+            .filter_map(|n| crate::thin::parse_dm_name(&rec.pool.prefix, n))
+            .filter(|id| removals.contains(&id.get()))
+            .count();
+        assert!(of_removals.len() <= removal_devices, "mounts: {mounts:?}");
+        assert_eq!(
+            devices.len(),
+            1 + mounted + spares + removal_devices,
+            "devices: {devices:?}"
+        );
+    }
+
+    /// [`World::check_invariants`], and no removal is pending either.
+    pub fn check_reaped(&self) {
+        self.check_invariants();
+        let rec = self.open().records().expect("records");
+        assert!(
+            rec.tree.removals.is_empty(),
+            "pending: {:?}",
+            rec.tree.removals
+        );
     }
 }
 
@@ -122,14 +169,16 @@ pub fn threads_share_one_handle(w: &World, d: Driver) {
 pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
-    use crate::failpoint::{Point, commit, create, grow, image_rm, import, mount, remove, umount};
+    use crate::failpoint::{
+        Point, claim, commit, create, grow, image_rm, import, mount, reap, remove, spare, umount,
+    };
     type Step = fn(&Driver);
     let ops: Vec<(&str, &[Point], Step)> = vec![
         ("create", create::POINTS, |d| {
             d.create_container("new", Some(&image("app"))).unwrap();
         }),
         // A container larger than its image: its filesystem is grown
-        // before the transaction id moves.
+        // before it is recorded.
         ("grow", grow::POINTS, |d| {
             let size = Some(crate::units::Bytes(
                 d.records().unwrap().pool.base_size.0 * 2,
@@ -140,13 +189,30 @@ pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
         ("remove", remove::POINTS, |d| {
             d.remove("victim", false).unwrap()
         }),
+        ("reap", reap::POINTS, |d| d.remove("victim", false).unwrap()),
+        // A spare of the image, as `serve` makes them.
+        ("spare", spare::POINTS, |d| {
+            let top = d.tree().unwrap().images["app:latest"].top.clone();
+            assert!(d.make_spare(Some(&top), 1).unwrap());
+        }),
+        // A Prepare on the image that claims the spare made for it.
+        ("claim", claim::POINTS, |d| {
+            let top = d.tree().unwrap().images["app:latest"].top.clone();
+            assert!(d.make_spare(Some(&top), 1).unwrap());
+            let (l, _) = d
+                .create_snapshot(
+                    "ns/1/new",
+                    Some(&top),
+                    crate::tree::Kind::Active,
+                    Default::default(),
+                )
+                .unwrap();
+            assert_eq!(l.mounts, 1);
+        }),
         ("mount", mount::POINTS, |d| {
             d.mount("victim").unwrap();
         }),
         ("umount", umount::POINTS, |d| d.umount("mounted").unwrap()),
-        ("remove", remove::POINTS, |d| {
-            d.remove_image(&image("spare")).unwrap()
-        }),
         ("image-rm", image_rm::POINTS, |d| {
             d.remove_image(&image("spare")).unwrap()
         }),
@@ -199,11 +265,22 @@ pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
             // The interrupted operation is complete or absent.
             let after = w.open().records().unwrap();
             match *name {
-                "create" => assert_eq!(
-                    after.tree.layers.contains_key("new"),
-                    point != create::AFTER_INTENT && point != create::AFTER_MESSAGE,
-                    "{point}"
+                // The intent is durable before the kernel is told: a crash
+                // after it completes the create.
+                "create" => assert!(after.tree.layers.contains_key("new"), "{point}"),
+                "spare" => assert!(
+                    after.tree.spares.is_empty(),
+                    "{point}: spares do not outlive a crash"
                 ),
+                "claim" => {
+                    let claimed = after.tree.layers.get("ns/1/new");
+                    assert_eq!(claimed.is_some(), point == claim::AFTER_RECORD, "{point}");
+                    assert!(
+                        after.tree.spares.is_empty(),
+                        "{point}: spares do not outlive a crash"
+                    );
+                }
+                "reap" => assert!(!after.tree.layers.contains_key("victim"), "{point}"),
                 "grow" => assert!(
                     !after.tree.layers.contains_key("new"),
                     "{point}: a layer whose grow was cut short is rolled back"
@@ -233,12 +310,13 @@ pub fn crash_at_every_step(make: &mut dyn FnMut() -> (World, Driver)) -> usize {
                 ),
                 _ => {}
             }
-            // And the root is fully usable again.
+            // And the root is fully usable again; a removal takes what
+            // the crash left pending with it.
             let d = w.open();
             d.create_container("afterwards", Some(&image("app")))
                 .unwrap();
             d.remove("afterwards", false).unwrap();
-            w.check_invariants();
+            w.check_reaped();
             d.destroy().expect("destroy the pool");
         }
     }

@@ -30,6 +30,7 @@ use super::{Driver, Op, Then, grow};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::tree::{Kind, Layer, validate_key};
+use crate::units::ThinId;
 
 impl Driver {
     /// Creates a pinned layer `key` on `parent` (containerd's Prepare for
@@ -52,6 +53,20 @@ impl Driver {
         validate_key(key)?;
         let mut op = self.begin()?;
         let size = grow::size_label(kind, &labels)?;
+        if kind == Kind::Active {
+            op.rec.tree.check_new(key, parent)?;
+            let (device_size, grow) = op.new_layer_size(parent, size)?;
+            if !grow {
+                op.check_space()?;
+                if let Some(layer) = op.claim_spare(key, parent, device_size, labels.clone()) {
+                    let _s = crate::step!("claim");
+                    op.save()?;
+                    failpoint::hit(failpoint::claim::AFTER_RECORD);
+                    let source = SnapshotSource::Mounted(op.mount_path(&layer));
+                    return Ok((layer, source));
+                }
+            }
+        }
         // The new layer and its mount count are written once, at the end.
         op.saving_once(|op| {
             let layer = op.create_layer(
@@ -71,7 +86,7 @@ impl Driver {
                     // Not left half made: the caller was told it failed.
                     super::undo_failed(
                         "remove the snapshot that failed to mount",
-                        op.remove_layer(key),
+                        op.remove_layer_now(key),
                     );
                     Err(e)
                 }
@@ -79,10 +94,34 @@ impl Driver {
         })
     }
 
+    /// The layer `key` as last recorded, read without the root's lock.
+    pub fn layer(&self, key: &str) -> Result<Layer> {
+        self.store.peek(|rec| rec.tree.get(key).cloned())?
+    }
+
+    /// The layers `keep` picks, as last recorded, read without the root's
+    /// lock.
+    pub fn layers_where(&self, keep: impl Fn(&Layer) -> bool) -> Result<Vec<Layer>> {
+        self.store.peek(|rec| {
+            rec.tree
+                .layers
+                .values()
+                .filter(|l| keep(l))
+                .cloned()
+                .collect()
+        })
+    }
+
     /// Where the active snapshot or view `key` is mounted from, mounting or
     /// activating it again if it is not (after a reboot). `None` for a
-    /// committed snapshot, which has no mounts.
+    /// committed snapshot, which has no mounts. An active snapshot that
+    /// thinlayer holds mounted is answered without the root's lock.
     pub fn snapshot_mounts(&self, key: &str) -> Result<Option<SnapshotSource>> {
+        let l = self.layer(key)?;
+        let target = self.mount_path_of(l.thin_id);
+        if l.kind == Kind::Active && l.mounts > 0 && self.kernel.is_mount_point(&target)? {
+            return Ok(Some(SnapshotSource::Mounted(target)));
+        }
         let mut op = self.begin()?;
         if op.rec.tree.get(key)?.kind == Kind::Committed {
             return Ok(None);
@@ -90,17 +129,26 @@ impl Driver {
         op.snapshot_source(key).map(Some)
     }
 
-    /// Removes the snapshot `key`: thinlayer's own mount of an active one
-    /// first, then the layer (refused while it has children, an active one
-    /// never has, or while its device is still open elsewhere).
-    pub fn remove_snapshot(&self, key: &str) -> Result<()> {
+    /// Removes the snapshot `key` (refused while it has children; an
+    /// active one never has): one durable record write, after which it is
+    /// gone for every caller. Its kernel work, thinlayer's own mount of it
+    /// included, is a pending removal: see [`Driver::reap`]. Returns its
+    /// thin id.
+    pub fn remove_snapshot(&self, key: &str) -> Result<ThinId> {
         let mut op = self.begin()?;
-        // The unmount is recorded with the removal's intent.
-        op.saving_once(|op| {
-            op.release_snapshot_mount(key, Then::Remove)?;
-            op.rec.tree.check_remove(key)?;
-            op.remove_layer(key)
-        })
+        let l = op.rec.tree.get(key)?;
+        // thinlayer's own mount goes with the rest of its kernel work.
+        let own = u32::from(l.kind == Kind::Active && l.mounts > 0);
+        if l.mounts > own {
+            return Err(Error::Busy {
+                kind: "layer",
+                name: key.to_string(),
+                why: format!("mounted {} time(s) through thinlayer", l.mounts - own),
+            });
+        }
+        op.rec.tree.get_mut(key)?.mounts = 0;
+        op.rec.tree.check_remove(key)?;
+        op.remove_layer(key)
     }
 
     /// Commits the active layer `key` as the committed layer `name` with
@@ -224,8 +272,16 @@ impl Op<'_> {
     /// whoever asks) or activates a view's device.
     fn snapshot_source(&mut self, key: &str) -> Result<SnapshotSource> {
         let l = self.rec.tree.get(key)?.clone();
+        let target = self.mount_path(&l);
+        if l.kind == Kind::Active && l.mounts > 0 && !self.kernel().is_mount_point(&target)? {
+            // Unmounted behind thinlayer's back (by hand, or by a reboot
+            // not yet seen): mounted again below.
+            tracing::info!(layer = key, "no longer mounted; mounting it again");
+            self.rec.tree.get_mut(key)?.mounts = 0;
+        }
+        let l = self.rec.tree.get(key)?.clone();
         match l.kind {
-            Kind::Active if l.mounts > 0 => Ok(SnapshotSource::Mounted(self.mount_path(&l))),
+            Kind::Active if l.mounts > 0 => Ok(SnapshotSource::Mounted(target)),
             Kind::Active => self.mount(key).map(SnapshotSource::Mounted),
             _ => self
                 .activate(&l)

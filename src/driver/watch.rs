@@ -83,6 +83,10 @@ pub struct LayerCounts {
     pub active: usize,
     pub view: usize,
     pub images: usize,
+    /// Removals whose kernel work is not done: space still held.
+    pub removals: usize,
+    /// Spares made ahead of Prepares.
+    pub spares: usize,
 }
 
 impl LayerCounts {
@@ -113,6 +117,8 @@ impl Driver {
         };
         let mut layers = LayerCounts {
             images: rec.tree.images.len(),
+            removals: rec.tree.removals.len(),
+            spares: rec.tree.spares.len(),
             ..LayerCounts::default()
         };
         for l in rec.tree.layers.values() {

@@ -11,6 +11,8 @@
 //! | `thinlayer_pool_needs_check` | gauge | 1 when the kernel flagged the metadata for a check |
 //! | `thinlayer_layers{kind}` | gauge | layers by kind: `committed` (image layers), `active` (containers), `view` |
 //! | `thinlayer_images` | gauge | image names |
+//! | `thinlayer_removals_pending` | gauge | removed layers whose kernel work is not done: their space is still held |
+//! | `thinlayer_spares` | gauge | snapshots made ahead of Prepares (see `serve --spares`) |
 //! | `thinlayer_snapshotter_call_duration_seconds{method}` | histogram | every snapshotter call, by method |
 //! | `thinlayer_snapshotter_call_errors_total{method,code}` | counter | calls that failed, by method and gRPC code |
 //! | `thinlayer_autoextend_threshold_percent`, `thinlayer_autoextend_max_bytes` | gauge | the automatic growth policy, when the pool has one (the maximum when it has one) |
@@ -218,6 +220,16 @@ impl Metrics {
                 "Image names",
                 ConstGauge::new(i64::try_from(counts.images).unwrap_or(i64::MAX)),
             );
+            r.register(
+                "thinlayer_removals_pending",
+                "Removed layers whose devices, blocks and thin ids are not freed yet (space still held)",
+                ConstGauge::new(i64::try_from(counts.removals).unwrap_or(i64::MAX)),
+            );
+            r.register(
+                "thinlayer_spares",
+                "Snapshots made ahead of Prepares, mounted and ready",
+                ConstGauge::new(i64::try_from(counts.spares).unwrap_or(i64::MAX)),
+            );
         }
         r.register(
             "thinlayer_snapshotter_call_duration_seconds",
@@ -368,6 +380,8 @@ mod tests {
                 mode: PoolMode::ReadWrite,
                 needs_check: false,
                 thin_devices: 3,
+                pending_removals: 3,
+                spares: 2,
             }),
             condition: PoolCondition::ReadWrite,
             layers: Some(LayerCounts {
@@ -375,6 +389,8 @@ mod tests {
                 active: 1,
                 view: 0,
                 images: 1,
+                removals: 3,
+                spares: 2,
             }),
             autoextend: None,
         }
@@ -399,6 +415,8 @@ mod tests {
         assert_eq!(s.value(r#"thinlayer_layers{kind="committed"}"#), 2.0);
         assert_eq!(s.value(r#"thinlayer_layers{kind="view"}"#), 0.0);
         assert_eq!(s.value("thinlayer_images"), 1.0);
+        assert_eq!(s.value("thinlayer_removals_pending"), 3.0);
+        assert_eq!(s.value("thinlayer_spares"), 2.0);
         assert_eq!(
             s.value(r#"thinlayer_snapshotter_call_duration_seconds_count{method="prepare"}"#),
             1.0

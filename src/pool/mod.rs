@@ -262,6 +262,11 @@ pub struct PoolStatus {
     pub mode: PoolMode,
     pub needs_check: bool,
     pub thin_devices: usize,
+    /// Removed layers whose kernel work is not done: their space is still
+    /// held (set by the driver; the pool does not know).
+    pub pending_removals: usize,
+    /// Snapshots made ahead of Prepares (set by the driver).
+    pub spares: usize,
 }
 
 /// Brings the pool's device up and down. Borrowed for one operation.
@@ -560,6 +565,8 @@ impl Pool<'_> {
             mode: k.mode,
             needs_check: k.needs_check,
             thin_devices,
+            pending_removals: 0,
+            spares: 0,
         })
     }
 

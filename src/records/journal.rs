@@ -7,10 +7,11 @@
 //! ...
 //! ```
 //!
-//! An entry holds everything of the records but the layers and the images
-//! (the head: the pool, the transaction id, the pending intent, a few
-//! hundred bytes), then the layers and images that changed, each with its
-//! new value or `null` for gone. Replaying every entry on the `state.json`
+//! An entry holds everything of the records but the layers, the images and
+//! the pending removals (the head: the pool, the transaction id, the
+//! pending intent, the spares, a few hundred bytes), then the layers,
+//! images and removals that changed, each with its new value or `null` for
+//! gone. Replaying every entry on the `state.json`
 //! the header names gives the records as last saved.
 //!
 //! The header's hash ties the journal to one `state.json`: a journal left by
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Records;
 use crate::image::Digest;
-use crate::tree::{Image, Tree};
+use crate::tree::{Image, Removal, Tree};
 
 const MAGIC: &str = "thinlayer journal 1 extends ";
 
@@ -48,6 +49,8 @@ pub(super) struct Entry {
     layers: BTreeMap<String, Option<crate::tree::Layer>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     images: BTreeMap<String, Option<Image>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removals: BTreeMap<String, Option<Removal>>,
 }
 
 /// What takes the records `from` to `to`. Costs a comparison of each
@@ -57,6 +60,7 @@ pub(super) fn entry(from: &Records, to: &Records) -> Entry {
         head: head(to),
         layers: changes(&from.tree.layers, &to.tree.layers),
         images: changes(&from.tree.images, &to.tree.images),
+        removals: changes(&from.tree.removals, &to.tree.removals),
     }
 }
 
@@ -158,13 +162,16 @@ pub(super) fn apply(records: &mut Records, entry: Entry) {
         head,
         layers,
         images,
+        removals,
     } = entry;
     let mut tree = std::mem::take(&mut records.tree);
     patch(&mut tree.layers, layers);
     patch(&mut tree.images, images);
+    patch(&mut tree.removals, removals);
     *records = head;
     records.tree.layers = tree.layers;
     records.tree.images = tree.images;
+    records.tree.removals = tree.removals;
 }
 
 fn patch<V>(map: &mut BTreeMap<String, V>, changes: BTreeMap<String, Option<V>>) {
@@ -211,7 +218,7 @@ fn changes<V: Clone + PartialEq>(
     }
 }
 
-/// The records without their layers and images. Every field is named, so
+/// The records without their layers, images and removals. Every field is named, so
 /// a field added to the records is a compile error here until it is
 /// placed.
 fn head(r: &Records) -> Records {
@@ -231,6 +238,8 @@ fn head(r: &Records) -> Records {
         layers: _,
         images: _,
         retired,
+        removals: _,
+        spares,
     } = tree;
     Records {
         version: *version,
@@ -245,6 +254,8 @@ fn head(r: &Records) -> Records {
             layers: BTreeMap::new(),
             images: BTreeMap::new(),
             retired: retired.clone(),
+            removals: BTreeMap::new(),
+            spares: spares.clone(),
         },
         trims: *trims,
     }

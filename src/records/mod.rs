@@ -28,19 +28,32 @@
 //! the kernel's transaction id redo it) or that a reboot makes moot (mount
 //! counts).
 //!
-//! Consistency with the kernel comes from the pool's transaction id, which
-//! the kernel stores in the pool's own metadata and changes only through a
-//! compare-and-swap message. Every change to the pool's thin ids goes:
+//! Consistency with the kernel comes from messages that can be sent again:
+//! `create_thin` and `create_snap` of an id the pool has fail with EEXIST,
+//! `delete` of an id it lacks with ENODATA, and each message is committed
+//! to the pool's metadata before it returns. Every change to the pool's
+//! thin ids goes:
 //!
-//! 1. record the [`Intent`] with transaction `T + 1` (saved, fsynced);
-//! 2. send the pool message (`create_thin`, `create_snap`, `delete`);
-//! 3. `set_transaction_id T T+1`;
-//! 4. record the result with transaction `T + 1` and no intent (atomic).
+//! 1. record the [`Intent`], naming the thin id (saved, fsynced);
+//! 2. send the pool message (`create_thin`, `create_snap`, `delete`): one
+//!    metadata commit;
+//! 3. record the result and no intent (atomic, or fsynced where step 2 is
+//!    not the whole change, see [`Intent::durable_result`]).
 //!
-//! After a crash the kernel's id tells how far it got: `T + 1` means the
-//! kernel finished and step 4 is replayed; `T` means it did not, and the
-//! intent is rolled back (a create) or driven to the end (a delete, which
-//! cannot be undone). See [`crate::driver`] for the reconciler.
+//! After a crash an intent still recorded is settled by sending its message
+//! again, whatever step 2 did: a create that a caller may have been told
+//! about is completed ([`Intent::completes`]); one that nobody can have been
+//! told about, or whose later steps cannot be redone (a copy of a mounted
+//! layer, a grown filesystem), is rolled back by deleting its id. Removals
+//! are records of their own, done in the background (see the driver's
+//! removal module) and redone from the start after a crash. See
+//! [`crate::driver`] for the reconciler.
+//!
+//! The pool's transaction id is left as it is: records of version 3 moved
+//! it with every change (`set_transaction_id`, a metadata commit of its
+//! own), and an intent of theirs still pending is settled by it
+//! ([`Intent::legacy_transaction`]). Any other change of it means that
+//! something other than thinlayer changed the pool.
 
 mod journal;
 mod lock;
@@ -59,14 +72,16 @@ pub use lock::RootLock;
 
 use crate::error::{Error, Result};
 use crate::pool::PoolConfig;
-use crate::tree::{IdAllocator, Layer, Tree};
+use crate::tree::{IdAllocator, Layer, Spare, Tree};
 use crate::units::ThinId;
 
 /// Format version of the records. Version 1 did not mark the layers made
 /// through the snapshotter API; version 2 had no journal (a thinlayer
-/// that reads version 2 would not apply one: it must not read these).
-/// [`Store::load`] upgrades both (see [`Records::upgrade`]).
-pub const VERSION: u32 = 3;
+/// that reads version 2 would not apply one: it must not read these);
+/// version 3 had no pending removals nor spares (a thinlayer that reads
+/// version 3 would take their thin ids for orphans). [`Store::load`]
+/// upgrades all three (see [`Records::upgrade`]).
+pub const VERSION: u32 = 4;
 
 pub const STATE_FILE: &str = "state.json";
 pub const JOURNAL_FILE: &str = "state.journal";
@@ -79,44 +94,96 @@ pub const COMPACT_AT: u64 = 64 << 10;
 
 /// An operation on the pool's thin ids that was started and not yet recorded
 /// as finished.
+///
+/// `transaction` is set only in intents of records of version 3, which
+/// moved the pool's transaction id with every change; see
+/// [`Intent::legacy_transaction`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intent {
     /// `create_thin` of the base device.
-    CreateBase { transaction: u64, thin_id: ThinId },
-    /// `create_snap layer.thin_id origin`, then the layer is recorded.
+    CreateBase {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<u64>,
+        thin_id: ThinId,
+    },
+    /// `create_snap layer.thin_id origin`, then the layer is recorded;
+    /// `grow`: its filesystem is grown to a larger device first.
     CreateLayer {
-        transaction: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<u64>,
         origin: ThinId,
         layer: Layer,
+        #[serde(default)]
+        grow: bool,
     },
     /// `create_snap layer.thin_id origin` of the active layer `key`, whose
     /// device (thin id `origin`) is still open: `layer` is the committed
     /// layer, a copy of `key` taken at this instant; `key` goes, and
     /// `origin` is retired until its device closes.
     CommitCopy {
-        transaction: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<u64>,
         key: String,
         origin: ThinId,
         layer: Layer,
     },
+    /// `create_snap spare.thin_id origin`: a spare of `spare.parent`.
+    CreateSpare { origin: ThinId, spare: Spare },
     /// `delete thin_id` of the layer `key` (or of an orphan or a retired
     /// thin id, `key` empty).
     Delete {
-        transaction: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction: Option<u64>,
         key: String,
         thin_id: ThinId,
     },
 }
 
 impl Intent {
-    pub fn transaction(&self) -> u64 {
+    /// The transaction id an intent of version 3's records was to move
+    /// the pool to; `None` for intents made since.
+    pub fn legacy_transaction(&self) -> Option<u64> {
         match self {
             Intent::CreateBase { transaction, .. }
             | Intent::CreateLayer { transaction, .. }
             | Intent::CommitCopy { transaction, .. }
             | Intent::Delete { transaction, .. } => *transaction,
+            Intent::CreateSpare { .. } => None,
         }
+    }
+
+    /// The thin id the intent creates or deletes.
+    pub fn thin_id(&self) -> ThinId {
+        match self {
+            Intent::CreateBase { thin_id, .. } | Intent::Delete { thin_id, .. } => *thin_id,
+            Intent::CreateLayer { layer, .. } | Intent::CommitCopy { layer, .. } => layer.thin_id,
+            Intent::CreateSpare { spare, .. } => spare.thin_id,
+        }
+    }
+
+    /// Whether an intent found pending after a crash is completed (its
+    /// message sent again, EEXIST or ENODATA taken as done) rather than
+    /// rolled back (its thin id deleted). Completed: the base, a plain
+    /// layer (its caller may have been told it exists, since its result
+    /// is saved atomically) and a delete (which cannot be undone). Rolled
+    /// back: a grown layer (its filesystem may not have been grown), a
+    /// copy of a mounted layer (its caller still holds the active one)
+    /// and a spare (nobody needs it); their results are saved durably, so
+    /// no caller was told of them while their intent can still be found.
+    pub fn completes(&self) -> bool {
+        match self {
+            Intent::CreateBase { .. } | Intent::Delete { .. } => true,
+            Intent::CreateLayer { grow, .. } => !grow,
+            Intent::CommitCopy { .. } | Intent::CreateSpare { .. } => false,
+        }
+    }
+
+    /// Whether the result of the intent must be saved durably: when a
+    /// crash rolls the intent back ([`Intent::completes`]), its caller may
+    /// only be told once the result cannot be lost.
+    pub fn durable_result(&self) -> bool {
+        !self.completes() && !matches!(self, Intent::CreateSpare { .. })
     }
 }
 
@@ -170,7 +237,8 @@ impl Records {
     /// metadata store sends, `NAMESPACE/ID/KEY`, and the CLI never makes
     /// such keys (its names have no `/`), so that shape marks them here,
     /// once. From version 2 on, the mark is set when a layer is made.
-    /// Version 2 differs from 3 only in having no journal.
+    /// Version 2 differs from 3 only in having no journal, and 3 from 4
+    /// only in having no removals nor spares.
     pub fn upgrade(&mut self) {
         if self.version == 1 {
             for l in self.tree.layers.values_mut() {
@@ -364,19 +432,27 @@ impl Store {
     /// Unreadable records are an error that names the file and leaves it,
     /// its previous version and the journal untouched.
     pub fn load(&self) -> Result<Records> {
+        self.peek(Records::clone)
+    }
+
+    /// Runs `f` on the records as the files hold them, without copying
+    /// them: on the kept version while the files are those it came from,
+    /// else on what they hold now. Other users of the store wait for `f`:
+    /// keep it short.
+    pub fn peek<T>(&self, f: impl FnOnce(&Records) -> T) -> Result<T> {
         let mut kept = self.kept();
         if let Some(k) = kept.as_ref()
             && self.identity().ok() == Some(k.id)
         {
-            return Ok(k.records.clone());
+            return Ok(f(&k.records));
         }
         *kept = None;
         for attempt in 1.. {
             match self.read() {
                 Ok(Ok(k)) => {
-                    let records = k.records.clone();
+                    let out = f(&k.records);
                     *kept = Some(k);
-                    return Ok(records);
+                    return Ok(out);
                 }
                 Ok(Err(Raced)) if attempt < READ_ATTEMPTS => continue,
                 Ok(Err(Raced)) => {
@@ -942,6 +1018,61 @@ mod tests {
             whole.version, VERSION,
             "a version 2 reader must not read it"
         );
+    }
+
+    #[test]
+    fn version_3_records_keep_their_pending_intent_and_are_written_whole() {
+        let dir = TempDir::new("records");
+        let store = Store::new(dir.path());
+        let mut r = version(dir.path(), 3);
+        r.version = 3;
+        r.transaction = 7;
+        let mut json = serde_json::to_value(&r).unwrap();
+        // As version 3 wrote it: an intent that moves the transaction id.
+        json["pending"] = serde_json::json!({
+            "op": "delete", "transaction": 8, "key": "web", "thin_id": 9
+        });
+        fs::write(store.path(), serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.version, VERSION);
+        let intent = loaded.pending.clone().expect("pending");
+        assert_eq!(intent.legacy_transaction(), Some(8));
+        assert_eq!(intent.thin_id(), ThinId::new(9).unwrap());
+        store.save(&loaded, Durability::Durable).unwrap();
+        let whole: Records = serde_json::from_slice(&read(store.path())).unwrap();
+        assert_eq!(
+            whole.version, VERSION,
+            "a version 3 reader must not read it"
+        );
+        assert_eq!(whole.pending, loaded.pending);
+    }
+
+    #[test]
+    fn removals_and_spares_are_journalled() {
+        let dir = TempDir::new("records");
+        let a = Store::new(dir.path());
+        let mut r = Records::new(PoolConfig::for_tests(dir.path()));
+        a.save(&r, Durability::Durable).unwrap();
+        r.tree.add_removal(crate::tree::Removal {
+            thin_id: ThinId::new(5).unwrap(),
+            key: "ns/1/a".into(),
+            device_size: crate::units::Bytes(1 << 30),
+            discard: true,
+            removed_ns: 42,
+        });
+        r.tree.spares.push(crate::tree::Spare {
+            thin_id: ThinId::new(6).unwrap(),
+            parent: Some("ns/2/img".into()),
+            device_size: crate::units::Bytes(1 << 30),
+            mounted: true,
+        });
+        a.save(&r, Durability::Atomic).unwrap();
+        let journal = read(a.journal_path());
+        assert!(journal.len() > 100, "appended, not rewritten");
+        assert_eq!(Store::new(dir.path()).load().unwrap(), r);
+        r.tree.removals.clear();
+        a.save(&r, Durability::Atomic).unwrap();
+        assert_eq!(Store::new(dir.path()).load().unwrap(), r);
     }
 
     #[test]

@@ -45,8 +45,10 @@ use nix::errno::Errno;
 
 pub mod autoextend;
 mod filter;
+pub mod housekeeper;
 
 pub use filter::{Fields, Filters};
+pub use housekeeper::Housekeeper;
 
 use crate::Driver;
 use crate::driver::SnapshotSource;
@@ -61,6 +63,7 @@ pub struct Snapshots {
     driver: Arc<Driver>,
     fs: FsKind,
     metrics: Arc<Metrics>,
+    keeper: Arc<Housekeeper>,
 }
 
 /// Maps a driver error to the gRPC status containerd understands (it turns
@@ -207,13 +210,28 @@ fn parent_of(parent: &str) -> Option<String> {
 
 impl Snapshots {
     /// Serves `driver`'s root. Reads the pool's filesystem (blocking).
+    /// Starts its background work (see [`housekeeper`]), with the default
+    /// number of spares per parent.
     pub fn new(driver: Arc<Driver>) -> crate::Result<Snapshots> {
+        Snapshots::with_spares(driver, housekeeper::SPARES)
+    }
+
+    /// As [`Snapshots::new`], keeping `spares` spares per parent (0: none).
+    pub fn with_spares(driver: Arc<Driver>, spares: usize) -> crate::Result<Snapshots> {
         let fs = driver.records()?.pool.filesystem;
+        driver.release_devices_later();
+        let keeper = Arc::new(Housekeeper::start(driver.clone(), spares));
         Ok(Snapshots {
             driver,
             fs,
             metrics: Arc::new(Metrics::new()),
+            keeper,
         })
+    }
+
+    /// The background work; [`Housekeeper::stop`] it when the server stops.
+    pub fn housekeeper(&self) -> Arc<Housekeeper> {
+        self.keeper.clone()
     }
 
     /// The metrics this service counts its calls in.
@@ -234,6 +252,7 @@ impl Snapshots {
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let start = Instant::now();
+        let _in_flight = self.keeper.call();
         let out = call.await;
         let code = out.as_ref().err().map(|e| format!("{:?}", e.code()));
         self.metrics.observe_call(method, start.elapsed(), code);
@@ -279,14 +298,25 @@ impl Snapshots {
     ) -> Result<Vec<Mount>, Status> {
         tracing::debug!(call = what, key, parent, "request");
         let fs = self.fs;
-        self.run(what, move |d| {
-            let parent = parent_of(&parent);
-            let (l, source) =
-                d.create_snapshot(&key, parent.as_deref(), kind, labels.into_iter().collect())?;
-            tracing::info!(call = what, key, thin_id = %l.thin_id, ?source, "created");
-            Ok(mounts_of(fs, &source))
-        })
-        .await
+        let parent = parent_of(&parent);
+        // Parents asked for again and again keep spares: not those of the
+        // snapshots containerd unpacks layers into, nor sized ones.
+        let spares = kind == Kind::Active
+            && !crate::driver::is_unpack_key(&key)
+            && !labels.contains_key(crate::driver::MAX_SIZE_LABEL);
+        let on = parent.clone();
+        let mounts = self
+            .run(what, move |d| {
+                let (l, source) =
+                    d.create_snapshot(&key, on.as_deref(), kind, labels.into_iter().collect())?;
+                tracing::info!(call = what, key, thin_id = %l.thin_id, ?source, "created");
+                Ok(mounts_of(fs, &source))
+            })
+            .await?;
+        if spares {
+            self.keeper.prepared(parent);
+        }
+        Ok(mounts)
     }
 }
 
@@ -297,7 +327,7 @@ impl Snapshotter for Snapshots {
     /// Stat: the info of an active, view or committed snapshot, by key or
     /// name (one namespace in thinlayer). NotFound when there is none.
     async fn stat(&self, key: String) -> Result<Info, Status> {
-        self.run("stat", move |d| Ok(info_of(d.tree()?.get(&key)?)))
+        self.run("stat", move |d| Ok(info_of(&d.layer(&key)?)))
             .await
     }
 
@@ -412,7 +442,9 @@ impl Snapshotter for Snapshots {
             tracing::info!(key, name, thin_id = %l.thin_id, "committed");
             Ok(())
         })
-        .await
+        .await?;
+        self.keeper.committed();
+        Ok(())
     }
 
     /// Remove: an active, view or committed snapshot, thinlayer's mount of
@@ -421,17 +453,32 @@ impl Snapshotter for Snapshots {
     async fn remove(&self, key: String) -> Result<(), Status> {
         tracing::debug!(key, "remove");
         self.run("remove", move |d| {
-            d.remove_snapshot(&key)?;
-            tracing::info!(key, "removed");
+            let id = d.remove_snapshot(&key)?;
+            tracing::info!(key, thin_id = %id, "removed");
+            Ok(())
+        })
+        .await?;
+        self.keeper.removed();
+        Ok(())
+    }
+
+    /// Cleanup: the kernel work of every snapshot removed before the call
+    /// (see [`Housekeeper`]): returns once their devices, mounts and thin
+    /// ids are gone and their blocks discarded, but for those a client
+    /// still holds open (logged; freed once released).
+    async fn clear(&self) -> Result<(), Status> {
+        self.run("clear", move |d| {
+            let r = d.reap_all()?;
+            if r.held + r.failed > 0 {
+                tracing::info!(
+                    held = r.held,
+                    failed = r.failed,
+                    "cleanup: some removals stay pending"
+                );
+            }
             Ok(())
         })
         .await
-    }
-
-    /// Cleanup: thinlayer frees a snapshot's blocks when it is removed;
-    /// there is nothing deferred to clean.
-    async fn clear(&self) -> Result<(), Status> {
-        self.timed("clear", async { Ok(()) }).await
     }
 
     type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
@@ -448,12 +495,12 @@ impl Snapshotter for Snapshots {
         let infos = self
             .run("list", move |d| {
                 let filters = Filters::parse(&filters)?;
-                Ok(d.tree()?
-                    .layers
-                    .values()
-                    .filter(|l| l.snapshotter && filters.matches(&fields_of(l)))
-                    .map(info_of)
-                    .collect::<Vec<_>>())
+                Ok(
+                    d.layers_where(|l| l.snapshotter && filters.matches(&fields_of(l)))?
+                        .iter()
+                        .map(info_of)
+                        .collect::<Vec<_>>(),
+                )
             })
             .await?;
         Ok(tokio_stream::iter(

@@ -21,7 +21,13 @@ fn service() -> (TempDir, Snapshots) {
 }
 
 /// The service and the simulated kernel under it.
+/// A service on a pool of the simulated kernel, without spares: its
+/// mounts are those the calls make.
 pub(super) fn service_on_sim() -> (TempDir, Arc<Sim>, Snapshots) {
+    service_with_spares(0)
+}
+
+pub(super) fn service_with_spares(spares: usize) -> (TempDir, Arc<Sim>, Snapshots) {
     let dir = TempDir::new("service");
     let opts = PoolOptions {
         source: SourceOptions::LoopFiles {
@@ -33,7 +39,11 @@ pub(super) fn service_on_sim() -> (TempDir, Arc<Sim>, Snapshots) {
     };
     let sim = Arc::new(Sim::new());
     let d = Driver::init(dir.path(), sim.clone(), &opts).unwrap();
-    (dir, sim, Snapshots::new(Arc::new(d)).unwrap())
+    (
+        dir,
+        sim,
+        Snapshots::with_spares(Arc::new(d), spares).unwrap(),
+    )
 }
 
 async fn listed(s: &Snapshots, filters: &[&str]) -> Vec<String> {
@@ -480,15 +490,19 @@ async fn an_active_snapshot_is_a_bind_of_thinlayers_own_mount_until_commit_or_re
     assert_eq!(tree.get("c").unwrap().thin_id, l.thin_id);
     assert!(tree.retired.is_empty());
 
-    // Remove of a mounted active snapshot unmounts it too.
+    // Remove of a mounted active snapshot: gone at once; thinlayer's
+    // mount goes with the rest of its removal, which Cleanup waits for.
     let m = s
         .prepare("b".into(), "c".into(), HashMap::new())
         .await
         .unwrap();
     assert!(mounted(&m[0].source));
     s.remove("b".into()).await.unwrap();
-    assert!(!mounted(&m[0].source));
     assert!(s.driver.tree().unwrap().get("b").is_err());
+    assert_eq!(s.stat("b".into()).await.unwrap_err().code(), Code::NotFound);
+    s.clear().await.unwrap();
+    assert!(!mounted(&m[0].source));
+    assert!(s.driver.pending_removals().unwrap().is_empty());
 
     // A view is its read-only device, and thinlayer does not mount it.
     let v = s

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use devicemapper::ThinStatus;
 use nix::errno::Errno;
 
-pub use usage::{Mappings, parse_thin_dump};
+pub use usage::{Mappings, held_only_by, parse_thin_dump};
 
 use crate::error::{Error, Result};
 use crate::kernel::{DmInfo, Kernel, Target};
@@ -48,15 +48,19 @@ impl Thins<'_> {
         self.message(&format!("create_thin {id}"))
     }
 
-    /// `create_snap new origin`. An active origin is suspended around the
-    /// message so no write is in flight while its mappings are shared, and is
-    /// resumed whatever the message's outcome.
+    /// `create_snap new origin`. An origin that is active and held open (a
+    /// mount, a process) is suspended around the message so no write is in
+    /// flight while its mappings are shared, and is resumed whatever the
+    /// message's outcome. One that nobody holds open has nothing in flight
+    /// (a block device's last close writes back what it cached) and is
+    /// left as it is: a suspend and resume each wait for the kernel's
+    /// grace periods.
     pub fn snapshot(&self, new: ThinId, origin: ThinId) -> Result<()> {
         let origin_dev = dm_name(&self.pool.config.prefix, origin);
         let active = self
             .kernel()
             .dm_info(&origin_dev)?
-            .is_some_and(|i| i.active_table && !i.suspended);
+            .is_some_and(|i| i.active_table && !i.suspended && i.open_count > 0);
         if active {
             let _s = crate::step!("suspend_origin");
             self.kernel().dm_suspend(&origin_dev, true)?;

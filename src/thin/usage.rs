@@ -70,6 +70,49 @@ impl Mappings {
     }
 }
 
+/// Data blocks that some of `these` map and none of `others` does: what
+/// deleting `these` would free.
+pub fn held_only_by<'a>(
+    these: impl IntoIterator<Item = &'a Mappings>,
+    others: impl IntoIterator<Item = &'a Mappings>,
+) -> u64 {
+    let ours = union(these);
+    let theirs = union(others);
+    let mut held = 0;
+    let mut j = 0;
+    for (start, end) in ours {
+        let mut covered = 0;
+        while j < theirs.len() && theirs[j].1 <= start {
+            j += 1;
+        }
+        let mut k = j;
+        while k < theirs.len() && theirs[k].0 < end {
+            covered += end.min(theirs[k].1) - start.max(theirs[k].0);
+            k += 1;
+        }
+        held += end - start - covered;
+    }
+    held
+}
+
+/// The data blocks the devices map, as sorted, disjoint `[start, end)`
+/// ranges.
+fn union<'a>(devices: impl IntoIterator<Item = &'a Mappings>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = devices
+        .into_iter()
+        .flat_map(|m| m.runs.iter().map(|&(_, d, len)| (d, d + len)))
+        .collect();
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let key = format!(" {name}=\"");
     let start = line.find(&key)? + key.len();
@@ -129,6 +172,18 @@ pub fn parse_thin_dump(xml: &str) -> Result<BTreeMap<u32, Mappings>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_held_only_by_some_devices() {
+        let a = Mappings::from_runs(vec![(0, 10, 4), (10, 30, 2)]);
+        let b = Mappings::from_runs(vec![(0, 12, 4)]);
+        let c = Mappings::from_runs(vec![(5, 31, 1)]);
+        // a maps 10..14 and 30..32; b 12..16; c 31.
+        assert_eq!(held_only_by([&a], [&b, &c]), 2 + 1);
+        assert_eq!(held_only_by([&a, &b], [&c]), 6 + 1);
+        assert_eq!(held_only_by([&a], []), 6);
+        assert_eq!(held_only_by([], [&a]), 0);
+    }
 
     const DUMP: &str = r#"<superblock uuid="" time="1" transaction="2" data_block_size="128" nr_data_blocks="100">
   <device dev_id="1" mapped_blocks="12" transaction="0" creation_time="0" snap_time="1">

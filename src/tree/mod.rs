@@ -128,6 +128,40 @@ pub struct Image {
     pub config: Option<serde_json::Value>,
 }
 
+/// A layer taken out of the tree whose device, mount and thin id have not
+/// all gone yet: it is gone for every caller, and its kernel work is done
+/// later, in the background or by whoever asks for the space (see the
+/// driver's removal module). Its thin id stays taken until it is done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub thin_id: ThinId,
+    /// The key the layer had (for logs and `thinlayer tree`).
+    pub key: String,
+    /// Its device's size: what a discard covers.
+    pub device_size: Bytes,
+    /// Whether its blocks are discarded before the thin id is deleted (a
+    /// view's device is read-only and maps nothing of its own).
+    pub discard: bool,
+    /// When it was removed, nanoseconds since the epoch.
+    pub removed_ns: u64,
+}
+
+/// A snapshot of a committed layer (or of the base) made ahead of the
+/// Prepare that will want it, mounted under the root, so that the Prepare
+/// only claims it: see the driver's spares module. Never a layer: no key,
+/// never listed, dropped before its parent goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spare {
+    pub thin_id: ThinId,
+    /// The committed layer it is a snapshot of; `None` for the base.
+    pub parent: Option<String>,
+    /// Its device's size (its parent's).
+    pub device_size: Bytes,
+    /// Mounted under the root and ready to be claimed.
+    #[serde(default)]
+    pub mounted: bool,
+}
+
 /// The whole tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
@@ -142,6 +176,13 @@ pub struct Tree {
     /// deleted once its device has closed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<ThinId>,
+    /// Layers removed whose kernel work is still to do, by thin id (in
+    /// decimal).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removals: BTreeMap<String, Removal>,
+    /// Snapshots made ahead of Prepares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spares: Vec<Spare>,
 }
 
 impl Tree {
@@ -175,12 +216,25 @@ impl Tree {
             .collect()
     }
 
-    /// Every thin id in use, the base's and the retired ones included.
+    /// Every thin id in use: the base's, the layers', and the retired,
+    /// removed and spare ones.
     pub fn thin_ids(&self) -> impl Iterator<Item = ThinId> + '_ {
         self.base
             .into_iter()
             .chain(self.layers.values().map(|l| l.thin_id))
             .chain(self.retired.iter().copied())
+            .chain(self.removals.values().map(|r| r.thin_id))
+            .chain(self.spares.iter().map(|s| s.thin_id))
+    }
+
+    /// Whether thin id `id` belongs to a removal not yet done.
+    pub fn is_removal(&self, id: ThinId) -> bool {
+        self.removals.contains_key(&id.to_string())
+    }
+
+    /// Records the removal of thin id `id`.
+    pub fn add_removal(&mut self, r: Removal) {
+        self.removals.insert(r.thin_id.to_string(), r);
     }
 
     /// The chain from `key` down to the layer just above the base.

@@ -1,0 +1,281 @@
+//! The background work of `thinlayer serve`: pending removals reaped,
+//! spares kept for the parents Prepares ask for, and the devices of
+//! committed snapshots taken down (see the driver's `removal` and `spares`
+//! modules, and [`Driver::release_devices_later`]).
+//!
+//! One thread. It wakes when a snapshot is removed or prepared, and at
+//! least every [`IDLE`] while removals are pending (one whose device a
+//! client still holds open is tried again then). Calls come first: before
+//! each piece of work it waits while calls are in flight, up to
+//! [`YIELD`], so a Prepare never queues behind a spare being made; past
+//! that it goes ahead, so that a server under constant load still frees
+//! space.
+//!
+//! Spares: for each of the last [`PARENTS`] parents of a Prepare, up to
+//! [`SPARES`] spares (or as many as `serve --spares` says; 0: none), and
+//! never more than [`crate::driver::MAX_SPARES`] in all. The parents of snapshots containerd unpacks layers into are left
+//! out (each is asked for once), as are Prepares that ask for their own
+//! size. Spares of a parent that drops out of the list are dropped.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::Driver;
+
+/// The longest the thread sleeps while removals are pending.
+pub const IDLE: Duration = Duration::from_secs(1);
+/// The longest a piece of background work waits for calls in flight.
+pub const YIELD: Duration = Duration::from_millis(100);
+/// How many parents keep spares.
+pub const PARENTS: usize = 2;
+/// Spares per parent, unless told otherwise (`serve --spares`).
+pub const SPARES: usize = 2;
+/// Removals reaped per record write.
+const BATCH: usize = 16;
+/// How long stopping may spend on pending removals before leaving them to
+/// the next start.
+const STOP_BUDGET: Duration = Duration::from_secs(10);
+
+/// What the thread has been told since it last looked.
+#[derive(Default)]
+struct Todo {
+    /// Something arrived.
+    news: bool,
+    removed: bool,
+    /// The parents that keep spares, the most recent first.
+    parents: VecDeque<Option<String>>,
+    /// Parents that dropped out of `parents`: their spares go.
+    dropped: Vec<Option<String>>,
+    stop: bool,
+}
+
+struct Shared {
+    todo: Mutex<Todo>,
+    wake: Condvar,
+    calls: AtomicUsize,
+    /// Spares per parent.
+    spares: usize,
+}
+
+impl Shared {
+    fn todo(&self) -> MutexGuard<'_, Todo> {
+        self.todo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tell(&self, f: impl FnOnce(&mut Todo)) {
+        let mut t = self.todo();
+        f(&mut t);
+        t.news = true;
+        self.wake.notify_one();
+    }
+
+    /// Whether something arrived that the thread has not looked at.
+    fn news(&self) -> bool {
+        self.todo().news
+    }
+}
+
+/// The running thread; [`Housekeeper::stop`] ends it.
+pub struct Housekeeper {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A call in flight, counted while it lives.
+pub struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Housekeeper {
+    /// Starts the thread for `driver`, keeping `spares` spares per parent.
+    pub fn start(driver: Arc<Driver>, spares: usize) -> Housekeeper {
+        let shared = Arc::new(Shared {
+            todo: Mutex::new(Todo {
+                // Removals a previous server left.
+                removed: true,
+                news: true,
+                ..Todo::default()
+            }),
+            wake: Condvar::new(),
+            calls: AtomicUsize::new(0),
+            spares,
+        });
+        let mine = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("housekeeper".into())
+            .spawn(move || run(&driver, &mine))
+            .expect("start the housekeeper thread");
+        Housekeeper {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Counts a call in flight until the returned value drops.
+    pub fn call(&self) -> InFlight {
+        self.shared.calls.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.shared.clone())
+    }
+
+    /// A snapshot was removed: its removal is pending.
+    pub fn removed(&self) {
+        self.shared.tell(|t| t.removed = true);
+    }
+
+    /// A snapshot was committed: its device may be idle.
+    pub fn committed(&self) {
+        self.shared.tell(|_| {});
+    }
+
+    /// A snapshot was prepared on `parent` (`None`: the base), which may
+    /// keep spares.
+    pub fn prepared(&self, parent: Option<String>) {
+        if self.shared.spares == 0 {
+            return;
+        }
+        self.shared.tell(|t| {
+            t.parents.retain(|q| *q != parent);
+            t.parents.push_front(parent);
+            while t.parents.len() > PARENTS {
+                let gone = t.parents.pop_back().expect("longer than PARENTS");
+                t.dropped.push(gone);
+            }
+        });
+    }
+
+    /// Stops the thread: drops the spares and reaps pending removals for
+    /// a few seconds (the rest waits for the next start). Blocks until done.
+    pub fn stop(&self) {
+        self.shared.tell(|t| t.stop = true);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Housekeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(driver: &Driver, shared: &Shared) {
+    let mut removals = false;
+    loop {
+        let (parents, dropped, stop) = {
+            let mut t = shared.todo();
+            if !t.news {
+                let timeout = if removals {
+                    IDLE
+                } else {
+                    Duration::from_secs(3600)
+                };
+                t = shared
+                    .wake
+                    .wait_timeout(t, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            t.news = false;
+            removals |= std::mem::take(&mut t.removed);
+            (t.parents.clone(), std::mem::take(&mut t.dropped), t.stop)
+        };
+        if stop {
+            stop_work(driver);
+            return;
+        }
+        for p in dropped {
+            if let Err(e) = driver.drop_spares_of(p.as_deref()) {
+                tracing::warn!(error = %e, "cannot drop spares");
+            }
+            removals = true;
+        }
+        // Spares first: a Prepare waits for them; space can wait a little.
+        'parents: for p in &parents {
+            loop {
+                if shared.news() {
+                    break 'parents;
+                }
+                yield_to_calls(shared);
+                match driver.make_spare(p.as_deref(), shared.spares) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(parent = ?p, error = %e, "cannot make a spare");
+                        break;
+                    }
+                }
+            }
+        }
+        if removals {
+            removals = reap(driver, shared);
+        }
+        if !shared.news() {
+            yield_to_calls(shared);
+            if let Err(e) = driver.release_idle_devices() {
+                tracing::warn!(error = %e, "cannot take down idle devices");
+            }
+        }
+    }
+}
+
+/// Reaps pending removals in batches until none is left that can be done
+/// now, or something else arrives. Returns whether removals are still
+/// pending.
+fn reap(driver: &Driver, shared: &Shared) -> bool {
+    loop {
+        yield_to_calls(shared);
+        match driver.reap(BATCH) {
+            Ok(r) if r.done > 0 && !shared.news() => {}
+            Ok(r) if r.done > 0 => return true,
+            Ok(r) => return r.held + r.failed > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reap pending removals");
+                return true;
+            }
+        }
+    }
+}
+
+/// Waits while calls are in flight, at most [`YIELD`].
+fn yield_to_calls(shared: &Shared) {
+    let until = Instant::now() + YIELD;
+    while shared.calls.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn stop_work(driver: &Driver) {
+    if let Err(e) = driver.release_idle_devices() {
+        tracing::warn!(error = %e, "cannot take down idle devices while stopping");
+    }
+    if let Err(e) = driver.drop_spares() {
+        tracing::warn!(error = %e, "cannot drop the spares while stopping");
+    }
+    let until = Instant::now() + STOP_BUDGET;
+    while Instant::now() < until {
+        match driver.reap(BATCH) {
+            Ok(r) if r.done > 0 => {}
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reap pending removals while stopping");
+                break;
+            }
+        }
+    }
+    match driver.pending_removals() {
+        Ok(left) if !left.is_empty() => tracing::info!(
+            pending = left.len(),
+            "stopping with removals pending; the next start finishes them"
+        ),
+        _ => {}
+    }
+}
