@@ -96,6 +96,8 @@ struct Cluster<'a> {
     containerd: Option<Daemon>,
     /// How many servers were started, to name their logs.
     serves: u32,
+    /// `serve --spares`: the server's default when `None`.
+    spares: Option<u8>,
 }
 
 impl<'a> Cluster<'a> {
@@ -125,6 +127,7 @@ impl<'a> Cluster<'a> {
             serve: None,
             containerd: None,
             serves: 0,
+            spares: None,
         }
     }
 
@@ -140,6 +143,9 @@ impl<'a> Cluster<'a> {
             .arg("serve")
             .arg("--socket")
             .arg(&self.serve_sock);
+        if let Some(n) = self.spares {
+            c.arg("--spares").arg(n.to_string());
+        }
         for (k, v) in env {
             c.env(k, v);
         }
@@ -322,9 +328,17 @@ impl<'a> Cluster<'a> {
         logs.extend((1..=self.serves).map(|n| self.fx.dir.join(format!("serve-{n}.log"))));
         for log in logs {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!("--- {} (last 40 lines)\n{}", log.display(), tail.join("\n"));
+            // gRPC's own frames at debug level would hide thinlayer's lines.
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("Connection{peer"))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- {} (last 60 lines but gRPC frames)\n{}",
+                log.display(),
+                tail.join("\n")
+            );
         }
     }
 }
@@ -1101,22 +1115,38 @@ fn containerd_point(
 ) {
     let fx = cl.fx;
     let args: &[&str] = match call {
-        "Prepare" => &["prepare", "victim", "base"],
+        "Prepare" | "PrepareSpare" | "PrepareClaim" => &["prepare", "victim", "base"],
         "View" => &["view", "victim", "base"],
         "Commit" | "CommitMounted" => &["commit", "victim-c", "victim"],
         "Update" => &["label", "victim", LABEL],
         "Remove" => &["rm", "victim"],
         other => panic!("no such call {other}"),
     };
-    let needs_victim = !matches!(call, "Prepare" | "View");
+    // Spares only where they are what is killed.
+    cl.spares = Some(u8::from(matches!(call, "PrepareSpare" | "PrepareClaim")));
+    let needs_victim = !matches!(call, "Prepare" | "View" | "PrepareSpare" | "PrepareClaim");
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
     }
     let held = (call == "CommitMounted").then(|| hold_mounted(cl, "victim"));
     cl.kill_serve_at(point, |cl| {
+        if call == "PrepareClaim" {
+            // A first Prepare on `base` makes a spare of it; the victim's
+            // claims it.
+            snap_ok(cl, &["prepare", "warm", "base"]);
+            eventually("a spare of base", DEADLINE, || {
+                let spares = records(fx).tree.spares;
+                if spares.iter().any(|s| s.mounted) {
+                    Ok(())
+                } else {
+                    Err(format!("{spares:?}"))
+                }
+            });
+        }
         let out = snap(cl, args);
-        // Remove is called by the garbage collector after `rm` succeeded.
-        if call != "Remove" {
+        // Remove is called by the garbage collector after `rm` succeeded;
+        // a spare is made after the Prepare that asked for it returned.
+        if !matches!(call, "Remove" | "PrepareSpare") {
             assert!(!out.status.success(), "{point}: {}", text(&out));
         }
     });
@@ -1126,16 +1156,23 @@ fn containerd_point(
     }
     let rec = check_root(fx, &what);
     check_content(fx, digests, &what);
+    assert!(
+        rec.tree.spares.is_empty(),
+        "{what}: spares outlived the crash"
+    );
     let names = names_in_thinlayer(fx);
     let has = |n: &str| names.iter().filter(|x| *x == n).count();
     // Complete or absent, in thinlayer's records.
     match call {
-        "Prepare" | "View" => {
-            let made = !matches!(point, "create.after-intent" | "create.after-message");
-            assert_eq!(has("victim"), usize::from(made), "{what}: {names:?}");
+        // The intent is durable before the kernel is told: complete at
+        // every point (containerd's collector removes it if containerd's
+        // own Prepare failed).
+        "Prepare" | "View" | "PrepareSpare" => {
+            assert_eq!(has("victim"), 1, "{what}: {names:?}")
         }
+        "PrepareClaim" => assert_eq!(has("victim"), 1, "{what}: {names:?}"),
         "Commit" | "CommitMounted" => {
-            let done = matches!(point, "commit.after-record" | "commit.after-transaction");
+            let done = point == "commit.after-record";
             assert_eq!(
                 (has("victim-c"), has("victim")),
                 (usize::from(done), usize::from(!done)),
@@ -1176,7 +1213,26 @@ fn containerd_point(
     }
     remove_all_but_base(cl);
     converged(fx, &what, &["base"]);
+    reaped(cl, &what);
     check_root(fx, &what);
+}
+
+/// Waits until the server has reaped every pending removal (containerd's
+/// collector calls Cleanup after its removals; the server's background
+/// reaps as they come).
+fn reaped(cl: &Cluster<'_>, what: &str) {
+    eventually(
+        &format!("{what}: every pending removal reaped"),
+        DEADLINE,
+        || {
+            let pending = records(cl.fx).tree.removals;
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{pending:?}"))
+            }
+        },
+    );
 }
 
 #[test]

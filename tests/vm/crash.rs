@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use thinlayer::Driver;
 use thinlayer::failpoint::{
-    self, Point, activate, commit, create, grow, image_rm, import, labels, mount, orphan, remove,
-    umount,
+    self, Point, activate, claim, commit, create, grow, image_rm, import, labels, mount, orphan,
+    reap, remove, spare, umount,
 };
 use thinlayer::image::build::{LayerBuilder, write_oci_archive};
 use thinlayer::image::{Compression, DigestWriter};
@@ -44,7 +44,15 @@ struct Row {
 }
 
 const CREATE: &[Point] = &create::TRANSACTION.points();
-const REMOVE: &[Point] = remove::POINTS;
+/// A removal's record, then its kernel work.
+const REMOVE: &[Point] = &[
+    remove::AFTER_RECORD,
+    reap::AFTER_UMOUNT,
+    reap::AFTER_DISCARD,
+    reap::AFTER_DEACTIVATE,
+    reap::AFTER_DELETE,
+    reap::AFTER_RECORD,
+];
 
 /// The command-line operations.
 const ROWS: &[Row] = &[
@@ -104,10 +112,11 @@ const ROWS: &[Row] = &[
         op: "image rm",
         points: &[
             image_rm::AFTER_MARK,
-            remove::AFTER_INTENT,
-            remove::AFTER_MESSAGE,
-            remove::AFTER_TRANSACTION,
-            remove::AFTER_RECORD,
+            reap::AFTER_UMOUNT,
+            reap::AFTER_DISCARD,
+            reap::AFTER_DEACTIVATE,
+            reap::AFTER_DELETE,
+            reap::AFTER_RECORD,
             image_rm::AFTER_LAYER,
         ],
         run: image_rm,
@@ -115,16 +124,22 @@ const ROWS: &[Row] = &[
 ];
 
 /// The containerd calls, killed in `thinlayer serve`
-/// ([`crate::containerd`] runs them).
+/// ([`crate::containerd`] runs them). The server keeps no spares but in
+/// the rows that make and claim them.
 pub const CONTAINERD_ROWS: &[(&str, &[Point])] = &[
     ("Prepare", create::POINTS),
     ("View", create::POINTS),
-    ("Commit", &[commit::AFTER_DEACTIVATE, commit::AFTER_RECORD]),
+    ("Commit", &[commit::AFTER_RECORD]),
     // A Commit of a snapshot its client still has mounted: the committed
     // layer is a snapshot taken at the commit, one more transaction.
     ("CommitMounted", &commit::TRANSACTION.points()),
     ("Update", labels::POINTS),
+    // The removal's record in the call, its kernel work in the background.
     ("Remove", REMOVE),
+    // A spare made in the background after a Prepare on `base`.
+    ("PrepareSpare", spare::POINTS),
+    // A Prepare that claims a spare.
+    ("PrepareClaim", claim::POINTS),
 ];
 
 /// What the main root holds before the matrix, and holds again after each
@@ -261,25 +276,44 @@ pub fn check_root(fx: &Fixture, what: &str) -> Records {
     assert!(rec.pending.is_none(), "{what}: pending {:?}", rec.pending);
     assert!(rec.base_ready, "{what}: the base is not finished");
     let tree: BTreeSet<u64> = rec.tree.thin_ids().map(|i| u64::from(i.get())).collect();
-    assert_eq!(
-        fixture::kernel_thin_ids_of(fx),
-        tree,
-        "{what}: kernel thin ids vs tree"
+    let kernel = fixture::kernel_thin_ids_of(fx);
+    // A pending removal's thin id may be gone already (its delete comes
+    // before its record); nothing else may differ.
+    let removals: BTreeSet<u64> = rec
+        .tree
+        .removals
+        .values()
+        .map(|r| u64::from(r.thin_id.get()))
+        .collect();
+    let missing: BTreeSet<u64> = tree.difference(&kernel).copied().collect();
+    assert!(
+        kernel.is_subset(&tree) && missing.is_subset(&removals),
+        "{what}: kernel thin ids {kernel:?} vs tree {tree:?} (pending removals {removals:?})"
     );
 
-    let name = |l: &thinlayer::tree::Layer| thinlayer::thin::dm_name(&fx.prefix, l.thin_id);
+    let name = |id: thinlayer::units::ThinId| thinlayer::thin::dm_name(&fx.prefix, id);
     let pool = format!("{}-pool", fx.prefix);
     let devices: BTreeSet<String> = fx.devices().into_iter().collect();
     let mounted = rec.tree.layers.values().filter(|l| l.mounts > 0);
-    let mut needed: BTreeSet<String> = mounted.clone().map(name).collect();
+    let spares = rec.tree.spares.iter().filter(|s| s.mounted);
+    let mut needed: BTreeSet<String> = mounted
+        .clone()
+        .map(|l| l.thin_id)
+        .chain(spares.clone().map(|s| s.thin_id))
+        .map(name)
+        .collect();
     needed.insert(pool.clone());
     // A pinned layer's device may be down (a Commit killed after taking it
-    // down): containerd's next Mounts brings it up again.
+    // down): containerd's next Mounts brings it up again. A pending
+    // removal's may be up until it is reaped, and a spare's.
     let allowed: BTreeSet<String> = rec
         .tree
         .layers
         .values()
         .filter(|l| l.pinned)
+        .map(|l| l.thin_id)
+        .chain(rec.tree.removals.values().map(|r| r.thin_id))
+        .chain(rec.tree.spares.iter().map(|s| s.thin_id))
         .map(name)
         .chain(needed.iter().cloned())
         .collect();
@@ -295,10 +329,17 @@ pub fn check_root(fx: &Fixture, what: &str) -> Records {
         .map(|m| m.target)
         .filter(|t| t.starts_with(&fx.root))
         .collect();
+    let at = |id: thinlayer::units::ThinId| fx.root.join("mnt").join(id.to_string());
     let want: BTreeSet<PathBuf> = mounted
-        .map(|l| fx.root.join("mnt").join(l.thin_id.to_string()))
+        .map(|l| l.thin_id)
+        .chain(spares.map(|s| s.thin_id))
+        .map(at)
         .collect();
-    assert_eq!(mounts, want, "{what}: mounts");
+    let may: BTreeSet<PathBuf> = rec.tree.removals.values().map(|r| at(r.thin_id)).collect();
+    assert!(
+        want.is_subset(&mounts) && mounts.difference(&want).all(|m| may.contains(m)),
+        "{what}: mounts {mounts:?}, wanted {want:?}, of pending removals {may:?}"
+    );
     let want: BTreeSet<PathBuf> = [fx.root.join("data"), fx.root.join("metadata")].into();
     assert_eq!(loop_files(fx), want, "{what}: loop devices");
     rec
@@ -514,16 +555,14 @@ fn container_create(fx: &Fixture, base: &Baseline, point: &str) {
     let create = ["container", "create", "app", "victim"];
     killed_at(fx, point, &create);
     fx.ok(&["ps"]);
-    let done = matches!(point, "create.after-transaction" | "create.after-record");
-    base.recovered(fx, point, if done { &["victim"] } else { &[] });
-    if !done {
-        fx.ok(&create);
-    }
+    // The intent is durable before the kernel is told: the next command
+    // completes the create wherever it was killed.
+    base.recovered(fx, point, &["victim"]);
     fx.ok(&["container", "rm", "victim"]);
 }
 
 /// Killed while the new layer's filesystem grows (its thin id made, the
-/// transaction id not moved yet): rolled back whole.
+/// layer not recorded yet): rolled back whole.
 fn container_create_sized(fx: &Fixture, base: &Baseline, point: &str) {
     let create = ["container", "create", "--size", "512M", "app", "victim"];
     killed_at(fx, point, &create);
@@ -575,10 +614,20 @@ fn container_commit(fx: &Fixture, base: &Baseline, point: &str) {
 
 fn container_rm(fx: &Fixture, base: &Baseline, point: &str) {
     fx.ok(&["container", "create", "app", "victim"]);
-    killed_at(fx, point, &["container", "rm", "victim"]);
+    fx.ok(&["container", "mount", "victim"]);
+    killed_at(fx, point, &["container", "rm", "--force", "victim"]);
     fx.ok(&["ps"]);
-    // A started delete is finished by the next command.
+    // Gone once its record is written; its kernel work is finished by the
+    // next removal.
     base.recovered(fx, point, &[]);
+    fx.ok(&["container", "create", "app", "other"]);
+    fx.ok(&["container", "rm", "other"]);
+    let rec = base.recovered(fx, point, &[]);
+    assert!(
+        rec.tree.removals.is_empty(),
+        "{point}: pending {:?}",
+        rec.tree.removals
+    );
 }
 
 fn image_import(fx: &Fixture, base: &Baseline, point: &str) {
@@ -604,7 +653,12 @@ fn image_rm(fx: &Fixture, base: &Baseline, point: &str) {
     fx.ok(&["image", "import", base.rmme.to_str().unwrap()]);
     killed_at(fx, point, &["image", "rm", "rmme:1"]);
     fx.ok(&["ps"]);
-    // Complete: the name and both its layers are gone.
+    // Complete: the name and both its layers are gone, what is left of
+    // their kernel work done by the next removal.
     let rec = base.recovered(fx, point, &[]);
     base.images_are_the_baselines(&rec, point);
+    fx.ok(&["container", "create", "app", "other"]);
+    fx.ok(&["container", "rm", "other"]);
+    let rec = base.recovered(fx, point, &[]);
+    assert!(rec.tree.removals.is_empty(), "{point}: pending");
 }
