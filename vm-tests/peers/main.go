@@ -482,6 +482,12 @@ func writeAt(path string, data []byte, off int64) error {
 	return nil
 }
 
+// smallImage commits a new one-layer image of smallFiles, named what-N.
+func (r *runner) smallImage(what string) (string, error) {
+	name := r.key(what)
+	return name, r.committed(name, "", smallFiles)
+}
+
 // smallFiles is an image layer of a few small files.
 func smallFiles(dir string) error {
 	if err := os.Mkdir(filepath.Join(dir, "etc"), 0o755); err != nil {
@@ -514,8 +520,8 @@ func (r *runner) prepareCycle() {
 	names := []string{"prepare", "mount", "unmount", "remove call", "remove until collected", "total"}
 	vals := make([][]float64, len(names))
 	err := func() error {
-		base := r.key("cycle-base")
-		if err := r.committed(base, "", smallFiles); err != nil {
+		base, err := r.smallImage("cycle-base")
+		if err != nil {
 			return err
 		}
 		for i := 0; i < r.cfg.cycles; i++ {
@@ -731,8 +737,8 @@ func (r *runner) idleCost() {
 	var per []float64
 	n := r.cfg.idle
 	err := func() error {
-		base := r.key("idle-base")
-		if err := r.committed(base, "", smallFiles); err != nil {
+		base, err := r.smallImage("idle-base")
+		if err != nil {
 			return err
 		}
 		for rep := 0; rep < r.cfg.reps; rep++ {
@@ -824,8 +830,8 @@ func (r *runner) teardown() {
 	var one, many, down []float64
 	var made []ctr
 	err := func() error {
-		base := r.key("live-base")
-		if err := r.committed(base, "", smallFiles); err != nil {
+		base, err := r.smallImage("live-base")
+		if err != nil {
 			return err
 		}
 		for rep := 0; rep < r.cfg.reps; rep++ {
