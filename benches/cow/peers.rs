@@ -76,6 +76,8 @@ pub const PEER_METRICS: [PeerWorkload; 6] = [
             ("write bytes written", Unit::Bytes),
             ("total time", Unit::Seconds),
             ("total bytes written", Unit::Bytes),
+            ("prepare call", Unit::Seconds),
+            ("commit call", Unit::Seconds),
         ],
     ),
     (

@@ -208,6 +208,20 @@ fn peer_targets(res: &Results) -> Vec<String> {
             0.2,
         ),
         (
+            "Prepare alone (each call of the #2988 build), p50, at most 1.5× overlayfs",
+            SHAPE_2988,
+            "prepare call",
+            "overlayfs",
+            1.5,
+        ),
+        (
+            "Commit (each call of the #2988 build), p50, at most 2× overlayfs",
+            SHAPE_2988,
+            "commit call",
+            "overlayfs",
+            2.0,
+        ),
+        (
             "containerd #2988 shape total time at most 0.8× overlayfs",
             SHAPE_2988,
             "total time",
@@ -291,7 +305,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         (
             SHAPE_2988,
             format!(
-                "The shape of containerd's issue #2988: {} layers × {} files × {}, each layer a commit of a snapshot on the previous one (every file written and fsynced); then from an active snapshot on top, a 4-byte write + fsync in the middle of every file; {} runs.",
+                "The shape of containerd's issue #2988: {} layers × {} files × {}, each layer a commit of a snapshot on the previous one (every file written and fsynced); then from an active snapshot on top, a 4-byte write + fsync in the middle of every file; {} runs. *prepare call* and *commit call*: each Prepare and each Commit call of the layers' build, timed alone (one value per layer and run).",
                 cfg.peer_layers,
                 cfg.peer_files,
                 size(cfg.peer_file_size),

@@ -331,8 +331,13 @@ fn quick_peers_produce_sane_figures() {
                 };
                 for &(m, unit) in metrics {
                     let v = values(&res, w, m, param, b);
-                    // One teardown of all N per snapshotter.
-                    let n = if m == "teardown of all N" { 1 } else { n };
+                    // One teardown of all N per snapshotter; a Prepare and
+                    // a Commit call per layer of the #2988 build.
+                    let n = match (w, m) {
+                        (_, "teardown of all N") => 1,
+                        (SHAPE_2988, "prepare call" | "commit call") => cfg.peer_layers * n,
+                        _ => n,
+                    };
                     assert_eq!(v.len(), n, "{w} / {m} / {param} on {b}: {v:?}");
                     // An idle container may cost nothing the store shows.
                     let ok = |x: &f64| if w == IDLE_COST { *x >= 0.0 } else { *x > 0.0 };

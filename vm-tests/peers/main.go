@@ -292,18 +292,26 @@ func (r *runner) mountPoint() (string, error) {
 
 // mounted prepares key on parent and mounts it; returns the mount point.
 func (r *runner) mounted(key, parent string) (string, []mount.Mount, error) {
-	ms, err := r.sn.Prepare(r.ctx, key, parent)
-	if err != nil {
-		return "", nil, fmt.Errorf("prepare %s: %w", key, err)
-	}
+	dir, ms, _, err := r.mountedTimed(key, parent)
+	return dir, ms, err
+}
+
+// mountedTimed is mounted, with the time of the Prepare call alone.
+func (r *runner) mountedTimed(key, parent string) (string, []mount.Mount, time.Duration, error) {
 	dir, err := r.mountPoint()
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
+	start := time.Now()
+	ms, err := r.sn.Prepare(r.ctx, key, parent)
+	if err != nil {
+		return "", nil, 0, fmt.Errorf("prepare %s: %w", key, err)
+	}
+	t := time.Since(start)
 	if err := mount.All(ms, dir); err != nil {
-		return "", nil, fmt.Errorf("mount %s: %w", key, err)
+		return "", nil, 0, fmt.Errorf("mount %s: %w", key, err)
 	}
-	return dir, ms, nil
+	return dir, ms, t, nil
 }
 
 func unmount(dir string) error {
@@ -417,22 +425,30 @@ func (r *runner) settle() error {
 
 // committed makes a committed layer of files written by fill on parent.
 func (r *runner) committed(name, parent string, fill func(dir string) error) error {
+	_, _, err := r.committedTimed(name, parent, fill)
+	return err
+}
+
+// committedTimed is committed, with the time of its Prepare call and of
+// its Commit call.
+func (r *runner) committedTimed(name, parent string, fill func(dir string) error) (prepare, commit time.Duration, err error) {
 	key := r.key(name + "-active")
-	dir, _, err := r.mounted(key, parent)
+	dir, _, prepare, err := r.mountedTimed(key, parent)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	ferr := fill(dir)
 	if err := unmount(dir); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if ferr != nil {
-		return ferr
+		return 0, 0, ferr
 	}
+	start := time.Now()
 	if err := r.sn.Commit(r.ctx, name, key); err != nil {
-		return fmt.Errorf("commit %s: %w", key, err)
+		return 0, 0, fmt.Errorf("commit %s: %w", key, err)
 	}
-	return nil
+	return prepare, time.Since(start), nil
 }
 
 // writeFile writes size bytes of a pattern to path and fsyncs.
@@ -575,7 +591,7 @@ func (r *runner) prepareCycle() {
 // from an active snapshot on top.
 func (r *runner) shape2988() {
 	logf("%s: %s", r.Name, shape2988)
-	var bt, bb, wt, wb, tt, tb []float64
+	var bt, bb, wt, wb, tt, tb, pc, cc []float64
 	err := func() error {
 		for rep := 0; rep < r.cfg.reps; rep++ {
 			var layers []string
@@ -584,7 +600,7 @@ func (r *runner) shape2988() {
 			build, buildBytes, err := r.measured(func() error {
 				for l := 0; l < r.cfg.layers; l++ {
 					name := r.key("shape-layer")
-					err := r.committed(name, parent, func(dir string) error {
+					p, c, err := r.committedTimed(name, parent, func(dir string) error {
 						for f := 0; f < r.cfg.files; f++ {
 							rel := fmt.Sprintf("l%d-f%d", l, f)
 							if err := writeFile(filepath.Join(dir, rel), r.cfg.fileSize); err != nil {
@@ -597,6 +613,7 @@ func (r *runner) shape2988() {
 					if err != nil {
 						return err
 					}
+					pc, cc = append(pc, secs(p)), append(cc, secs(c))
 					layers = append(layers, name)
 					parent = name
 				}
@@ -642,7 +659,8 @@ func (r *runner) shape2988() {
 	r.figures(shape2988, uint64(r.cfg.layers), err,
 		metric{"build time", "seconds", bt}, metric{"build bytes written", "bytes", bb},
 		metric{"write time", "seconds", wt}, metric{"write bytes written", "bytes", wb},
-		metric{"total time", "seconds", tt}, metric{"total bytes written", "bytes", tb})
+		metric{"total time", "seconds", tt}, metric{"total bytes written", "bytes", tb},
+		metric{"prepare call", "seconds", pc}, metric{"commit call", "seconds", cc})
 }
 
 // firstWrite: one 4 KiB write + fsync into the middle of a large file of
