@@ -37,6 +37,7 @@ use super::workloads::{Config, Figure, Results, Unit};
 pub const PEERS: [&str; 3] = ["thinlayer", "overlayfs", "devmapper"];
 
 pub const PREPARE_CYCLE: &str = "prepare cycle";
+pub const PARALLEL: &str = "parallel prepare cycles";
 pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
@@ -53,7 +54,7 @@ pub const ROOTFS_ENV: &str = "THINLAYER_BENCH_ROOTFS";
 pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
 
 /// Every figure the Go program makes.
-pub const PEER_METRICS: [PeerWorkload; 6] = [
+pub const PEER_METRICS: [PeerWorkload; 7] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -64,6 +65,15 @@ pub const PEER_METRICS: [PeerWorkload; 6] = [
             ("remove call", Unit::Seconds),
             ("remove until collected", Unit::Seconds),
             ("total", Unit::Seconds),
+        ],
+    ),
+    (
+        "parallel prepare cycles",
+        PARALLEL,
+        &[
+            ("cycles per second", Unit::PerSecond),
+            ("wall time", Unit::Seconds),
+            ("cycle", Unit::Seconds),
         ],
     ),
     (
@@ -479,6 +489,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 &image.entries.to_string(),
                 "-unpack-reps",
                 &cfg.peer_unpack_reps.to_string(),
+                "-clients",
+                &cfg.peer_clients.to_string(),
+                "-parallel-cycles",
+                &cfg.peer_parallel_cycles.to_string(),
                 "-deadline",
                 &format!("{}s", DEADLINE.as_secs()),
             ])

@@ -9,7 +9,8 @@ use plotters::prelude::*;
 
 use super::measure::Stats;
 use super::peers::{
-    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988, TEARDOWN, UNPACK,
+    IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988,
+    TEARDOWN, UNPACK,
 };
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
@@ -53,6 +54,7 @@ fn show(v: f64, unit: Unit) -> String {
         Unit::Seconds => format!("{:.0} µs", v * 1e6),
         Unit::Rate => format!("{:.1} MiB/s", v / f64::from(1 << 20)),
         Unit::Count => format!("{v:.0}"),
+        Unit::PerSecond => format!("{v:.2}/s"),
     }
 }
 
@@ -183,15 +185,36 @@ fn peer_table(out: &mut String, res: &Results, workload: &str, p: Option<f64>) {
     }
 }
 
-/// The peers' targets: thinlayer's figure over another snapshotter's, at
-/// most a bound.
+/// The p50 of a peers figure, at the first parameter it has values at.
+fn peer_p50(res: &Results, w: &str, m: &str, b: &str) -> Option<f64> {
+    params(res, w)
+        .into_iter()
+        .find_map(|n| stats(res.find(w, m, n, b)).map(|s| s.median()))
+}
+
+/// Why a peers figure has no value: its error, or that it was not run.
+fn peer_missing(res: &Results, w: &str, m: &str, b: &str) -> String {
+    params(res, w)
+        .into_iter()
+        .find_map(|n| match res.find(w, m, n, b) {
+            Some(Figure { values: Err(e), .. }) => Some(format!("{b}'s {m} missing: {e}")),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("{b}'s {m} not measured in this run"))
+}
+
+/// The peers' targets: thinlayer's figure against another snapshotter's,
+/// each as met or missed with its figures.
 fn peer_targets(res: &Results) -> Vec<String> {
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
-    let pct = |w: &str, m: &str, b: &str, p: f64| {
-        params(res, w)
-            .into_iter()
-            .find_map(|n| stats(res.find(w, m, n, b)).map(|s| s.percentile(p)))
+    let unit = |w: &str, m: &str| {
+        res.figures
+            .iter()
+            .find(|f| f.workload == w && f.metric == m)
+            .map_or(Unit::Seconds, |f| f.unit)
     };
+    // What, workload, metric, the other snapshotter, the bound on
+    // thinlayer / other, whether it is an upper bound.
     let checks = [
         (
             "Prepare cycle total, p50, at most 1.5× overlayfs",
@@ -199,6 +222,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "total",
             "overlayfs",
             1.5,
+            true,
         ),
         (
             "Prepare cycle total, p50, at most 0.2× devmapper",
@@ -206,6 +230,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "total",
             "devmapper",
             0.2,
+            true,
         ),
         (
             "Prepare alone (each call of the #2988 build), p50, at most 1.5× overlayfs",
@@ -213,6 +238,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "prepare call",
             "overlayfs",
             1.5,
+            true,
         ),
         (
             "Commit (each call of the #2988 build), p50, at most 2× overlayfs",
@@ -220,6 +246,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "commit call",
             "overlayfs",
             2.0,
+            true,
         ),
         (
             "containerd #2988 shape total time at most 0.8× overlayfs",
@@ -227,6 +254,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "total time",
             "overlayfs",
             0.8,
+            true,
         ),
         (
             "Teardown of all N at most 2× overlayfs",
@@ -234,6 +262,7 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "teardown of all N",
             "overlayfs",
             2.0,
+            true,
         ),
         (
             "Unpack of a realistic image, p50, at most 1.2× overlayfs",
@@ -241,26 +270,43 @@ fn peer_targets(res: &Results) -> Vec<String> {
             "unpack",
             "overlayfs",
             1.2,
+            true,
+        ),
+        (
+            "Parallel prepare cycles: cycles per second at least 0.67× overlayfs",
+            PARALLEL,
+            "cycles per second",
+            "overlayfs",
+            0.67,
+            false,
         ),
     ];
     let mut t: Vec<String> = checks
         .into_iter()
-        .map(|(what, w, m, other, bound)| {
-            match (pct(w, m, "thinlayer", 50.0), pct(w, m, other, 50.0)) {
+        .map(|(what, w, m, other, bound, at_most)| {
+            let u = unit(w, m);
+            match (peer_p50(res, w, m, "thinlayer"), peer_p50(res, w, m, other)) {
                 (Some(t), Some(o)) if o > 0.0 => format!(
                     "{what}: {} (thinlayer / {other} = {:.2}: {} / {})",
-                    verdict(t / o <= bound),
+                    verdict(if at_most {
+                        t / o <= bound
+                    } else {
+                        t / o >= bound
+                    }),
                     t / o,
-                    show(t, Unit::Seconds),
-                    show(o, Unit::Seconds)
+                    show(t, u),
+                    show(o, u)
                 ),
-                _ => format!("{what}: not measured in this run."),
+                (t, _) => format!(
+                    "{what}: not measured ({}).",
+                    peer_missing(res, w, m, if t.is_none() { "thinlayer" } else { other })
+                ),
             }
         })
         .collect();
     // Per-operation cost with N live against with none other live.
     for b in PEERS {
-        let c = |m| pct(TEARDOWN, m, b, 50.0);
+        let c = |m| peer_p50(res, TEARDOWN, m, b);
         let what = format!("{b}: create with N live within 1.2× of with none other live");
         t.push(
             match (c("create with N live"), c("create with none other live")) {
@@ -289,16 +335,24 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less).\n"
+        "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less; for cycles per second, above 1: thinlayer does more).\n"
     );
     // Workload, introduction, tables (heading, percentile or none).
     type Part<'a> = (&'a str, String, Vec<(&'a str, Option<f64>)>);
-    let parts: [Part<'_>; 6] = [
+    let parts: [Part<'_>; 7] = [
         (
             PREPARE_CYCLE,
             format!(
                 "{} cycles of Prepare of a container on a one-layer image, mount, unmount, Remove through containerd, each after a synchronous collection (containerd 1.6's scheduler drops the event of a removal made while a collection runs, so the removal would wait for some later one); *remove until collected*: from the Remove call until the snapshot is gone from the backend (thinlayer: from its own Walk; overlayfs: its directory gone; devmapper: its thin device deactivated — the `delete` message devmapper sends next is not waited for); *total*: prepare to collected.",
                 cfg.peer_cycles
+            ),
+            vec![("p50", Some(50.0)), ("p90", Some(90.0))],
+        ),
+        (
+            PARALLEL,
+            format!(
+                "{} clients at once (goroutines of the Go program, one containerd client), each doing {} cycles of Prepare on a one-layer image, mount, unmount and Remove through containerd one after another, without waiting for the collection; *cycles per second*: all cycles over the *wall time* from the start until every removed snapshot is gone from the backend (after the last Remove, one synchronous collection, for the reason above; then each snapshot waited for as in the prepare cycle); *cycle*: from a cycle's Prepare call to the return of its Remove call, over every cycle of every client. One run.",
+                cfg.peer_clients, cfg.peer_parallel_cycles
             ),
             vec![("p50", Some(50.0)), ("p90", Some(90.0))],
         ),

@@ -77,6 +77,9 @@ pub struct Config {
     /// `peer_live` for devmapper when set: its every step runs `dmsetup`
     /// processes (on an idle machine, 200 took 2 minutes to tear down).
     pub peer_live_devmapper: Option<usize>,
+    /// Parallel prepare cycles: clients at once, cycles of each.
+    pub peer_clients: usize,
+    pub peer_parallel_cycles: usize,
     pub peer_unpack_entries: Option<usize>,
     pub peer_unpack_reps: usize,
     /// Which workloads run: `only` if set, never those in `skip`.
@@ -199,6 +202,8 @@ impl Config {
             peer_idle: 5,
             peer_live: 20,
             peer_live_devmapper: None,
+            peer_clients: 8,
+            peer_parallel_cycles: 3,
             peer_unpack_entries: Some(4000),
             peer_unpack_reps: 1,
             only: None,
@@ -241,6 +246,8 @@ impl Config {
             peer_idle: 20,
             peer_live: 1000,
             peer_live_devmapper: Some(200),
+            peer_clients: 8,
+            peer_parallel_cycles: 20,
             peer_unpack_entries: None,
             peer_unpack_reps: 3,
             only: None,
@@ -262,6 +269,8 @@ pub enum Unit {
     Rate,
     /// Things counted (leaked devices, ...).
     Count,
+    /// Things done per second.
+    PerSecond,
 }
 
 /// One figure: the values of repeated runs of one step, or why it failed.

@@ -25,8 +25,8 @@ use crate::fixture;
 use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
 use peers::{
-    IDLE_COST, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, ROOTFS_ENV, SHAPE_2988,
-    TEARDOWN, UNPACK,
+    IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, ROOTFS_ENV,
+    SHAPE_2988, TEARDOWN, UNPACK,
 };
 use workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
@@ -312,6 +312,7 @@ fn quick_peers_produce_sane_figures() {
         for (_, w, metrics) in PEER_METRICS {
             let (param, n) = match w {
                 PREPARE_CYCLE => (cfg.peer_cycles as u64, cfg.peer_cycles),
+                PARALLEL => (cfg.peer_clients as u64, 1),
                 SHAPE_2988 => (cfg.peer_layers as u64, cfg.peer_reps),
                 PEER_FIRST_WRITE => (cfg.peer_write_size, cfg.peer_reps),
                 IDLE_COST => (cfg.peer_idle as u64, cfg.peer_reps),
@@ -332,10 +333,12 @@ fn quick_peers_produce_sane_figures() {
                 for &(m, unit) in metrics {
                     let v = values(&res, w, m, param, b);
                     // One teardown of all N per snapshotter; a Prepare and
-                    // a Commit call per layer of the #2988 build.
+                    // a Commit call per layer of the #2988 build; one
+                    // parallel run of every client's cycles.
                     let n = match (w, m) {
                         (_, "teardown of all N") => 1,
                         (SHAPE_2988, "prepare call" | "commit call") => cfg.peer_layers * n,
+                        (PARALLEL, "cycle") => cfg.peer_clients * cfg.peer_parallel_cycles,
                         _ => n,
                     };
                     assert_eq!(v.len(), n, "{w} / {m} / {param} on {b}: {v:?}");
@@ -358,6 +361,23 @@ fn quick_peers_produce_sane_figures() {
                             "prepare cycle {i} on {b}: total {t}, steps {parts} + {collected}"
                         );
                     }
+                }
+                if w == PARALLEL {
+                    let (wall, cycles) = (
+                        v("wall time")[0],
+                        (cfg.peer_clients * cfg.peer_parallel_cycles) as f64,
+                    );
+                    assert!(
+                        (v("cycles per second")[0] * wall - cycles).abs() < 1e-6 * cycles,
+                        "parallel on {b}: {cycles} cycles in {wall} s at {:?} a second",
+                        v("cycles per second")
+                    );
+                    // Each client's cycles ran one after another within the run.
+                    assert!(
+                        v("cycle").iter().all(|&c| c <= wall),
+                        "parallel on {b}: a cycle longer than the run ({wall} s): {:?}",
+                        v("cycle")
+                    );
                 }
             }
         }

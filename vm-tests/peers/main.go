@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd"
@@ -78,6 +79,9 @@ type config struct {
 	// live for devmapper, when not 0: its every step runs dmsetup
 	// processes (on an idle machine, 200 took 2 minutes to tear down).
 	liveDevmapper int
+	// The parallel workload: clients at once, cycles each.
+	clients        int
+	parallelCycles int
 	// The unpack workload's image (an OCI archive), the entries of its
 	// layer, and the workload's repetitions.
 	archive    string
@@ -105,6 +109,8 @@ func main() {
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
 	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
 	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
+	flag.IntVar(&cfg.clients, "clients", 8, "clients of the parallel workload")
+	flag.IntVar(&cfg.parallelCycles, "parallel-cycles", 20, "prepare cycles of each client of the parallel workload")
 	flag.IntVar(&cfg.liveDevmapper, "live-devmapper", 0, "live containers of the teardown workload on devmapper (0: -live)")
 	flag.StringVar(&cfg.archive, "unpack-archive", "", "the OCI image archive of the unpack workload (one layer)")
 	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
@@ -132,7 +138,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown, (*runner).unpack} {
+		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).parallel, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown, (*runner).unpack} {
 			w(r)
 			// What the workload removed is gone before the next one
 			// measures.
@@ -521,6 +527,7 @@ func secs(d time.Duration) float64 { return d.Seconds() }
 
 const (
 	prepareCycle = "prepare cycle"
+	parallel     = "parallel prepare cycles"
 	shape2988    = "containerd #2988 shape"
 	firstWrite   = "first write"
 	idleCost     = "idle cost"
@@ -584,6 +591,102 @@ func (r *runner) prepareCycle() {
 		ms = append(ms, metric{n, "seconds", vals[j]})
 	}
 	r.figures(prepareCycle, uint64(r.cfg.cycles), err, ms...)
+}
+
+// parallel: clients at once, each doing its cycles of Prepare + mount +
+// unmount + Remove of a container on a one-layer image, one after another,
+// without waiting for the garbage collector. Cycles per second: all cycles
+// over the wall time from the start until every removed snapshot is gone
+// from the backend (after the last Remove, one synchronous collection: see
+// settle). A cycle: from its Prepare call to the return of its Remove call.
+func (r *runner) parallel() {
+	logf("%s: %s", r.Name, parallel)
+	clients, cycles := r.cfg.clients, r.cfg.parallelCycles
+	var rate, wall, lat []float64
+	err := func() error {
+		base, err := r.smallImage("parallel-base")
+		if err != nil {
+			return err
+		}
+		if err := r.settle(); err != nil {
+			return err
+		}
+		// Names and mount points made beforehand: nothing but the cycles
+		// runs between the start and the end.
+		type cycle struct {
+			key, dir string
+			ms       []mount.Mount
+			took     time.Duration
+		}
+		all := make([][]cycle, clients)
+		for c := range all {
+			for i := 0; i < cycles; i++ {
+				dir, err := r.mountPoint()
+				if err != nil {
+					return err
+				}
+				all[c] = append(all[c], cycle{key: r.key("parallel"), dir: dir})
+			}
+		}
+		errs := make([]error, clients)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for c := range all {
+			wg.Add(1)
+			go func(mine []cycle, failed *error) {
+				defer wg.Done()
+				for i := range mine {
+					cy := &mine[i]
+					t0 := time.Now()
+					ms, err := r.sn.Prepare(r.ctx, cy.key, base)
+					if err != nil {
+						*failed = fmt.Errorf("prepare %s: %w", cy.key, err)
+						return
+					}
+					if err := mount.All(ms, cy.dir); err != nil {
+						*failed = fmt.Errorf("mount %s: %w", cy.key, err)
+						return
+					}
+					if err := mount.UnmountAll(cy.dir, 0); err != nil {
+						*failed = fmt.Errorf("unmount %s: %w", cy.key, err)
+						return
+					}
+					if err := r.sn.Remove(r.ctx, cy.key); err != nil {
+						*failed = fmt.Errorf("remove %s: %w", cy.key, err)
+						return
+					}
+					cy.ms, cy.took = ms, time.Since(t0)
+				}
+			}(all[c], &errs[c])
+		}
+		wg.Wait()
+		if err := firstErr(errs...); err != nil {
+			return err
+		}
+		if err := r.settle(); err != nil {
+			return err
+		}
+		for _, mine := range all {
+			for _, cy := range mine {
+				if err := r.collected(cy.key, cy.ms); err != nil {
+					return err
+				}
+			}
+		}
+		t := time.Since(start)
+		for _, mine := range all {
+			for _, cy := range mine {
+				os.Remove(cy.dir)
+				lat = append(lat, secs(cy.took))
+			}
+		}
+		rate, wall = []float64{float64(clients*cycles) / t.Seconds()}, []float64{secs(t)}
+		return r.sn.Remove(r.ctx, base)
+	}()
+	r.figures(parallel, uint64(clients), err,
+		metric{"cycles per second", "per second", rate},
+		metric{"wall time", "seconds", wall},
+		metric{"cycle", "seconds", lat})
 }
 
 // shape2988: layers of files, each layer a commit of a snapshot on the
