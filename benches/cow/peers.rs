@@ -41,6 +41,7 @@ pub const PARALLEL: &str = "parallel prepare cycles";
 pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
+pub const SPACE_BACK: &str = "space back after a removal";
 pub const TEARDOWN: &str = "teardown and create cost";
 pub const UNPACK: &str = "unpack (realistic image)";
 
@@ -54,7 +55,7 @@ pub const ROOTFS_ENV: &str = "THINLAYER_BENCH_ROOTFS";
 pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
 
 /// Every figure the Go program makes.
-pub const PEER_METRICS: [PeerWorkload; 7] = [
+pub const PEER_METRICS: [PeerWorkload; 8] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -99,6 +100,17 @@ pub const PEER_METRICS: [PeerWorkload; 7] = [
         "idle cost",
         IDLE_COST,
         &[("space per idle container", Unit::Bytes)],
+    ),
+    (
+        "space back",
+        SPACE_BACK,
+        &[
+            ("space taken", Unit::Bytes),
+            ("host files' growth", Unit::Bytes),
+            ("remove until collected", Unit::Seconds),
+            ("space back", Unit::Seconds),
+            ("host space back", Unit::Seconds),
+        ],
     ),
     (
         "teardown",
@@ -430,25 +442,31 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// The Go program's `-peers` argument: per snapshotter its loop
-    /// devices, where its space in use is read, how its backend is asked.
+    /// devices, where its space in use is read, how its backend is asked
+    /// and the host files behind its data (the pools' data files, the
+    /// overlay's filesystem image; not the pools' metadata files).
     fn peer_args(&self) -> Result<String> {
         let block = BLOCK_SECTORS * 512;
+        let overlay_img = self.base.join("overlayfs.img");
+        let dm_dir = self.base.join("devmapper");
         let thin = format!(
-            "thinlayer;{};pool:{}:{block};proxy:{}",
+            "thinlayer;{};pool:{}:{block};proxy:{};{}",
             self.loops_under(&self.thin_root)?.join(","),
             thin_pool_name(&self.thin_root),
-            self.run.join("thinlayer.sock").display()
+            self.run.join("thinlayer.sock").display(),
+            self.thin_root.join("data").display()
         );
         let overlay = format!(
-            "overlayfs;{};statfs:{};overlayfs",
-            self.loops_under(&self.base.join("overlayfs.img"))?
-                .join(","),
-            self.overlay_fs.display()
+            "overlayfs;{};statfs:{};overlayfs;{}",
+            self.loops_under(&overlay_img)?.join(","),
+            self.overlay_fs.display(),
+            overlay_img.display()
         );
         let dm = format!(
-            "devmapper;{};pool:{}:{block};devmapper",
-            self.loops_under(&self.base.join("devmapper"))?.join(","),
-            self.dm_pool
+            "devmapper;{};pool:{}:{block};devmapper;{}",
+            self.loops_under(&dm_dir)?.join(","),
+            self.dm_pool,
+            dm_dir.join("data").display()
         );
         Ok([thin, overlay, dm].join("|"))
     }
@@ -493,6 +511,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 &cfg.peer_clients.to_string(),
                 "-parallel-cycles",
                 &cfg.peer_parallel_cycles.to_string(),
+                "-space-size",
+                &cfg.peer_space_size.to_string(),
+                "-space-reps",
+                &cfg.peer_space_reps.to_string(),
+                "-space-deadline",
+                &format!("{}s", cfg.peer_space_deadline),
                 "-deadline",
                 &format!("{}s", DEADLINE.as_secs()),
             ])

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use super::measure::Stats;
 use super::peers::{
     IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988,
-    TEARDOWN, UNPACK,
+    SPACE_BACK, TEARDOWN, UNPACK,
 };
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
@@ -337,9 +337,13 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         s,
         "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less; for cycles per second, above 1: thinlayer does more).\n"
     );
+    let space = format!(
+        "the snapshotter's space in use (thin pools: data blocks in use from the pool's status; overlayfs: used blocks of its ext4, statvfs; a sync before each reading) back within one pool block (64 KiB for overlayfs) of what it was before, and the host files behind its data (the pools' data files, the overlay's ext4 image; not the pools' metadata files) holding no more allocated blocks (`st_blocks`) than that either. Each is read every 10 ms (a pool's status by the ioctl `dmsetup status` makes, without starting a process), so a time is when the first reading that found it back ended. Before the container, both are read until three readings 200 ms apart agree, so that space earlier work frees in the background does not count. A space that does not come back within {} s is reported missing, with how much was still above: overlayfs's ext4 is mounted without `discard` and containerd's devmapper does not discard a removed device's blocks (`discard_blocks` unset, its default), so neither gives space back to the host's file; thinlayer discards a device's blocks before it deletes it",
+        cfg.peer_space_deadline
+    );
     // Workload, introduction, tables (heading, percentile or none).
     type Part<'a> = (&'a str, String, Vec<(&'a str, Option<f64>)>);
-    let parts: [Part<'_>; 7] = [
+    let parts: [Part<'_>; 8] = [
         (
             PREPARE_CYCLE,
             format!(
@@ -381,6 +385,15 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
             format!(
                 "{} containers of a one-layer image, prepared and mounted, nothing written: space in use after ÷ N (thin pools: data blocks in use from the pool's status; overlayfs: used blocks of its ext4, statvfs); {} runs.",
                 cfg.peer_idle, cfg.peer_reps
+            ),
+            vec![("Median (min … max)", None)],
+        ),
+        (
+            SPACE_BACK,
+            format!(
+                "A container of a one-layer image writes a file of {} and fsyncs it, and is unmounted; *space taken* and *host files' growth*: what the snapshotter's space in use and the host files' allocation grew by. Then Remove through containerd: *remove until collected* as in the prepare cycle; *space back* and *host space back*: from the Remove call until {space}. {} run(s); a space that did not come back in one run is not waited for in the next.",
+                size(cfg.peer_space_size),
+                cfg.peer_space_reps
             ),
             vec![("Median (min … max)", None)],
         ),

@@ -80,6 +80,11 @@ pub struct Config {
     /// Parallel prepare cycles: clients at once, cycles of each.
     pub peer_clients: usize,
     pub peer_parallel_cycles: usize,
+    /// Space back after a removal: bytes the container writes, runs, and
+    /// how long freed space may take to come back, in seconds.
+    pub peer_space_size: u64,
+    pub peer_space_reps: usize,
+    pub peer_space_deadline: u64,
     pub peer_unpack_entries: Option<usize>,
     pub peer_unpack_reps: usize,
     /// Which workloads run: `only` if set, never those in `skip`.
@@ -204,6 +209,9 @@ impl Config {
             peer_live_devmapper: None,
             peer_clients: 8,
             peer_parallel_cycles: 3,
+            peer_space_size: 8 << 20,
+            peer_space_reps: 1,
+            peer_space_deadline: 30,
             peer_unpack_entries: Some(4000),
             peer_unpack_reps: 1,
             only: None,
@@ -248,6 +256,9 @@ impl Config {
             peer_live_devmapper: Some(200),
             peer_clients: 8,
             peer_parallel_cycles: 20,
+            peer_space_size: 64 << 20,
+            peer_space_reps: 3,
+            peer_space_deadline: 120,
             peer_unpack_entries: None,
             peer_unpack_reps: 3,
             only: None,

@@ -11,18 +11,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/containerd/containerd"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -63,6 +65,9 @@ type Peer struct {
 	// Kind of backend, for telling when a removed snapshot is gone from
 	// it: "proxy:SOCKET", "overlayfs" or "devmapper".
 	Backend string
+	// The host files behind its data loop devices, whose allocation tells
+	// when freed space is back on the host.
+	Files []string
 }
 
 type config struct {
@@ -82,6 +87,11 @@ type config struct {
 	// The parallel workload: clients at once, cycles each.
 	clients        int
 	parallelCycles int
+	// The space-back workload: bytes written by the container, runs, and
+	// how long freed space may take to come back.
+	spaceSize     int64
+	spaceReps     int
+	spaceDeadline time.Duration
 	// The unpack workload's image (an OCI archive), the entries of its
 	// layer, and the workload's repetitions.
 	archive    string
@@ -111,22 +121,25 @@ func main() {
 	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
 	flag.IntVar(&cfg.clients, "clients", 8, "clients of the parallel workload")
 	flag.IntVar(&cfg.parallelCycles, "parallel-cycles", 20, "prepare cycles of each client of the parallel workload")
+	flag.Int64Var(&cfg.spaceSize, "space-size", 64<<20, "bytes the space-back workload's container writes")
+	flag.IntVar(&cfg.spaceReps, "space-reps", 3, "runs of the space-back workload")
+	flag.DurationVar(&cfg.spaceDeadline, "space-deadline", 120*time.Second, "how long freed space may take to come back")
 	flag.IntVar(&cfg.liveDevmapper, "live-devmapper", 0, "live containers of the teardown workload on devmapper (0: -live)")
 	flag.StringVar(&cfg.archive, "unpack-archive", "", "the OCI image archive of the unpack workload (one layer)")
 	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
 	flag.IntVar(&cfg.unpackReps, "unpack-reps", 3, "repetitions of the unpack")
 	flag.DurationVar(&cfg.deadline, "deadline", 300*time.Second, "how long a removal may take to reach the snapshotter")
-	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND entries separated by |")
+	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND;FILE,FILE entries separated by |")
 	flag.Parse()
 	if cfg.archive == "" {
 		fatal(errors.New("no -unpack-archive"))
 	}
 	for _, p := range strings.Split(peers, "|") {
 		f := strings.Split(p, ";")
-		if len(f) != 4 {
+		if len(f) != 5 {
 			fatal(fmt.Errorf("bad -peers entry %q", p))
 		}
-		cfg.peers = append(cfg.peers, Peer{f[0], strings.Split(f[1], ","), f[2], f[3]})
+		cfg.peers = append(cfg.peers, Peer{f[0], strings.Split(f[1], ","), f[2], f[3], strings.Split(f[4], ",")})
 	}
 	client, err := containerd.New(cfg.socket, containerd.WithDefaultNamespace(namespace), containerd.WithTimeout(cfg.deadline))
 	if err != nil {
@@ -138,7 +151,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).parallel, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).teardown, (*runner).unpack} {
+		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).parallel, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).spaceBack, (*runner).teardown, (*runner).unpack} {
 			w(r)
 			// What the workload removed is gone before the next one
 			// measures.
@@ -219,16 +232,17 @@ func (r *runner) key(what string) string {
 	return fmt.Sprintf("%s-%d", what, r.n)
 }
 
-// figures records metrics of one workload, all failed with err if not nil.
+// figures records metrics of one workload, all failed with err if not nil
+// (else each with its own err, if any).
 func (r *runner) figures(workload string, param uint64, err error, metrics ...metric) {
 	for _, m := range metrics {
 		f := Figure{Workload: workload, Metric: m.name, Unit: m.unit, Param: param, Snapshotter: r.Name, Values: m.values}
 		if f.Values == nil {
 			f.Values = []float64{}
 		}
-		if err != nil {
-			f.Error = err.Error()
-			logf("%s / %s on %s: %v", workload, m.name, r.Name, err)
+		if e := firstErr(err, m.err); e != nil {
+			f.Error = e.Error()
+			logf("%s / %s on %s: %v", workload, m.name, r.Name, e)
 		}
 		out = append(out, f)
 	}
@@ -238,6 +252,8 @@ type metric struct {
 	name   string
 	unit   string
 	values []float64
+	// Why this metric alone could not be measured.
+	err error
 }
 
 // written is the bytes written so far to the peer's loop devices.
@@ -531,6 +547,7 @@ const (
 	shape2988    = "containerd #2988 shape"
 	firstWrite   = "first write"
 	idleCost     = "idle cost"
+	spaceBack    = "space back"
 	teardown     = "teardown"
 	unpack       = "unpack"
 )
@@ -588,7 +605,7 @@ func (r *runner) prepareCycle() {
 	}()
 	var ms []metric
 	for j, n := range names {
-		ms = append(ms, metric{n, "seconds", vals[j]})
+		ms = append(ms, metric{name: n, unit: "seconds", values: vals[j]})
 	}
 	r.figures(prepareCycle, uint64(r.cfg.cycles), err, ms...)
 }
@@ -684,9 +701,9 @@ func (r *runner) parallel() {
 		return r.sn.Remove(r.ctx, base)
 	}()
 	r.figures(parallel, uint64(clients), err,
-		metric{"cycles per second", "per second", rate},
-		metric{"wall time", "seconds", wall},
-		metric{"cycle", "seconds", lat})
+		metric{name: "cycles per second", unit: "per second", values: rate},
+		metric{name: "wall time", unit: "seconds", values: wall},
+		metric{name: "cycle", unit: "seconds", values: lat})
 }
 
 // shape2988: layers of files, each layer a commit of a snapshot on the
@@ -760,10 +777,10 @@ func (r *runner) shape2988() {
 		return nil
 	}()
 	r.figures(shape2988, uint64(r.cfg.layers), err,
-		metric{"build time", "seconds", bt}, metric{"build bytes written", "bytes", bb},
-		metric{"write time", "seconds", wt}, metric{"write bytes written", "bytes", wb},
-		metric{"total time", "seconds", tt}, metric{"total bytes written", "bytes", tb},
-		metric{"prepare call", "seconds", pc}, metric{"commit call", "seconds", cc})
+		metric{name: "build time", unit: "seconds", values: bt}, metric{name: "build bytes written", unit: "bytes", values: bb},
+		metric{name: "write time", unit: "seconds", values: wt}, metric{name: "write bytes written", unit: "bytes", values: wb},
+		metric{name: "total time", unit: "seconds", values: tt}, metric{name: "total bytes written", unit: "bytes", values: tb},
+		metric{name: "prepare call", unit: "seconds", values: pc}, metric{name: "commit call", unit: "seconds", values: cc})
 }
 
 // firstWrite: one 4 KiB write + fsync into the middle of a large file of
@@ -812,11 +829,10 @@ func (r *runner) firstWrite() {
 		return r.sn.Remove(r.ctx, image)
 	}()
 	r.figures(firstWrite, uint64(size), err,
-		metric{"time", "seconds", times}, metric{"bytes written", "bytes", bytes})
+		metric{name: "time", unit: "seconds", values: times}, metric{name: "bytes written", unit: "bytes", values: bytes})
 }
 
-// space is the peer's backing store in use, in bytes (not timed: it may
-// start dmsetup).
+// space is the peer's backing store in use, in bytes, after a sync.
 func (r *runner) space() (float64, error) {
 	f := strings.Split(r.Space, ":")
 	switch {
@@ -833,22 +849,66 @@ func (r *runner) space() (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		o, err := exec.Command("dmsetup", "status", f[1]).Output()
+		o, err := dmStatus(f[1])
 		if err != nil {
-			return 0, fmt.Errorf("dmsetup status %s: %w", f[1], err)
+			return 0, err
 		}
-		// 0 LEN thin-pool TRANSACTION META_USED/META DATA_USED/DATA ...
-		fields := strings.Fields(string(o))
-		if len(fields) < 6 {
-			return 0, fmt.Errorf("dmsetup status %s: %q", f[1], o)
+		// TRANSACTION META_USED/META DATA_USED/DATA ...
+		fields := strings.Fields(o)
+		if len(fields) < 3 {
+			return 0, fmt.Errorf("status of %s: %q", f[1], o)
 		}
-		used, err := strconv.ParseFloat(strings.Split(fields[5], "/")[0], 64)
+		used, err := strconv.ParseFloat(strings.Split(fields[2], "/")[0], 64)
 		if err != nil {
-			return 0, fmt.Errorf("dmsetup status %s: %q: %w", f[1], o, err)
+			return 0, fmt.Errorf("status of %s: %q: %w", f[1], o, err)
 		}
 		return used * block, nil
 	}
 	return 0, fmt.Errorf("bad space source %q", r.Space)
+}
+
+// dmStatus is the status of the device-mapper device name's one target,
+// what `dmsetup status` prints after the target's range and type, read by
+// the DM_TABLE_STATUS ioctl as dmsetup does (without its noflush flag: a
+// thin pool commits its metadata first) but without starting a process,
+// so that a reading costs little next to what it times.
+func dmStatus(name string) (string, error) {
+	const (
+		// struct dm_ioctl and struct dm_target_spec of linux/dm-ioctl.h.
+		ioctlSize = 312
+		specSize  = 40
+		// _IOWR(DM_IOCTL, DM_TABLE_STATUS_CMD, struct dm_ioctl)
+		tableStatus = 3<<30 | ioctlSize<<16 | 0xfd<<8 | 12
+		bufferFull  = 1 << 8
+	)
+	if len(name) >= 128 {
+		return "", fmt.Errorf("device-mapper name too long: %q", name)
+	}
+	ctl, err := os.OpenFile("/dev/mapper/control", os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer ctl.Close()
+	buf := make([]byte, 16<<10)
+	le := binary.LittleEndian
+	le.PutUint32(buf[0:], 4) // version 4.0.0
+	le.PutUint32(buf[12:], uint32(len(buf)))
+	le.PutUint32(buf[16:], ioctlSize)
+	copy(buf[48:], name)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), tableStatus, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+		return "", fmt.Errorf("status of %s: %w", name, e)
+	}
+	if le.Uint32(buf[28:])&bufferFull != 0 {
+		return "", fmt.Errorf("status of %s: longer than %d bytes", name, len(buf))
+	}
+	if n := le.Uint32(buf[20:]); n != 1 {
+		return "", fmt.Errorf("status of %s: %d targets, expected one", name, n)
+	}
+	st := buf[le.Uint32(buf[16:])+specSize:]
+	if end := bytes.IndexByte(st, 0); end >= 0 {
+		st = st[:end]
+	}
+	return string(st), nil
 }
 
 // idleCost: space per idle container: N containers of a one-layer image,
@@ -910,7 +970,7 @@ func (r *runner) idleCost() {
 		}
 		return r.sn.Remove(r.ctx, base)
 	}()
-	r.figures(idleCost, uint64(n), err, metric{"space per idle container", "bytes", per})
+	r.figures(idleCost, uint64(n), err, metric{name: "space per idle container", unit: "bytes", values: per})
 }
 
 // createOne times Prepare + mount of one container on base; returns it.
@@ -1021,9 +1081,181 @@ func (r *runner) teardown() {
 		unmount(c.dir)
 	}
 	r.figures(teardown, uint64(n), err,
-		metric{"create with none other live", "seconds", one},
-		metric{"create with N live", "seconds", many},
-		metric{"teardown of all N", "seconds", down})
+		metric{name: "create with none other live", unit: "seconds", values: one},
+		metric{name: "create with N live", unit: "seconds", values: many},
+		metric{name: "teardown of all N", unit: "seconds", values: down})
+}
+
+// usage is a peer's space in use (see space) and the allocation of its
+// data files on the host (see hostSpace).
+type usage struct{ store, host float64 }
+
+func (r *runner) usage() (usage, error) {
+	s, err := r.space()
+	if err != nil {
+		return usage{}, err
+	}
+	h, err := r.hostSpace()
+	return usage{s, h}, err
+}
+
+// hostSpace is what the host files behind the peer's data devices hold:
+// their allocated blocks (st_blocks × 512), in bytes.
+func (r *runner) hostSpace() (float64, error) {
+	var sum float64
+	for _, f := range r.Files {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			return 0, fmt.Errorf("stat %s: %w", f, err)
+		}
+		sum += float64(st.Blocks) * 512
+	}
+	return sum, nil
+}
+
+// slack is how far above its earlier figure space may stay and count as
+// back: one pool block, or 64 KiB where there is no pool.
+func (r *runner) slack() float64 {
+	f := strings.Split(r.Space, ":")
+	if len(f) == 3 && f[0] == "pool" {
+		if b, err := strconv.ParseFloat(f[2], 64); err == nil {
+			return b
+		}
+	}
+	return 64 << 10
+}
+
+// quiet waits until neither figure of usage moves (three readings 200 ms
+// apart alike), so that space that earlier work frees in the background
+// does not count for what is measured next; returns them.
+func (r *runner) quiet() (usage, error) {
+	end := time.Now().Add(r.cfg.spaceDeadline)
+	last, err := r.usage()
+	if err != nil {
+		return usage{}, err
+	}
+	for same := 0; same < 2; {
+		if time.Now().After(end) {
+			return usage{}, fmt.Errorf("never happened: %s's space in use (%s) and its files' allocation on the host (%s) stop moving (deadline %v)",
+				r.Name, mib(last.store), mib(last.host), r.cfg.spaceDeadline)
+		}
+		time.Sleep(200 * time.Millisecond)
+		u, err := r.usage()
+		if err != nil {
+			return usage{}, err
+		}
+		if u == last {
+			same++
+		} else {
+			same, last = 0, u
+		}
+	}
+	return last, nil
+}
+
+func mib(b float64) string { return fmt.Sprintf("%.2f MiB", b/(1<<20)) }
+
+// spaceBackSince reads usage until both figures waited for are back within
+// slack of before, or -space-deadline after t0; returns for each how long
+// after t0 the first reading that found it back ended, or why it never
+// was.
+func (r *runner) spaceBackSince(t0 time.Time, before usage, waitStore, waitHost bool) (store, host time.Duration, storeErr, hostErr error) {
+	end := t0.Add(r.cfg.spaceDeadline)
+	slack := r.slack()
+	storeBack, hostBack := !waitStore, !waitHost
+	var u usage
+	for !storeBack || !hostBack {
+		if time.Now().After(end) {
+			never := func(what string, now, was float64) error {
+				return fmt.Errorf("never came back within %v: %s %s, %s above the %s before (more than %.0f KiB)",
+					r.cfg.spaceDeadline, what, mib(now), mib(now-was), mib(was), slack/1024)
+			}
+			if !storeBack {
+				storeErr = never("space in use", u.store, before.store)
+			}
+			if !hostBack {
+				hostErr = never("host files' allocation", u.host, before.host)
+			}
+			return
+		}
+		var err error
+		if u, err = r.usage(); err != nil {
+			return 0, 0, err, err
+		}
+		now := time.Since(t0)
+		if !storeBack && u.store <= before.store+slack {
+			store, storeBack = now, true
+		}
+		if !hostBack && u.host <= before.host+slack {
+			host, hostBack = now, true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return
+}
+
+// spaceBack: a container on a one-layer image writes and fsyncs a file of
+// -space-size and is unmounted; then from its Remove call, the time until
+// the garbage collector has taken it out of the backend, until the
+// snapshotter's space in use is back within one pool block (64 KiB without
+// a pool) of what it was before the container was prepared, and until the
+// host files behind its data devices hold no more than that either (a
+// figure that never came back is missing, with why). Also the space the
+// write took, in the snapshotter and on the host. A figure that did not
+// come back in one run is not waited for in the runs after.
+func (r *runner) spaceBack() {
+	logf("%s: %s", r.Name, spaceBack)
+	var taken, grown, gone, store, host []float64
+	var storeErr, hostErr error
+	err := func() error {
+		base, err := r.smallImage("space-base")
+		if err != nil {
+			return err
+		}
+		for rep := 0; rep < r.cfg.spaceReps && (storeErr == nil || hostErr == nil); rep++ {
+			if err := r.settle(); err != nil {
+				return err
+			}
+			before, err := r.quiet()
+			if err != nil {
+				return err
+			}
+			key := r.key("space")
+			dir, ms, err := r.mounted(key, base)
+			if err != nil {
+				return err
+			}
+			err = writeFile(filepath.Join(dir, "f"), r.cfg.spaceSize)
+			if err = firstErr(err, unmount(dir)); err != nil {
+				return err
+			}
+			after, err := r.usage()
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if err := r.removed(key, ms); err != nil {
+				return err
+			}
+			gone = append(gone, secs(time.Since(t0)))
+			s, h, serr, herr := r.spaceBackSince(t0, before, storeErr == nil, hostErr == nil)
+			if serr != nil && storeErr == nil {
+				storeErr = fmt.Errorf("run %d: %w", rep+1, serr)
+			}
+			if herr != nil && hostErr == nil {
+				hostErr = fmt.Errorf("run %d: %w", rep+1, herr)
+			}
+			store, host = append(store, secs(s)), append(host, secs(h))
+			taken, grown = append(taken, after.store-before.store), append(grown, after.host-before.host)
+		}
+		return r.sn.Remove(r.ctx, base)
+	}()
+	r.figures(spaceBack, uint64(r.cfg.spaceSize), err,
+		metric{name: "space taken", unit: "bytes", values: taken},
+		metric{name: "host files' growth", unit: "bytes", values: grown},
+		metric{name: "remove until collected", unit: "seconds", values: gone},
+		metric{name: "space back", unit: "seconds", values: store, err: storeErr},
+		metric{name: "host space back", unit: "seconds", values: host, err: hostErr})
 }
 
 func firstErr(errs ...error) error {
@@ -1096,12 +1328,12 @@ func (r *runner) unpack() {
 		return nil
 	}()
 	r.figures(unpack, r.cfg.entries, err,
-		metric{"import", "seconds", imports},
-		metric{"unpack", "seconds", times},
-		metric{"unpack + sync", "seconds", synced},
-		metric{"bytes written", "bytes", bytes},
-		metric{"space in use", "bytes", space},
-		metric{"entries", "count", entries})
+		metric{name: "import", unit: "seconds", values: imports},
+		metric{name: "unpack", unit: "seconds", values: times},
+		metric{name: "unpack + sync", unit: "seconds", values: synced},
+		metric{name: "bytes written", unit: "bytes", values: bytes},
+		metric{name: "space in use", unit: "bytes", values: space},
+		metric{name: "entries", unit: "count", values: entries})
 }
 
 // importArchive imports -unpack-archive into containerd's content store
