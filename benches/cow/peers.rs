@@ -42,7 +42,8 @@ pub const SHAPE_2988: &str = "containerd #2988 shape";
 pub const PEER_FIRST_WRITE: &str = "first write (containerd)";
 pub const IDLE_COST: &str = "idle cost";
 pub const SPACE_BACK: &str = "space back after a removal";
-pub const TEARDOWN: &str = "teardown and create cost";
+pub const TEARDOWN: &str = "teardown";
+pub const CREATE_COST: &str = "create cost against live snapshots";
 pub const UNPACK: &str = "unpack (realistic image)";
 
 /// Where the unpack workload's Debian root filesystem is: a tar made by
@@ -55,7 +56,7 @@ pub const ROOTFS_ENV: &str = "THINLAYER_BENCH_ROOTFS";
 pub type PeerWorkload = (&'static str, &'static str, &'static [(&'static str, Unit)]);
 
 /// Every figure the Go program makes.
-pub const PEER_METRICS: [PeerWorkload; 8] = [
+pub const PEER_METRICS: [PeerWorkload; 9] = [
     (
         "prepare cycle",
         PREPARE_CYCLE,
@@ -116,11 +117,14 @@ pub const PEER_METRICS: [PeerWorkload; 8] = [
         "teardown",
         TEARDOWN,
         &[
-            ("create with none other live", Unit::Seconds),
-            ("create with N live", Unit::Seconds),
             ("teardown of all N", Unit::Seconds),
+            ("teardown per container", Unit::Seconds),
+            ("unmount + remove call", Unit::Seconds),
+            ("space back after the last removal", Unit::Seconds),
+            ("host space back after the last removal", Unit::Seconds),
         ],
     ),
+    ("create cost", CREATE_COST, &[("create", Unit::Seconds)]),
     (
         "unpack",
         UNPACK,
@@ -475,6 +479,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let mounts = self.base.join("mnt");
         fs::create_dir_all(&mounts)?;
         let bin = program()?;
+        let live: Vec<String> = cfg.peer_live.iter().map(usize::to_string).collect();
+        let live = live.join(",");
         let mut cmd = Command::new(&bin);
         cmd.arg("-socket")
             .arg(self.run.join("containerd.sock"))
@@ -500,7 +506,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 "-idle",
                 &cfg.peer_idle.to_string(),
                 "-live",
-                &cfg.peer_live.to_string(),
+                &live,
                 "-live-devmapper",
                 &cfg.peer_live_devmapper.unwrap_or(0).to_string(),
                 "-unpack-entries",

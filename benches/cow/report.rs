@@ -9,8 +9,8 @@ use plotters::prelude::*;
 
 use super::measure::Stats;
 use super::peers::{
-    IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, SHAPE_2988,
-    SPACE_BACK, TEARDOWN, UNPACK,
+    CREATE_COST, IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE,
+    SHAPE_2988, SPACE_BACK, TEARDOWN, UNPACK,
 };
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
@@ -111,7 +111,7 @@ fn table(out: &mut String, res: &Results, sec: &Section<'_>, metric: &str, p: Op
     let names: Vec<String> = sec.cols.iter().map(|c| c.to_string()).collect();
     let ratios: Vec<String> = sec.cols[1..]
         .iter()
-        .map(|c| format!("thin / {}", short_name(c)))
+        .map(|c| format!("{} / {}", short_name(sec.cols[0]), short_name(c)))
         .collect();
     let _ = writeln!(
         out,
@@ -205,7 +205,7 @@ fn peer_missing(res: &Results, w: &str, m: &str, b: &str) -> String {
 
 /// The peers' targets: thinlayer's figure against another snapshotter's,
 /// each as met or missed with its figures.
-fn peer_targets(res: &Results) -> Vec<String> {
+fn peer_targets(res: &Results, cfg: &Config) -> Vec<String> {
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
     let unit = |w: &str, m: &str| {
         res.figures
@@ -257,14 +257,6 @@ fn peer_targets(res: &Results) -> Vec<String> {
             true,
         ),
         (
-            "Teardown of all N at most 2× overlayfs",
-            TEARDOWN,
-            "teardown of all N",
-            "overlayfs",
-            2.0,
-            true,
-        ),
-        (
             "Unpack of a realistic image, p50, at most 1.2× overlayfs",
             UNPACK,
             "unpack",
@@ -304,24 +296,84 @@ fn peer_targets(res: &Results) -> Vec<String> {
             }
         })
         .collect();
+    t.push(teardown_target(res, cfg));
     // Per-operation cost with N live against with none other live.
     for b in PEERS {
-        let c = |m| peer_p50(res, TEARDOWN, m, b);
+        let counts: Vec<u64> = params(res, CREATE_COST)
+            .into_iter()
+            .filter(|&n| median(res, CREATE_COST, "create", n, b).is_some())
+            .collect();
         let what = format!("{b}: create with N live within 1.2× of with none other live");
-        t.push(
-            match (c("create with N live"), c("create with none other live")) {
-                (Some(n), Some(one)) if one > 0.0 => format!(
-                    "{what}: {} ({:.2}×: {} / {})",
-                    verdict(n / one <= 1.2),
-                    n / one,
-                    show(n, Unit::Seconds),
+        let c = |n: u64| median(res, CREATE_COST, "create", n, b);
+        t.push(match (counts.first(), counts.last()) {
+            (Some(&0), Some(&n)) if n > 0 => {
+                let (one, many) = (c(0).unwrap_or(f64::NAN), c(n).unwrap_or(f64::NAN));
+                format!(
+                    "{what}: {} (N = {n}: {:.2}×: {} / {})",
+                    verdict(many / one <= 1.2),
+                    many / one,
+                    show(many, Unit::Seconds),
                     show(one, Unit::Seconds)
-                ),
-                _ => format!("{what}: not measured in this run."),
-            },
-        );
+                )
+            }
+            _ => format!(
+                "{what}: not measured ({}).",
+                peer_missing(res, CREATE_COST, "create", b)
+            ),
+        });
     }
     t
+}
+
+/// The teardown's target: thinlayer's teardown of all N at most 1.5×
+/// overlayfs's, and all its space back, in the pool and in the host's
+/// file, within 60 s of the last removal.
+fn teardown_target(res: &Results, cfg: &Config) -> String {
+    let what = "Teardown of all N at most 1.5× overlayfs, all space back (pool and host file) within 60 s after the last removal";
+    let m = "teardown of all N";
+    let (Some(t), Some(o)) = (
+        peer_p50(res, TEARDOWN, m, "thinlayer"),
+        peer_p50(res, TEARDOWN, m, "overlayfs"),
+    ) else {
+        let b = if peer_p50(res, TEARDOWN, m, "thinlayer").is_none() {
+            "thinlayer"
+        } else {
+            "overlayfs"
+        };
+        return format!(
+            "{what}: not measured ({}).",
+            peer_missing(res, TEARDOWN, m, b)
+        );
+    };
+    let mut ok = t / o <= 1.5;
+    let mut back = Vec::new();
+    for (m, where_) in [
+        ("space back after the last removal", "pool"),
+        ("host space back after the last removal", "host file"),
+    ] {
+        match peer_p50(res, TEARDOWN, m, "thinlayer") {
+            Some(v) => {
+                ok &= v <= 60.0;
+                back.push(format!("{where_} {}", show(v, Unit::Seconds)));
+            }
+            None => {
+                ok = false;
+                back.push(format!(
+                    "{where_}: {} (deadline {} s)",
+                    peer_missing(res, TEARDOWN, m, "thinlayer"),
+                    cfg.peer_space_deadline
+                ));
+            }
+        }
+    }
+    format!(
+        "{what}: {} (thinlayer / overlayfs = {:.2}: {} / {}; space back after the last removal: {})",
+        if ok { "**met**" } else { "**missed**" },
+        t / o,
+        show(t, Unit::Seconds),
+        show(o, Unit::Seconds),
+        back.join(", ")
+    )
 }
 
 /// The peers' part of the report.
@@ -337,6 +389,21 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         s,
         "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less; for cycles per second, above 1: thinlayer does more).\n"
     );
+    let live = |counts: &[usize]| {
+        counts
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let top = cfg.peer_live.last().copied().unwrap_or(0);
+    let dm_live = cfg.peer_live_devmapper.filter(|_| top > 0).map(|d| {
+        let scaled: Vec<usize> = cfg.peer_live.iter().map(|c| c * d / top).collect();
+        format!(
+            " (on devmapper, whose every step runs `dmsetup` processes, the same shares of {d}: {}; it has no target here)",
+            live(&scaled)
+        )
+    });
     let space = format!(
         "the snapshotter's space in use (thin pools: data blocks in use from the pool's status; overlayfs: used blocks of its ext4, statvfs; a sync before each reading) back within one pool block (64 KiB for overlayfs) of what it was before, and the host files behind its data (the pools' data files, the overlay's ext4 image; not the pools' metadata files) holding no more allocated blocks (`st_blocks`) than that either. Each is read every 10 ms (a pool's status by the ioctl `dmsetup status` makes, without starting a process), so a time is when the first reading that found it back ended. Before the container, both are read until three readings 200 ms apart agree, so that space earlier work frees in the background does not count. A space that does not come back within {} s is reported missing, with how much was still above: overlayfs's ext4 is mounted without `discard` and containerd's devmapper does not discard a removed device's blocks (`discard_blocks` unset, its default), so neither gives space back to the host's file; thinlayer discards a device's blocks before it deletes it",
         cfg.peer_space_deadline
@@ -400,13 +467,9 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         (
             TEARDOWN,
             format!(
-                "Prepare + mount of one container of a one-layer image with no other container live ({} runs, each removed after); then N = {} containers made and kept mounted{}, and Prepare + mount of one more ({} runs, kept); then unmount and Remove through containerd of all of them, and one synchronous collection (a lease deleted with `SynchronousDelete`), until the backend holds none: one run.",
+                "After the creates below, N = {top} containers of a one-layer image kept mounted{}, and the {} created last (the timed creates at a count above 0 are kept, and count among the live ones of the next count); then unmount and Remove through containerd of all of them (*unmount + remove call*: each container's), one synchronous collection (a lease deleted with `SynchronousDelete`), until the backend holds none: *teardown of all N*, and ÷ the containers (*teardown per container*). *space back after the last removal* and *host space back after the last removal*: from the return of the last Remove call until {space}, the *before* read before the first container was made. One run.",
+                dm_live.clone().unwrap_or_default(),
                 cfg.peer_reps,
-                cfg.peer_live,
-                cfg.peer_live_devmapper.map_or(String::new(), |n| format!(
-                    " (N = {n} on devmapper, whose every step runs `dmsetup` processes; it has no target here)"
-                )),
-                cfg.peer_reps
             ),
             vec![("Median (min … max)", None)],
         ),
@@ -427,6 +490,25 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
         for (h, p) in tables {
             let _ = writeln!(s, "#### {h}\n");
             peer_table(&mut s, res, w, p);
+        }
+        if w == TEARDOWN && !params(res, CREATE_COST).is_empty() {
+            let _ = writeln!(
+                s,
+                "#### {CREATE_COST}\n\nPrepare + mount of one container of the same image with the given number of others live, on the way up to N: live counts {}{}; {} runs at each count (with none live: each removed and collected after).\n",
+                live(&cfg.peer_live),
+                dm_live.clone().unwrap_or_default(),
+                cfg.peer_reps
+            );
+            let sec = Section {
+                title: String::new(),
+                intro: String::new(),
+                workload: CREATE_COST,
+                row: "live snapshots",
+                label: Box::new(|p| p.to_string()),
+                cols: &PEERS,
+                tables: Vec::new(),
+            };
+            table(&mut s, res, &sec, "create", None);
         }
     }
     s
@@ -569,7 +651,7 @@ fn targets(res: &Results, cfg: &Config) -> Vec<String> {
         ),
     }
     t.push(usage_target(res));
-    t.extend(peer_targets(res));
+    t.extend(peer_targets(res, cfg));
     let idle: Vec<(u64, f64)> = params(res, DENSITY)
         .into_iter()
         .filter_map(|n| median(res, DENSITY, "idle, per container", n, "thin").map(|v| (n, v)))

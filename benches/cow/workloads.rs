@@ -63,9 +63,10 @@ pub struct Config {
     /// Peers (containerd's snapshotters through one containerd): prepare
     /// cycles, layers, files per layer and their size of the #2988 shape,
     /// the first-write file, repetitions, idle containers, live containers
-    /// of the teardown, entries of the Debian root filesystem the unpack
-    /// workload imports (the first N in the tar's order; None: all) and
-    /// its repetitions.
+    /// at which the teardown workload times a create (increasing, from 0;
+    /// the last is the N torn down), entries of the Debian root filesystem
+    /// the unpack workload imports (the first N in the tar's order; None:
+    /// all) and its repetitions.
     pub peer_cycles: usize,
     pub peer_layers: usize,
     pub peer_files: usize,
@@ -73,9 +74,10 @@ pub struct Config {
     pub peer_write_size: u64,
     pub peer_reps: usize,
     pub peer_idle: usize,
-    pub peer_live: usize,
-    /// `peer_live` for devmapper when set: its every step runs `dmsetup`
-    /// processes (on an idle machine, 200 took 2 minutes to tear down).
+    pub peer_live: Vec<usize>,
+    /// The last of `peer_live` for devmapper when set, the others scaled
+    /// alike: its every step runs `dmsetup` processes (on an idle machine,
+    /// 200 took 2 minutes to tear down).
     pub peer_live_devmapper: Option<usize>,
     /// Parallel prepare cycles: clients at once, cycles of each.
     pub peer_clients: usize,
@@ -205,7 +207,7 @@ impl Config {
             peer_write_size: 64 << 20,
             peer_reps: 2,
             peer_idle: 5,
-            peer_live: 20,
+            peer_live: vec![0, 10, 20],
             peer_live_devmapper: None,
             peer_clients: 8,
             peer_parallel_cycles: 3,
@@ -252,7 +254,7 @@ impl Config {
             peer_write_size: 1 << 30,
             peer_reps: 3,
             peer_idle: 20,
-            peer_live: 1000,
+            peer_live: vec![0, 250, 500, 1000],
             peer_live_devmapper: Some(200),
             peer_clients: 8,
             peer_parallel_cycles: 20,

@@ -25,8 +25,8 @@ use crate::fixture;
 use backend::{Cow, Thin};
 use overlay::{Overlay, Under};
 use peers::{
-    IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE, ROOTFS_ENV,
-    SHAPE_2988, SPACE_BACK, TEARDOWN, UNPACK,
+    CREATE_COST, IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE,
+    ROOTFS_ENV, SHAPE_2988, SPACE_BACK, TEARDOWN, UNPACK,
 };
 use workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DENSITY_WRITE, DEPTH, FIO_JOBS, FIRST_WRITE, LATENCY,
@@ -309,101 +309,141 @@ fn quick_peers_produce_sane_figures() {
                 f.workload, f.metric, f.param, f.baseline, f.values
             );
         }
-        for (_, w, metrics) in PEER_METRICS {
-            let (param, n) = match w {
-                PREPARE_CYCLE => (cfg.peer_cycles as u64, cfg.peer_cycles),
-                PARALLEL => (cfg.peer_clients as u64, 1),
-                SHAPE_2988 => (cfg.peer_layers as u64, cfg.peer_reps),
-                PEER_FIRST_WRITE => (cfg.peer_write_size, cfg.peer_reps),
-                IDLE_COST => (cfg.peer_idle as u64, cfg.peer_reps),
-                SPACE_BACK => (cfg.peer_space_size, cfg.peer_space_reps),
-                TEARDOWN => (cfg.peer_live as u64, cfg.peer_reps),
-                // The root filesystem has more entries than the quick
-                // form takes.
-                UNPACK => (
-                    cfg.peer_unpack_entries.unwrap() as u64,
-                    cfg.peer_unpack_reps,
-                ),
-                other => panic!("a peers workload this test does not know: {other}"),
-            };
-            for b in PEERS {
-                let param = match (w, b, cfg.peer_live_devmapper) {
-                    (TEARDOWN, "devmapper", Some(n)) => n as u64,
-                    _ => param,
-                };
-                for &(m, unit) in metrics {
-                    let f = res
-                        .find(w, m, param, b)
-                        .unwrap_or_else(|| panic!("no figure for {w} / {m} / {param} on {b}"));
-                    assert_eq!(f.unit, unit, "{w} / {m} on {b}");
-                    if let Err(e) = &f.values {
-                        // Only space that did not come back may be
-                        // missing, and only where nothing discards it.
+        for b in PEERS {
+            // One table of figures per parameter of each workload.
+            for (_, w, metrics) in PEER_METRICS {
+                for (param, n) in expected(&cfg, w, b) {
+                    for &(m, unit) in metrics {
+                        let f = res
+                            .find(w, m, param, b)
+                            .unwrap_or_else(|| panic!("no figure for {w} / {m} / {param} on {b}"));
+                        assert_eq!(f.unit, unit, "{w} / {m} on {b}");
+                        if let Err(e) = &f.values {
+                            // Only space that did not come back may be
+                            // missing, and only where nothing discards it.
+                            assert!(
+                                may_stay(w, m, b) && e.contains("never came back within"),
+                                "{w} / {m} / {param} on {b} failed: {e}"
+                            );
+                            continue;
+                        }
+                        let v = values(&res, w, m, param, b);
+                        assert_eq!(v.len(), n(m), "{w} / {m} / {param} on {b}: {v:?}");
+                        // An idle container may cost nothing the store
+                        // shows; the host's file may not grow if the store
+                        // reuses blocks it already had.
+                        let ok = |x: &f64| match (w, m) {
+                            (IDLE_COST, _) => *x >= 0.0,
+                            (SPACE_BACK, "host files' growth") => true,
+                            _ => *x > 0.0,
+                        };
                         assert!(
-                            may_stay(w, m, b) && e.contains("never came back within"),
-                            "{w} / {m} / {param} on {b} failed: {e}"
-                        );
-                        continue;
-                    }
-                    let v = values(&res, w, m, param, b);
-                    // One teardown of all N per snapshotter; a Prepare and
-                    // a Commit call per layer of the #2988 build; one
-                    // parallel run of every client's cycles.
-                    let n = match (w, m) {
-                        (_, "teardown of all N") => 1,
-                        (SHAPE_2988, "prepare call" | "commit call") => cfg.peer_layers * n,
-                        (PARALLEL, "cycle") => cfg.peer_clients * cfg.peer_parallel_cycles,
-                        _ => n,
-                    };
-                    assert_eq!(v.len(), n, "{w} / {m} / {param} on {b}: {v:?}");
-                    // An idle container may cost nothing the store shows;
-                    // the host's file may not grow if the store reuses
-                    // blocks it already had.
-                    let ok = |x: &f64| match (w, m) {
-                        (IDLE_COST, _) => *x >= 0.0,
-                        (SPACE_BACK, "host files' growth") => true,
-                        _ => *x > 0.0,
-                    };
-                    assert!(
-                        v.iter().all(|x| x.is_finite() && ok(x)),
-                        "{w} / {m} / {param} on {b}: a value out of range: {v:?}"
-                    );
-                }
-                let v = |m: &str| values(&res, w, m, param, b);
-                if w == PREPARE_CYCLE {
-                    // Timed from the same clock readings.
-                    for (i, t) in v("total").iter().enumerate() {
-                        let parts = v("prepare")[i] + v("mount")[i] + v("unmount")[i];
-                        let collected = v("remove until collected")[i];
-                        assert!(
-                            collected >= v("remove call")[i] && *t >= parts + 0.999 * collected,
-                            "prepare cycle {i} on {b}: total {t}, steps {parts} + {collected}"
+                            v.iter().all(|x| x.is_finite() && ok(x)),
+                            "{w} / {m} / {param} on {b}: a value out of range: {v:?}"
                         );
                     }
-                }
-                if w == PARALLEL {
-                    let (wall, cycles) = (
-                        v("wall time")[0],
-                        (cfg.peer_clients * cfg.peer_parallel_cycles) as f64,
-                    );
-                    assert!(
-                        (v("cycles per second")[0] * wall - cycles).abs() < 1e-6 * cycles,
-                        "parallel on {b}: {cycles} cycles in {wall} s at {:?} a second",
-                        v("cycles per second")
-                    );
-                    // Each client's cycles ran one after another within the run.
-                    assert!(
-                        v("cycle").iter().all(|&c| c <= wall),
-                        "parallel on {b}: a cycle longer than the run ({wall} s): {:?}",
-                        v("cycle")
-                    );
                 }
             }
+            let v = |m: &str| values(&res, PREPARE_CYCLE, m, cfg.peer_cycles as u64, b);
+            // Timed from the same clock readings.
+            for (i, t) in v("total").iter().enumerate() {
+                let parts = v("prepare")[i] + v("mount")[i] + v("unmount")[i];
+                let collected = v("remove until collected")[i];
+                assert!(
+                    collected >= v("remove call")[i] && *t >= parts + 0.999 * collected,
+                    "prepare cycle {i} on {b}: total {t}, steps {parts} + {collected}"
+                );
+            }
+            let clients = cfg.peer_clients as u64;
+            let v = |m: &str| values(&res, PARALLEL, m, clients, b);
+            let (wall, cycles) = (
+                v("wall time")[0],
+                (cfg.peer_clients * cfg.peer_parallel_cycles) as f64,
+            );
+            assert!(
+                (v("cycles per second")[0] * wall - cycles).abs() < 1e-6 * cycles,
+                "parallel on {b}: {cycles} cycles in {wall} s at {:?} a second",
+                v("cycles per second")
+            );
+            // Each client's cycles ran one after another within the run.
+            assert!(
+                v("cycle").iter().all(|&c| c <= wall),
+                "parallel on {b}: a cycle longer than the run ({wall} s): {:?}",
+                v("cycle")
+            );
         }
         peer_physics(&res, &cfg);
         unpack_physics(&res, &cfg);
         space_physics(&res, &cfg);
+        teardown_physics(&res, &cfg);
     });
+}
+
+/// How many values each metric of a figure has.
+type Counts = Box<dyn Fn(&str) -> usize>;
+
+/// The parameters of a peers workload's figures on snapshotter `b`, each
+/// with the count of values of each metric.
+fn expected(cfg: &Config, w: &str, b: &str) -> Vec<(u64, Counts)> {
+    let reps = cfg.peer_reps;
+    let live = live_counts(cfg, b);
+    let top = *live.last().unwrap();
+    let each = |n: usize| -> Counts { Box::new(move |_| n) };
+    match w {
+        PREPARE_CYCLE => vec![(cfg.peer_cycles as u64, each(cfg.peer_cycles))],
+        PARALLEL => {
+            let all = cfg.peer_clients * cfg.peer_parallel_cycles;
+            vec![(
+                cfg.peer_clients as u64,
+                Box::new(move |m| if m == "cycle" { all } else { 1 }),
+            )]
+        }
+        SHAPE_2988 => {
+            let calls = cfg.peer_layers * reps;
+            vec![(
+                cfg.peer_layers as u64,
+                Box::new(move |m| if m.ends_with(" call") { calls } else { reps }),
+            )]
+        }
+        PEER_FIRST_WRITE => vec![(cfg.peer_write_size, each(reps))],
+        IDLE_COST => vec![(cfg.peer_idle as u64, each(reps))],
+        SPACE_BACK => vec![(cfg.peer_space_size, each(cfg.peer_space_reps))],
+        TEARDOWN => {
+            // The timed creates at a count above 0 are kept, and count
+            // among the live ones of the next count.
+            let containers = live
+                .iter()
+                .filter(|&&c| c > 0)
+                .fold(0, |made, &c| made.max(c) + reps);
+            vec![(
+                top as u64,
+                Box::new(move |m| {
+                    if m == "unmount + remove call" {
+                        containers
+                    } else {
+                        1
+                    }
+                }),
+            )]
+        }
+        CREATE_COST => live.iter().map(|&c| (c as u64, each(reps))).collect(),
+        // The root filesystem has more entries than the quick form takes.
+        UNPACK => vec![(
+            cfg.peer_unpack_entries.unwrap() as u64,
+            each(cfg.peer_unpack_reps),
+        )],
+        other => panic!("a peers workload this test does not know: {other}"),
+    }
+}
+
+/// The live counts of the teardown workload on `b`: devmapper's scaled to
+/// its cap, if it has one.
+fn live_counts(cfg: &Config, b: &str) -> Vec<usize> {
+    let top = *cfg.peer_live.last().unwrap();
+    match cfg.peer_live_devmapper {
+        Some(d) if b == "devmapper" => cfg.peer_live.iter().map(|c| c * d / top).collect(),
+        _ => cfg.peer_live.clone(),
+    }
 }
 
 /// Whether figure `m` of `w` on `b` may be missing because freed space
@@ -411,7 +451,27 @@ fn quick_peers_produce_sane_figures() {
 /// (overlayfs's ext4 is mounted without discard; containerd's devmapper
 /// does not discard a removed device). thinlayer discards them.
 fn may_stay(w: &str, m: &str, b: &str) -> bool {
-    b != "thinlayer" && w == SPACE_BACK && m.starts_with("host space back")
+    b != "thinlayer" && matches!(w, SPACE_BACK | TEARDOWN) && m.starts_with("host space back")
+}
+
+/// The teardown: the calls fit in the teardown's time.
+fn teardown_physics(res: &Results, cfg: &Config) {
+    for b in PEERS {
+        let top = *live_counts(cfg, b).last().unwrap() as u64;
+        let v = |m: &str| values(res, TEARDOWN, m, top, b);
+        let calls: f64 = v("unmount + remove call").iter().sum();
+        let all = v("teardown of all N")[0];
+        assert!(
+            calls <= all,
+            "teardown on {b}: the unmount and Remove calls took {calls} s of the {all} s"
+        );
+        let per = v("teardown per container")[0];
+        let n = v("unmount + remove call").len() as f64;
+        assert!(
+            (per * n - all).abs() < 1e-6 * all,
+            "teardown on {b}: {per} s per container × {n} against {all} s"
+        );
+    }
 }
 
 /// Space back: what a container wrote is in its store until it is

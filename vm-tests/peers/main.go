@@ -80,9 +80,12 @@ type config struct {
 	writeSize int64
 	reps      int
 	idle      int
-	live      int
-	// live for devmapper, when not 0: its every step runs dmsetup
-	// processes (on an idle machine, 200 took 2 minutes to tear down).
+	// Live containers at which the teardown workload times a create, in
+	// increasing order; the last is the N torn down.
+	live []int
+	// The last of live for devmapper, when not 0, the others scaled
+	// alike: its every step runs dmsetup processes (on an idle machine,
+	// 200 took 2 minutes to tear down).
 	liveDevmapper int
 	// The parallel workload: clients at once, cycles each.
 	clients        int
@@ -118,13 +121,14 @@ func main() {
 	flag.Int64Var(&cfg.writeSize, "first-write-size", 1<<30, "the file of the first-write workload")
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions")
 	flag.IntVar(&cfg.idle, "idle", 10, "idle containers")
-	flag.IntVar(&cfg.live, "live", 1000, "live containers of the teardown workload")
+	var live string
+	flag.StringVar(&live, "live", "0,250,500,1000", "live containers at which the teardown workload times a create; the last are torn down")
 	flag.IntVar(&cfg.clients, "clients", 8, "clients of the parallel workload")
 	flag.IntVar(&cfg.parallelCycles, "parallel-cycles", 20, "prepare cycles of each client of the parallel workload")
 	flag.Int64Var(&cfg.spaceSize, "space-size", 64<<20, "bytes the space-back workload's container writes")
 	flag.IntVar(&cfg.spaceReps, "space-reps", 3, "runs of the space-back workload")
 	flag.DurationVar(&cfg.spaceDeadline, "space-deadline", 120*time.Second, "how long freed space may take to come back")
-	flag.IntVar(&cfg.liveDevmapper, "live-devmapper", 0, "live containers of the teardown workload on devmapper (0: -live)")
+	flag.IntVar(&cfg.liveDevmapper, "live-devmapper", 0, "the last of -live on devmapper, the others scaled alike (0: -live as it is)")
 	flag.StringVar(&cfg.archive, "unpack-archive", "", "the OCI image archive of the unpack workload (one layer)")
 	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
 	flag.IntVar(&cfg.unpackReps, "unpack-reps", 3, "repetitions of the unpack")
@@ -133,6 +137,13 @@ func main() {
 	flag.Parse()
 	if cfg.archive == "" {
 		fatal(errors.New("no -unpack-archive"))
+	}
+	for _, n := range strings.Split(live, ",") {
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 || (len(cfg.live) > 0 && v <= cfg.live[len(cfg.live)-1]) {
+			fatal(fmt.Errorf("bad -live %q: increasing counts", live))
+		}
+		cfg.live = append(cfg.live, v)
 	}
 	for _, p := range strings.Split(peers, "|") {
 		f := strings.Split(p, ";")
@@ -549,6 +560,7 @@ const (
 	idleCost     = "idle cost"
 	spaceBack    = "space back"
 	teardown     = "teardown"
+	createCost   = "create cost"
 	unpack       = "unpack"
 )
 
@@ -998,72 +1010,95 @@ type ctr struct {
 	ms       []mount.Mount
 }
 
-// teardown: Prepare + mount of one container with none other live, then
-// with N live; then unmount and Remove of all N through containerd, until
-// the backend holds none of them (after the Remove calls, one synchronous
-// collection: see settle).
+// liveCounts is -live for this peer: devmapper's scaled to -live-devmapper
+// when set.
+func (r *runner) liveCounts() []int {
+	counts := append([]int(nil), r.cfg.live...)
+	top := counts[len(counts)-1]
+	if r.Backend == "devmapper" && r.cfg.liveDevmapper > 0 && top > 0 {
+		for i, c := range counts {
+			counts[i] = c * r.cfg.liveDevmapper / top
+		}
+	}
+	return counts
+}
+
+// teardown: Prepare + mount of one container with a number of others live,
+// at each count of -live on the way up (with none: each removed after;
+// with some: kept); then unmount and Remove of all of them through
+// containerd, until the backend holds none (after the Remove calls, one
+// synchronous collection: see settle), and from the last Remove call until
+// the space they took is back, in the snapshotter and on the host (see
+// spaceBack).
 func (r *runner) teardown() {
 	logf("%s: %s", r.Name, teardown)
-	n := r.cfg.live
-	if r.Backend == "devmapper" && r.cfg.liveDevmapper > 0 {
-		n = r.cfg.liveDevmapper
-	}
-	var one, many, down []float64
+	counts := r.liveCounts()
+	n := counts[len(counts)-1]
+	create := make([][]float64, len(counts))
+	var down, calls, per, store, host []float64
+	var storeErr, hostErr error
 	var made []ctr
 	err := func() error {
 		base, err := r.smallImage("live-base")
 		if err != nil {
 			return err
 		}
-		for rep := 0; rep < r.cfg.reps; rep++ {
-			if err := r.settle(); err != nil {
-				return err
-			}
-			c, t, err := r.createOne(base)
-			if c.dir != "" {
-				err = firstErr(err, unmount(c.dir))
-			}
-			if err != nil {
-				return err
-			}
-			if err := r.removed(c.key, c.ms); err != nil {
-				return err
-			}
-			one = append(one, secs(t))
+		if err := r.settle(); err != nil {
+			return err
 		}
-		for len(made) < n {
-			c, _, err := r.createOne(base)
-			if c.dir != "" {
-				made = append(made, c)
-			}
-			if err != nil {
-				return err
-			}
-			if len(made)%100 == 0 {
-				logf("%s: %d live", r.Name, len(made))
-			}
+		before, err := r.quiet()
+		if err != nil {
+			return err
 		}
-		for rep := 0; rep < r.cfg.reps; rep++ {
-			c, t, err := r.createOne(base)
-			if c.dir != "" {
-				made = append(made, c)
+		for i, count := range counts {
+			for len(made) < count {
+				c, _, err := r.createOne(base)
+				if c.dir != "" {
+					made = append(made, c)
+				}
+				if err != nil {
+					return err
+				}
+				if len(made)%100 == 0 {
+					logf("%s: %d live", r.Name, len(made))
+				}
 			}
-			if err != nil {
-				return err
+			for rep := 0; rep < r.cfg.reps; rep++ {
+				if count == 0 {
+					if err := r.settle(); err != nil {
+						return err
+					}
+				}
+				c, t, err := r.createOne(base)
+				if c.dir != "" && count > 0 {
+					made = append(made, c)
+				}
+				if err == nil && count == 0 {
+					if err = unmount(c.dir); err == nil {
+						err = r.removed(c.key, c.ms)
+					}
+				}
+				if err != nil {
+					return err
+				}
+				create[i] = append(create[i], secs(t))
 			}
-			many = append(many, secs(t))
 		}
 		if err := r.settle(); err != nil {
 			return err
 		}
 		start := time.Now()
+		var last time.Time
 		for _, c := range made {
+			t0 := time.Now()
 			if err := unmount(c.dir); err != nil {
 				return err
 			}
 			if err := r.sn.Remove(r.ctx, c.key); err != nil {
 				return fmt.Errorf("remove %s: %w", c.key, err)
 			}
+			last = time.Now()
+			calls = append(calls, secs(last.Sub(t0)))
 		}
 		if err := r.settle(); err != nil {
 			return err
@@ -1073,17 +1108,26 @@ func (r *runner) teardown() {
 				return err
 			}
 		}
-		down = append(down, secs(time.Since(start)))
+		t := time.Since(start)
+		down, per = []float64{secs(t)}, []float64{secs(t) / float64(len(made))}
 		made = nil
+		var s, h time.Duration
+		s, h, storeErr, hostErr = r.spaceBackSince(last, before, true, true)
+		store, host = []float64{secs(s)}, []float64{secs(h)}
 		return r.sn.Remove(r.ctx, base)
 	}()
 	for _, c := range made {
 		unmount(c.dir)
 	}
 	r.figures(teardown, uint64(n), err,
-		metric{name: "create with none other live", unit: "seconds", values: one},
-		metric{name: "create with N live", unit: "seconds", values: many},
-		metric{name: "teardown of all N", unit: "seconds", values: down})
+		metric{name: "teardown of all N", unit: "seconds", values: down},
+		metric{name: "teardown per container", unit: "seconds", values: per},
+		metric{name: "unmount + remove call", unit: "seconds", values: calls},
+		metric{name: "space back after the last removal", unit: "seconds", values: store, err: storeErr},
+		metric{name: "host space back after the last removal", unit: "seconds", values: host, err: hostErr})
+	for i, count := range counts {
+		r.figures(createCost, uint64(count), err, metric{name: "create", unit: "seconds", values: create[i]})
+	}
 }
 
 // usage is a peer's space in use (see space) and the allocation of its
