@@ -18,6 +18,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -190,6 +191,8 @@ struct Peers {
     thin_root: PathBuf,
     overlay_fs: PathBuf,
     dm_pool: String,
+    /// Where `thinlayer serve` serves its metrics.
+    metrics: SocketAddr,
     serve: Option<Child>,
     containerd: Option<Child>,
 }
@@ -230,6 +233,11 @@ impl Peers {
             thin_root: base.join("thinlayer"),
             overlay_fs: base.join("overlayfs"),
             dm_pool: format!("{}-pool", thinlayer::pool::prefix_for(&dm_root)),
+            // A port the kernel just gave out and took back: free unless
+            // something else takes it in between, which fails serve's start.
+            metrics: TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("a free port for serve's metrics")?,
             base,
             serve: None,
             containerd: None,
@@ -426,7 +434,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         serve
             .arg("--root")
             .arg(&self.thin_root)
-            .args(["serve", "--socket"])
+            .args(["serve", "--metrics-address", &self.metrics.to_string()])
+            .arg("--socket")
             .arg(self.run.join("thinlayer.sock"));
         self.serve = Some(Self::start(
             "thinlayer serve",
@@ -446,28 +455,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// The Go program's `-peers` argument: per snapshotter its loop
-    /// devices, where its space in use is read, how its backend is asked
-    /// and the host files behind its data (the pools' data files, the
-    /// overlay's filesystem image; not the pools' metadata files).
+    /// devices, where its space in use is read, how its backend is asked,
+    /// the host files behind its data (the pools' data files, the
+    /// overlay's filesystem image; not the pools' metadata files) and its
+    /// metrics endpoint (thinlayer's only).
     fn peer_args(&self) -> Result<String> {
         let block = BLOCK_SECTORS * 512;
         let overlay_img = self.base.join("overlayfs.img");
         let dm_dir = self.base.join("devmapper");
         let thin = format!(
-            "thinlayer;{};pool:{}:{block};proxy:{};{}",
+            "thinlayer;{};pool:{}:{block};proxy:{};{};http://{}/metrics",
             self.loops_under(&self.thin_root)?.join(","),
             thin_pool_name(&self.thin_root),
             self.run.join("thinlayer.sock").display(),
-            self.thin_root.join("data").display()
+            self.thin_root.join("data").display(),
+            self.metrics
         );
         let overlay = format!(
-            "overlayfs;{};statfs:{};overlayfs;{}",
+            "overlayfs;{};statfs:{};overlayfs;{};",
             self.loops_under(&overlay_img)?.join(","),
             self.overlay_fs.display(),
             overlay_img.display()
         );
         let dm = format!(
-            "devmapper;{};pool:{}:{block};devmapper;{}",
+            "devmapper;{};pool:{}:{block};devmapper;{};",
             self.loops_under(&dm_dir)?.join(","),
             self.dm_pool,
             dm_dir.join("data").display()
@@ -475,7 +486,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok([thin, overlay, dm].join("|"))
     }
 
-    fn measure(&self, cfg: &Config, image: &UnpackImage) -> Result<Vec<Figure>> {
+    fn measure(&self, cfg: &Config, image: &UnpackImage) -> Result<(Vec<Figure>, Vec<Steps>)> {
         let mounts = self.base.join("mnt");
         fs::create_dir_all(&mounts)?;
         let bin = program()?;
@@ -630,21 +641,49 @@ fn tail(log: &Path) -> String {
     )
 }
 
-/// The Go program's JSON as figures.
-fn figures(json: &[u8]) -> Result<Vec<Figure>> {
+/// What `thinlayer serve`'s metrics say one peers workload cost on one
+/// snapshotter (thinlayer alone has them): every series that counted calls
+/// between a scrape before the workload and one after it, or why they
+/// could not be read.
+#[derive(Clone, Debug)]
+pub struct Steps {
+    pub snapshotter: String,
+    pub workload: &'static str,
+    pub rows: std::result::Result<Vec<StepRow>, String>,
+}
+
+/// One series of `thinlayer_step_duration_seconds` (`call` false: an
+/// operation's step) or of `thinlayer_snapshotter_call_duration_seconds`
+/// (`call` true: `op` is the method, `step` empty), over one workload.
+#[derive(Clone, Debug)]
+pub struct StepRow {
+    pub call: bool,
+    pub op: String,
+    pub step: String,
+    pub calls: f64,
+    pub seconds: f64,
+}
+
+/// The peers workload of the Go program's name.
+fn peer_workload(name: &str) -> Result<&'static PeerWorkload> {
+    PEER_METRICS
+        .iter()
+        .find(|(w, ..)| *w == name)
+        .with_context(|| format!("unknown workload {name:?}"))
+}
+
+/// The Go program's JSON as figures and steps.
+fn figures(json: &[u8]) -> Result<(Vec<Figure>, Vec<Steps>)> {
     let all: serde_json::Value =
         serde_json::from_slice(json).context("the peers program printed no JSON")?;
     let mut out = Vec::new();
-    for f in all.as_array().context("a list of figures")? {
+    for f in all["figures"].as_array().context("a list of figures")? {
         let s = |k: &str| {
             f[k].as_str()
                 .with_context(|| format!("figure without {k}: {f}"))
         };
         let (workload, metric) = (s("workload")?, s("metric")?);
-        let (_, ours, metrics) = PEER_METRICS
-            .iter()
-            .find(|(w, ..)| *w == workload)
-            .with_context(|| format!("unknown workload {workload:?}"))?;
+        let (_, ours, metrics) = peer_workload(workload)?;
         let &(metric, unit) = metrics
             .iter()
             .find(|(m, _)| *m == metric)
@@ -666,7 +705,50 @@ fn figures(json: &[u8]) -> Result<Vec<Figure>> {
             values: error.map_or(Ok(values), |e| Err(e.to_string())),
         });
     }
-    Ok(out)
+    let mut steps: Vec<Steps> = Vec::new();
+    for r in all["steps"].as_array().map_or(&[][..], Vec::as_slice) {
+        let s = |k: &str| {
+            r[k].as_str()
+                .with_context(|| format!("steps without {k}: {r}"))
+        };
+        let snapshotter = s("snapshotter")?.to_string();
+        let workload = peer_workload(s("workload")?)?.1;
+        let at = match steps
+            .iter()
+            .position(|x| x.snapshotter == snapshotter && x.workload == workload)
+        {
+            Some(i) => i,
+            None => {
+                steps.push(Steps {
+                    snapshotter,
+                    workload,
+                    rows: Ok(Vec::new()),
+                });
+                steps.len() - 1
+            }
+        };
+        let n = |k: &str| {
+            r[k].as_f64()
+                .with_context(|| format!("steps without {k}: {r}"))
+        };
+        let row = match r["error"].as_str().filter(|e| !e.is_empty()) {
+            Some(e) => Err(e.to_string()),
+            None => Ok(StepRow {
+                call: s("kind")? == "call",
+                op: s("op")?.to_string(),
+                step: s("step")?.to_string(),
+                calls: n("calls")?,
+                seconds: n("seconds")?,
+            }),
+        };
+        let entry = &mut steps[at].rows;
+        match (entry.as_mut(), row) {
+            (Ok(rows), Ok(row)) => rows.push(row),
+            (_, Err(e)) => *entry = Err(e),
+            (Err(_), Ok(_)) => {}
+        }
+    }
+    Ok((out, steps))
 }
 
 /// The unpack workload's image: an OCI archive of one gzip layer.
@@ -788,9 +870,11 @@ pub fn run(dir: &Path, cfg: &Config, res: &mut Results) -> Result<()> {
     let image = unpack_image(&peers.base, cfg)?;
     let measured = peers.up(cfg).and_then(|()| peers.measure(cfg, &image));
     let down = peers.down();
-    for f in measured? {
+    let (figures, steps) = measured?;
+    for f in figures {
         res.push(f);
     }
+    res.peer_steps = steps;
     down.context("tear down the peers")?;
     res.setup.push(("peers' unpack image".into(), image.what));
     let (data, meta, base_size) = sizes(cfg);

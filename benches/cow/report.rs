@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use super::measure::Stats;
 use super::peers::{
     CREATE_COST, IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE,
-    SHAPE_2988, SPACE_BACK, TEARDOWN, UNPACK,
+    SHAPE_2988, SPACE_BACK, StepRow, TEARDOWN, UNPACK,
 };
 use super::workloads::{
     CHURN, CONTAINERD, Config, DENSITY, DEPTH, FIO_JOBS, FIRST_WRITE, Figure, LATENCY, PAGE_CACHE,
@@ -376,6 +376,65 @@ fn teardown_target(res: &Results, cfg: &Config) -> String {
     )
 }
 
+/// What `thinlayer serve`'s metrics say a peers workload cost: calls and
+/// mean time of each snapshotter method, then of each step of each
+/// operation (its `total` first, then its steps by the time they took).
+fn steps_tables(res: &Results, workload: &str) -> String {
+    let mut s = String::new();
+    for st in res.peer_steps.iter().filter(|s| s.workload == workload) {
+        let rows = match &st.rows {
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "Inside {}: its metrics could not be read: {e}\n",
+                    st.snapshotter
+                );
+                continue;
+            }
+            Ok(r) => r,
+        };
+        let mean = |r: &StepRow| show(r.seconds / r.calls, Unit::Seconds);
+        let _ = writeln!(
+            s,
+            "#### Inside {} (its metrics, between a scrape before the workload and one after its last collection)\n\n| method | calls | mean | all |\n|---|---|---|---|",
+            st.snapshotter
+        );
+        for r in rows.iter().filter(|r| r.call) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} |",
+                r.op,
+                r.calls,
+                mean(r),
+                show(r.seconds, Unit::Seconds)
+            );
+        }
+        let mut ops: Vec<&StepRow> = rows.iter().filter(|r| !r.call).collect();
+        ops.sort_by(|a, b| {
+            (&a.op, a.step != "total")
+                .cmp(&(&b.op, b.step != "total"))
+                .then(b.seconds.total_cmp(&a.seconds))
+        });
+        let _ = writeln!(
+            s,
+            "\n| op | step | calls | mean | all |\n|---|---|---|---|---|"
+        );
+        for r in ops {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} | {} |",
+                r.op,
+                r.step,
+                r.calls,
+                mean(r),
+                show(r.seconds, Unit::Seconds)
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// The peers' part of the report.
 fn peers_report(res: &Results, cfg: &Config) -> String {
     let mut s = String::new();
@@ -387,7 +446,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less; for cycles per second, above 1: thinlayer does more).\n"
+        "\n## (k) Peers: containerd's overlayfs and devmapper snapshotters\n\nthinlayer (`thinlayer serve` as proxy plugin), containerd's `overlayfs` and its `devmapper`, each on loop devices of its own, driven through one containerd's snapshots API by containerd's Go client (`vm-tests/peers`), one after another. Snapshots are made under a lease; removals go through containerd's snapshots service, and reach the snapshotter in containerd's garbage collection. Bytes written: sectors written to all of the snapshotter's loop devices (both of a pool's), before and after the step, after a sync. Ratios: thinlayer's figure over the other's (below 1: thinlayer is faster or writes less; for cycles per second, above 1: thinlayer does more). Under *Inside thinlayer*, what `thinlayer serve`'s own metrics (`thinlayer_snapshotter_call_duration_seconds` and `thinlayer_step_duration_seconds`, scraped from `--metrics-address`) counted during the workload: calls and mean time per snapshotter method, and per step of each operation (`total`: the whole operation); work done in the background after a workload's last collection counts for the next one. thinlayer's `list` calls are mostly the benchmark's own: it walks thinlayer's snapshots every 2 ms to see a removed one gone.\n"
     );
     let live = |counts: &[usize]| {
         counts
@@ -510,6 +569,7 @@ fn peers_report(res: &Results, cfg: &Config) -> String {
             };
             table(&mut s, res, &sec, "create", None);
         }
+        s.push_str(&steps_tables(res, w));
     }
     s
 }

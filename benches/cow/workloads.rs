@@ -307,6 +307,8 @@ pub struct Results {
     /// or directory.
     pub leaks: Vec<(String, Vec<String>)>,
     pub seconds: f64,
+    /// What `thinlayer serve` says each peers workload cost, step by step.
+    pub peer_steps: Vec<peers::Steps>,
     /// See [`Config::progress`].
     pub progress: bool,
 }

@@ -309,6 +309,12 @@ fn quick_peers_produce_sane_figures() {
                 f.workload, f.metric, f.param, f.baseline, f.values
             );
         }
+        for st in &res.peer_steps {
+            println!(
+                "peers: steps of {} on {}: {:?}",
+                st.workload, st.snapshotter, st.rows
+            );
+        }
         for b in PEERS {
             // One table of figures per parameter of each workload.
             for (_, w, metrics) in PEER_METRICS {
@@ -376,6 +382,7 @@ fn quick_peers_produce_sane_figures() {
         unpack_physics(&res, &cfg);
         space_physics(&res, &cfg);
         teardown_physics(&res, &cfg);
+        serve_steps(&res, &cfg);
     });
 }
 
@@ -498,6 +505,57 @@ fn space_physics(res: &Results, cfg: &Config) {
         "thinlayer's data file grew by less than the {} bytes written: {grown:?}",
         cfg.peer_space_size
     );
+}
+
+/// What `thinlayer serve`'s metrics counted: every workload on thinlayer
+/// has its calls and steps (none on the others); each Prepare of the
+/// prepare cycles and of the parallel ones was counted once, as a call and
+/// as an operation.
+fn serve_steps(res: &Results, cfg: &Config) {
+    for st in &res.peer_steps {
+        assert_eq!(st.snapshotter, "thinlayer", "steps of {}", st.workload);
+    }
+    for (_, w, _) in PEER_METRICS.iter().filter(|(_, w, _)| *w != CREATE_COST) {
+        let st = res
+            .peer_steps
+            .iter()
+            .find(|s| s.workload == *w)
+            .unwrap_or_else(|| panic!("no steps of {w} on thinlayer"));
+        let rows = st
+            .rows
+            .as_ref()
+            .unwrap_or_else(|e| panic!("steps of {w}: {e}"));
+        assert!(rows.iter().any(|r| r.call), "no call counted in {w}");
+        assert!(rows.iter().any(|r| !r.call), "no step counted in {w}");
+        for r in rows {
+            assert!(
+                r.calls >= 1.0 && r.seconds >= 0.0 && r.seconds.is_finite(),
+                "{w}: {r:?}"
+            );
+        }
+    }
+    // Each workload's image layer is prepared once more.
+    for (w, prepares) in [
+        (PREPARE_CYCLE, cfg.peer_cycles + 1),
+        (PARALLEL, cfg.peer_clients * cfg.peer_parallel_cycles + 1),
+    ] {
+        let rows = res
+            .peer_steps
+            .iter()
+            .find(|s| s.workload == w)
+            .and_then(|s| s.rows.as_ref().ok())
+            .unwrap();
+        let count = |call: bool, step: &str| {
+            rows.iter()
+                .find(|r| r.call == call && r.op == "prepare" && r.step == step)
+                .map(|r| r.calls)
+        };
+        assert_eq!(
+            (count(true, ""), count(false, "total")),
+            (Some(prepares as f64), Some(prepares as f64)),
+            "Prepare calls and operations counted in {w}: {rows:?}"
+        );
+    }
 }
 
 /// The unpack: every snapshotter holds the whole layer after it, and wrote

@@ -18,8 +18,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +71,8 @@ type Peer struct {
 	// The host files behind its data loop devices, whose allocation tells
 	// when freed space is back on the host.
 	Files []string
+	// Its Prometheus endpoint (http://HOST:PORT/metrics), or "" if none.
+	Metrics string
 }
 
 type config struct {
@@ -109,6 +114,24 @@ const namespace = "peers"
 
 var out []Figure
 
+// StepTime is what `thinlayer serve`'s metrics say one workload cost: the
+// calls of one step of one operation (Kind "step": Op and Step) or of one
+// snapshotter method (Kind "call": Op is the method), counted and summed
+// between a scrape before the workload and one after it; or why they could
+// not be read (Error).
+type StepTime struct {
+	Snapshotter string  `json:"snapshotter"`
+	Workload    string  `json:"workload"`
+	Kind        string  `json:"kind"`
+	Op          string  `json:"op"`
+	Step        string  `json:"step"`
+	Calls       float64 `json:"calls"`
+	Seconds     float64 `json:"seconds"`
+	Error       string  `json:"error,omitempty"`
+}
+
+var steps []StepTime
+
 func main() {
 	var cfg config
 	var peers string
@@ -133,7 +156,7 @@ func main() {
 	flag.Uint64Var(&cfg.entries, "unpack-entries", 0, "entries of the unpack archive's layer")
 	flag.IntVar(&cfg.unpackReps, "unpack-reps", 3, "repetitions of the unpack")
 	flag.DurationVar(&cfg.deadline, "deadline", 300*time.Second, "how long a removal may take to reach the snapshotter")
-	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND;FILE,FILE entries separated by |")
+	flag.StringVar(&peers, "peers", "", "NAME;LOOP,LOOP;SPACE;BACKEND;FILE,FILE;METRICS entries separated by |")
 	flag.Parse()
 	if cfg.archive == "" {
 		fatal(errors.New("no -unpack-archive"))
@@ -147,10 +170,10 @@ func main() {
 	}
 	for _, p := range strings.Split(peers, "|") {
 		f := strings.Split(p, ";")
-		if len(f) != 5 {
+		if len(f) != 6 {
 			fatal(fmt.Errorf("bad -peers entry %q", p))
 		}
-		cfg.peers = append(cfg.peers, Peer{f[0], strings.Split(f[1], ","), f[2], f[3], strings.Split(f[4], ",")})
+		cfg.peers = append(cfg.peers, Peer{f[0], strings.Split(f[1], ","), f[2], f[3], strings.Split(f[4], ","), f[5]})
 	}
 	client, err := containerd.New(cfg.socket, containerd.WithDefaultNamespace(namespace), containerd.WithTimeout(cfg.deadline))
 	if err != nil {
@@ -162,17 +185,36 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		for _, w := range []func(*runner){(*runner).prepareCycle, (*runner).parallel, (*runner).shape2988, (*runner).firstWrite, (*runner).idleCost, (*runner).spaceBack, (*runner).teardown, (*runner).unpack} {
-			w(r)
+		for _, w := range []struct {
+			name string
+			run  func(*runner)
+		}{
+			{prepareCycle, (*runner).prepareCycle},
+			{parallel, (*runner).parallel},
+			{shape2988, (*runner).shape2988},
+			{firstWrite, (*runner).firstWrite},
+			{idleCost, (*runner).idleCost},
+			{spaceBack, (*runner).spaceBack},
+			{teardown, (*runner).teardown},
+			{unpack, (*runner).unpack},
+		} {
+			before, serr := r.scrape()
+			w.run(r)
 			// What the workload removed is gone before the next one
 			// measures.
 			if err := r.settle(); err != nil {
 				fatal(err)
 			}
+			if r.Metrics != "" {
+				r.steps(w.name, before, serr)
+			}
 		}
 		r.close()
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+	if err := json.NewEncoder(os.Stdout).Encode(struct {
+		Figures []Figure   `json:"figures"`
+		Steps   []StepTime `json:"steps"`
+	}{out, steps}); err != nil {
 		fatal(err)
 	}
 }
@@ -1465,4 +1507,156 @@ func (r *runner) deleteImage(ctx context.Context, img containerd.Image) error {
 		return fmt.Errorf("the unpacked snapshot %s is still in %s after the image's deletion and a collection (%v)", top, r.Name, err)
 	}
 	return nil
+}
+
+// The histograms of `thinlayer serve` that explain its figures.
+const (
+	stepMetric = "thinlayer_step_duration_seconds"
+	callMetric = "thinlayer_snapshotter_call_duration_seconds"
+)
+
+// series is one series of those histograms: its kind ("step" or "call"),
+// op (or method) and step.
+type series struct{ kind, op, step string }
+
+// histogram is the sum and count of a series.
+type histogram struct{ sum, count float64 }
+
+// scrape reads the peer's metrics endpoint: every series of the step and
+// call histograms (nil if the peer has no endpoint).
+func (r *runner) scrape() (map[series]histogram, error) {
+	if r.Metrics == "" {
+		return nil, nil
+	}
+	c := http.Client{Timeout: r.cfg.deadline}
+	resp, err := c.Get(r.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", r.Metrics, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", r.Metrics, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", r.Metrics, resp.Status)
+	}
+	m := map[series]histogram{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, stepMetric) && !strings.HasPrefix(line, callMetric) {
+			continue
+		}
+		name, labels, value, err := parseSample(line)
+		if err != nil {
+			return nil, fmt.Errorf("scrape %s: %w", r.Metrics, err)
+		}
+		base := strings.TrimSuffix(strings.TrimSuffix(name, "_sum"), "_count")
+		var k series
+		switch base {
+		case stepMetric:
+			k = series{"step", labels["op"], labels["step"]}
+		case callMetric:
+			k = series{"call", labels["method"], ""}
+		default:
+			continue
+		}
+		h := m[k]
+		switch name {
+		case base + "_sum":
+			h.sum = value
+		case base + "_count":
+			h.count = value
+		default:
+			continue
+		}
+		m[k] = h
+	}
+	return m, nil
+}
+
+// parseSample reads a line of Prometheus's text format: `name{a="x",...}
+// value [timestamp]` or `name value [timestamp]`.
+func parseSample(line string) (string, map[string]string, float64, error) {
+	bad := func(why string) (string, map[string]string, float64, error) {
+		return "", nil, 0, fmt.Errorf("%s in the sample line %q", why, line)
+	}
+	end := strings.IndexAny(line, "{ ")
+	if end <= 0 {
+		return bad("no name")
+	}
+	name, rest := line[:end], line[end:]
+	labels := map[string]string{}
+	if rest[0] == '{' {
+		rest = rest[1:]
+		for {
+			rest = strings.TrimLeft(rest, ", ")
+			if strings.HasPrefix(rest, "}") {
+				rest = rest[1:]
+				break
+			}
+			eq := strings.Index(rest, "=\"")
+			if eq <= 0 {
+				return bad("a bad label")
+			}
+			key := rest[:eq]
+			rest = rest[eq+2:]
+			var v strings.Builder
+			for {
+				if rest == "" {
+					return bad("an unterminated label value")
+				}
+				c := rest[0]
+				rest = rest[1:]
+				if c == '"' {
+					break
+				}
+				if c == '\\' && rest != "" {
+					c, rest = rest[0], rest[1:]
+					if c == 'n' {
+						c = '\n'
+					}
+				}
+				v.WriteByte(c)
+			}
+			labels[key] = v.String()
+		}
+	}
+	f := strings.Fields(rest)
+	if len(f) == 0 {
+		return bad("no value")
+	}
+	value, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return bad("a bad value")
+	}
+	return name, labels, value, nil
+}
+
+// steps records what the metrics say workload cost: every series that
+// counted calls since before (scraped before it, or failed with serr).
+func (r *runner) steps(workload string, before map[series]histogram, serr error) {
+	after, err := r.scrape()
+	if err = firstErr(serr, err); err != nil {
+		logf("%s: the steps of %s: %v", r.Name, workload, err)
+		steps = append(steps, StepTime{Snapshotter: r.Name, Workload: workload, Error: err.Error()})
+		return
+	}
+	var mine []StepTime
+	for k, a := range after {
+		b := before[k]
+		if a.count > b.count {
+			mine = append(mine, StepTime{r.Name, workload, k.kind, k.op, k.step, a.count - b.count, a.sum - b.sum, ""})
+		}
+	}
+	sort.Slice(mine, func(i, j int) bool {
+		a, b := mine[i], mine[j]
+		if a.Kind != b.Kind {
+			return a.Kind < b.Kind
+		}
+		if a.Op != b.Op {
+			return a.Op < b.Op
+		}
+		return a.Step < b.Step
+	})
+	steps = append(steps, mine...)
 }
