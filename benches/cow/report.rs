@@ -217,19 +217,19 @@ fn peer_targets(res: &Results, cfg: &Config) -> Vec<String> {
     // thinlayer / other, whether it is an upper bound.
     let checks = [
         (
-            "Prepare cycle total, p50, at most 1.5× overlayfs",
+            "Prepare cycle total, p50, at most 1.2× overlayfs",
             PREPARE_CYCLE,
             "total",
             "overlayfs",
-            1.5,
+            1.2,
             true,
         ),
         (
-            "Prepare cycle total, p50, at most 0.2× devmapper",
+            "Prepare cycle total, p50, at most 0.15× devmapper",
             PREPARE_CYCLE,
             "total",
             "devmapper",
-            0.2,
+            0.15,
             true,
         ),
         (
@@ -257,11 +257,11 @@ fn peer_targets(res: &Results, cfg: &Config) -> Vec<String> {
             true,
         ),
         (
-            "Unpack of a realistic image, p50, at most 1.2× overlayfs",
+            "Unpack of a realistic image, p50, at most 1.0× overlayfs",
             UNPACK,
             "unpack",
             "overlayfs",
-            1.2,
+            1.0,
             true,
         ),
         (
