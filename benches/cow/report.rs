@@ -5,7 +5,9 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::measure::Stats;
 use super::peers::{
@@ -805,9 +807,10 @@ fn usage_table(res: &Results) -> Option<String> {
 
 type Series = (String, Vec<(f64, f64)>);
 
-fn series(res: &Results, w: &str, m: &str, p: Option<f64>) -> Vec<Series> {
-    BASELINES
-        .iter()
+/// A line per column of `cols`: the figure's median (or percentile `p`)
+/// at each parameter.
+fn series(res: &Results, cols: &[&str], w: &str, m: &str, p: Option<f64>) -> Vec<Series> {
+    cols.iter()
         .map(|b| {
             let pts = params(res, w)
                 .into_iter()
@@ -859,8 +862,18 @@ fn tick(v: f64, axis: &str) -> String {
     }
 }
 
+/// A plotting error as anyhow's.
+fn drawing(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
 /// A log–log line plot of medians, one line per baseline.
 fn plot(path: &Path, title: &str, x: &str, y: &str, data: &[Series]) -> Result<()> {
+    lines(path, title, x, y, data, true)
+}
+
+/// A line plot, one line per series: log–log, or linear from 0.
+fn lines(path: &Path, title: &str, x: &str, y: &str, data: &[Series], log: bool) -> Result<()> {
     let pts = data.iter().flat_map(|(_, p)| p.iter().copied());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (a, b) in pts {
@@ -869,17 +882,41 @@ fn plot(path: &Path, title: &str, x: &str, y: &str, data: &[Series]) -> Result<(
     if x0 > x1 {
         return Ok(());
     }
-    let (x0, x1) = (x0.max(1e-9) / 1.5, x1 * 1.5);
-    let (y0, y1) = (y0.max(1e-9) / 2.0, y1.max(1e-9) * 2.0);
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
+    root.fill(&WHITE).map_err(drawing)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .y_label_area_size(70);
+    if log {
+        let (x0, x1) = (x0.max(1e-9) / 1.5, x1 * 1.5);
+        let (y0, y1) = (y0.max(1e-9) / 2.0, y1.max(1e-9) * 2.0);
+        let chart = builder
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .map_err(drawing)?;
+        draw_lines(chart, x, y, data)?;
+    } else {
+        let chart = builder
+            .build_cartesian_2d(0.0..x1.max(1.0) * 1.05, 0.0..y1.max(1e-9) * 1.2)
+            .map_err(drawing)?;
+        draw_lines(chart, x, y, data)?;
+    }
+    root.present().map_err(drawing)
+}
+
+/// Draws the series of a line plot on its axes.
+fn draw_lines<'a, X, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    x: &str,
+    y: &str,
+    data: &[Series],
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_label_formatter(&|v| tick(*v, x))
@@ -887,29 +924,173 @@ fn plot(path: &Path, title: &str, x: &str, y: &str, data: &[Series]) -> Result<(
         .x_desc(x)
         .y_desc(y)
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(drawing)?;
     for (i, (name, p)) in data.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(drawing)?
             .label(name.as_str())
             .legend(move |(a, b)| {
                 PathElement::new(vec![(a, b), (a + 20, b)], color.stroke_width(2))
             });
         chart
             .draw_series(p.iter().map(|&q| Circle::new(q, 3, color.filled())))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(drawing)?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// The legend of a chart's labelled series, at `pos`.
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    pos: SeriesLabelPosition,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(pos)
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+        .map_err(drawing)
+}
+
+/// Stacked bars, one per group (its name and one value per part, bottom
+/// first), each with its sum written above it; false if there was nothing
+/// to draw.
+fn stacked(path: &Path, title: &str, y: &str, parts: &[&str], groups: &[Bar]) -> Result<bool> {
+    let top = groups
+        .iter()
+        .map(|(_, v)| v.iter().sum::<f64>())
+        .fold(0.0, f64::max);
+    if groups.is_empty() || top <= 0.0 {
+        return Ok(false);
+    }
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(drawing)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..groups.len()).into_segmented(), 0.0..top * 1.2)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => groups.get(*i).map_or(String::new(), |g| g.0.clone()),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| tick(*v, y))
+        .y_desc(y)
+        .draw()
+        .map_err(drawing)?;
+    for (k, part) in parts.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let bars = groups.iter().enumerate().map(|(i, (_, v))| {
+            let below: f64 = v[..k].iter().sum();
+            let mut r = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), below),
+                    (SegmentValue::Exact(i + 1), below + v[k]),
+                ],
+                color.filled(),
+            );
+            r.set_margin(0, 0, 40, 40);
+            r
+        });
+        chart
+            .draw_series(bars)
+            .map_err(drawing)?
+            .label(*part)
+            .legend(move |(a, b)| Rectangle::new([(a, b - 5), (a + 10, b + 5)], color.filled()));
+    }
+    chart
+        .draw_series(groups.iter().enumerate().map(|(i, (_, v))| {
+            let sum: f64 = v.iter().sum();
+            Text::new(
+                tick(sum, y),
+                (SegmentValue::CenterOf(i), sum + top * 0.02),
+                TextStyle::from(("sans-serif", 13).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
+            )
+        }))
+        .map_err(drawing)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(drawing)?;
+    Ok(true)
+}
+
+/// A bar of [`stacked`]: its name and the values of its parts.
+type Bar = (String, Vec<f64>);
+
+/// The peers' plots that have figures, written to `dir`: the prepare
+/// cycle's steps, the teardown per container, the create cost against the
+/// live snapshots.
+fn peer_plots(dir: &Path, res: &Results) -> Result<Vec<&'static str>> {
+    let mut made = Vec::new();
+    let mut bars = |file: &'static str, title: &str, parts: &[&str], bars: Vec<Bar>| {
+        if stacked(&dir.join(file), title, "seconds", parts, &bars)
+            .with_context(|| format!("plot {file}"))?
+        {
+            made.push(file);
+        }
+        anyhow::Ok(())
+    };
+    let steps = ["prepare", "mount", "unmount", "remove until collected"];
+    bars(
+        "cow-peers-prepare-cycle.svg",
+        "Prepare cycle through containerd: p50 of each step",
+        &steps,
+        PEERS
+            .iter()
+            .filter_map(|b| {
+                let v: Option<Vec<f64>> = steps
+                    .iter()
+                    .map(|m| peer_p50(res, PREPARE_CYCLE, m, b))
+                    .collect();
+                v.map(|v| (b.to_string(), v))
+            })
+            .collect(),
+    )?;
+    bars(
+        "cow-peers-teardown.svg",
+        "Teardown through containerd: time per container",
+        &["unmount + Remove call (mean)", "the rest, until collected"],
+        PEERS
+            .iter()
+            .filter_map(|b| {
+                let (n, per) = params(res, TEARDOWN).into_iter().find_map(|n| {
+                    median(res, TEARDOWN, "teardown per container", n, b).map(|v| (n, v))
+                })?;
+                let calls = res
+                    .find(TEARDOWN, "unmount + remove call", n, b)
+                    .and_then(|f| f.values.as_ref().ok())
+                    .filter(|v| !v.is_empty())
+                    .map_or(0.0, |v| v.iter().sum::<f64>() / v.len() as f64);
+                Some((
+                    format!("{b} (N = {n})"),
+                    vec![calls, (per - calls).max(0.0)],
+                ))
+            })
+            .collect(),
+    )?;
+    let data = series(res, &PEERS, CREATE_COST, "create", None);
+    let file = "cow-peers-create-cost.svg";
+    if data.iter().any(|(_, p)| !p.is_empty()) {
+        lines(
+            &dir.join(file),
+            "Create (Prepare + mount) against live snapshots, median",
+            "live snapshots",
+            "seconds",
+            &data,
+            false,
+        )
+        .with_context(|| format!("plot {file}"))?;
+        made.push(file);
+    }
+    Ok(made)
 }
 
 /// The report's parts, in order.
@@ -1187,12 +1368,13 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
     ];
     let mut made = Vec::new();
     for (file, title, x, y, w, m, p) in plots {
-        let data = series(res, w, m, p);
+        let data = series(res, &BASELINES, w, m, p);
         if data.iter().any(|(_, p)| !p.is_empty()) {
             plot(&dir.join(file), title, x, y, &data).with_context(|| format!("plot {file}"))?;
             made.push(file);
         }
     }
+    made.extend(peer_plots(dir, res)?);
     let mut s = String::new();
     let _ = writeln!(s, "# Copy-on-write benchmarks\n");
     let _ = writeln!(
