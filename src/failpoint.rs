@@ -171,6 +171,7 @@ operations! {
     }
     /// Making a spare: its transaction, then its device and mount.
     spare = "spare" [transaction] {
+        AFTER_ACTIVATE = "after-activate",
         AFTER_MOUNT = "after-mount",
     }
     /// A Prepare claiming a spare: one record write.

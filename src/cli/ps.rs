@@ -95,6 +95,32 @@ impl fmt::Display for Drawn {
                 ids.join(", ")
             )?;
         }
+        if !tree.removals.is_empty() {
+            let ids: Vec<String> = tree
+                .removals
+                .values()
+                .map(|r| format!("thin {} ({})", r.thin_id, r.key))
+                .collect();
+            writeln!(
+                f,
+                "removing, space still held (`pool cleanup` frees it): {}",
+                ids.join(", ")
+            )?;
+        }
+        if !tree.spares.is_empty() {
+            let ids: Vec<String> = tree
+                .spares
+                .iter()
+                .map(|s| {
+                    format!(
+                        "thin {} (of {})",
+                        s.thin_id,
+                        s.parent.as_deref().unwrap_or("base")
+                    )
+                })
+                .collect();
+            writeln!(f, "spares, made ahead for `serve`: {}", ids.join(", "))?;
+        }
         Ok(())
     }
 }

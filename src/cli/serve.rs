@@ -16,6 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use super::Ctx;
 use super::output::{Done, Report};
+use crate::Driver;
 use crate::service::Snapshots;
 use crate::service::autoextend::{INTERVAL, Watcher};
 
@@ -50,7 +51,10 @@ pub struct ServeArgs {
 pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<Report> {
     // Opening the root brings the pool up and settles whatever a killed
     // earlier server or command left, before any request is taken.
-    let driver = Arc::new(ctx.open()?);
+    let driver = Arc::new(
+        Driver::open_checked(&ctx.root, ctx.kernel.clone())
+            .with_context(|| format!("cannot open thinlayer root {}", ctx.root.display()))?,
+    );
     let snapshots = Snapshots::with_spares(driver, usize::from(a.spares))
         .with_context(|| format!("cannot read the records of {}", ctx.root.display()))?;
     let socket = std::path::absolute(&a.socket).unwrap_or(a.socket);

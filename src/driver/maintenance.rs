@@ -98,6 +98,8 @@ impl Op<'_> {
                 "thinlayer does not take down a pool it did not make",
             ));
         }
+        // The spares are freed after the check, the removals redone.
+        self.umount_others()?;
         let prefix = self.rec.pool.prefix.clone();
         for name in self.kernel().dm_list()? {
             if thin::parse_dm_name(&prefix, &name).is_some() {

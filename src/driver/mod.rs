@@ -155,6 +155,11 @@ struct LayerOptions {
     /// Its device's size, when larger than its parent's (see
     /// [`Driver::create_container_sized`]).
     size: Option<Bytes>,
+    /// A pinned layer's device is made live later, by the caller, outside
+    /// the root's lock.
+    activate_later: bool,
+    /// Recorded with thinlayer's own mount, which the caller makes.
+    mounted: bool,
 }
 
 impl Driver {
@@ -233,6 +238,18 @@ impl Driver {
         Ok(driver)
     }
 
+    /// As [`Driver::open`], checking every device and mount whatever the
+    /// last operation left: for `thinlayer serve`'s start. A server does
+    /// part of its work outside the root's lock (the mount of a new
+    /// snapshot, the making of a spare), so one killed there left nothing
+    /// that tells the next operation to look; the next server looks.
+    pub fn open_checked(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
+        let driver = Driver::open_offline(root, kernel)?;
+        drop(driver.begin_with(true)?);
+        failpoint::hit(failpoint::activate::AFTER_RECONCILE);
+        Ok(driver)
+    }
+
     /// A handle that does not bring the pool up: for `check` and `repair`,
     /// which work on a pool that may not come up.
     pub fn open_offline(root: &Path, kernel: Arc<dyn Kernel>) -> Result<Driver> {
@@ -302,9 +319,49 @@ impl Driver {
         self.store.root().join(MOUNT_DIR).join(id.to_string())
     }
 
+    /// Makes the device of thin id `id` (`size` bytes) live read-write and
+    /// mounts its filesystem where a layer of that id is mounted, device
+    /// nodes allowed, as a containerd snapshot is; returns the mount
+    /// point. Without the root's lock: for a new layer or spare whose
+    /// record the caller holds claimed (see the `removal` module's
+    /// `Claim`), so that nothing else works on its device meanwhile.
+    fn mount_unlocked(
+        &self,
+        id: ThinId,
+        size: Bytes,
+        after_activate: failpoint::Point,
+    ) -> Result<PathBuf> {
+        let config = self.store.peek(|rec| rec.pool.clone())?;
+        let pool = Pool {
+            kernel: &*self.kernel,
+            config: &config,
+        };
+        let (dev, _) = Thins { pool: &pool }.activate(id, size, false)?;
+        failpoint::hit(after_activate);
+        let target = self.mount_path_of(id);
+        fs::create_dir_all(&target).map_err(|e| Error::io("create mount point", &target, e))?;
+        let fs = config.filesystem;
+        let _s = crate::step!("mount");
+        self.kernel.mount(&MountRequest {
+            source: &dev,
+            target: &target,
+            fstype: fs.name(),
+            read_only: false,
+            nodev: false,
+            data: fs.mount_options(false),
+        })?;
+        Ok(target)
+    }
+
     /// Takes the lock, reads the records, brings the pool up and settles any
     /// interrupted operation.
     fn begin(&self) -> Result<Op<'_>> {
+        self.begin_with(false)
+    }
+
+    /// [`Driver::begin`]; `check` checks every device and mount even if
+    /// the last operation finished well.
+    fn begin_with(&self, check: bool) -> Result<Op<'_>> {
         let lock = {
             let _s = crate::step!("lock");
             self.store.lock()?
@@ -313,7 +370,7 @@ impl Driver {
             let _s = crate::step!("load");
             self.store.load()?
         };
-        let interrupted = lock.interrupted();
+        let interrupted = check || lock.interrupted();
         lock.set_busy(true);
         let mut op = Op {
             driver: self,
@@ -914,6 +971,8 @@ impl Op<'_> {
             labels,
             pinned,
             size,
+            activate_later,
+            mounted,
         } = opts;
         let origin = self.rec.tree.check_new(key, parent)?;
         if kind == Kind::View && parent.is_none() && self.rec.tree.base.is_none() {
@@ -937,7 +996,7 @@ impl Op<'_> {
             snapshotter: pinned,
             image,
             labels,
-            mounts: 0,
+            mounts: u32::from(mounted),
             pinned,
         };
         let intent = Intent::CreateLayer {
@@ -953,7 +1012,7 @@ impl Op<'_> {
             }
             Ok(())
         })?;
-        if pinned {
+        if pinned && !activate_later {
             self.activate(&layer)?;
             failpoint::hit(failpoint::create::AFTER_ACTIVATE);
         }
@@ -980,6 +1039,19 @@ impl Op<'_> {
                 Thins { pool: &pool }.deactivate(id)
             }
         }
+    }
+
+    /// Unmounts what spares and pending removals hold mounted (their
+    /// devices go with everything else's).
+    fn umount_others(&self) -> Result<()> {
+        let tree = &self.rec.tree;
+        let others: Vec<ThinId> = (tree.spares.iter().map(|s| s.thin_id))
+            .chain(tree.removals.values().map(|r| r.thin_id))
+            .collect();
+        for id in others {
+            self.driver.umount_id(id)?;
+        }
+        Ok(())
     }
 
     /// Whether the layer's device is live and held open (by a mount, a
@@ -1211,14 +1283,7 @@ impl Op<'_> {
                 self.umount_then(&key, Then::Remove)?;
             }
         }
-        // What spares and pending removals hold mounted.
-        let tree = &self.rec.tree;
-        let others: Vec<ThinId> = (tree.spares.iter().map(|s| s.thin_id))
-            .chain(tree.removals.values().map(|r| r.thin_id))
-            .collect();
-        for id in others {
-            self.driver.umount_id(id)?;
-        }
+        self.umount_others()?;
         let pool = self.pool();
         let thins = Thins { pool: &pool };
         let ids: Vec<ThinId> = self.rec.tree.thin_ids().collect();

@@ -229,6 +229,22 @@ impl<'a> Claim<'a> {
     }
 }
 
+impl Claim<'_> {
+    /// Waits until no thread of this process has `id` claimed (a new
+    /// snapshot's mount being made, say). Never call it holding the root's
+    /// lock: the claim's holder takes it before letting go.
+    pub(super) fn wait_free(driver: &Driver, id: ThinId) {
+        while driver
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id.get())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let mut set = self.claimed.lock().unwrap_or_else(|e| e.into_inner());

@@ -36,6 +36,15 @@ impl Driver {
     /// Creates a pinned layer `key` on `parent` (containerd's Prepare for
     /// [`Kind::Active`], View for [`Kind::View`]) and returns it with where
     /// its clients mount it from: an active snapshot is mounted here first.
+    ///
+    /// An active snapshot claims a spare of `parent` if there is one (see
+    /// the `spares` module); otherwise it is made and recorded under the
+    /// root's lock, and its device made live and mounted after the lock
+    /// is let go, so that other calls go on meanwhile (the first mount of
+    /// a fresh filesystem is the slowest step). Its thin id is claimed
+    /// meanwhile: nothing else in this process works on its device, and
+    /// if the snapshot was removed before its mount is recorded, the mount
+    /// is undone and the Prepare fails.
     pub fn create_snapshot(
         &self,
         key: &str,
@@ -65,9 +74,27 @@ impl Driver {
                     let source = SnapshotSource::Mounted(op.mount_path(&layer));
                     return Ok((layer, source));
                 }
+                // Recorded mounted already: if this process dies before
+                // its mount is made, the next look at it (a Mounts, a
+                // server's start) finds it unmounted and mounts it.
+                let layer = op.create_layer(
+                    key,
+                    parent,
+                    kind,
+                    super::LayerOptions {
+                        labels,
+                        pinned: true,
+                        activate_later: true,
+                        mounted: true,
+                        ..Default::default()
+                    },
+                )?;
+                drop(op);
+                return self.mount_new_snapshot(layer);
             }
         }
-        // The new layer and its mount count are written once, at the end.
+        // A view, or a grown snapshot: the new layer and its mount count
+        // are written once, at the end.
         op.saving_once(|op| {
             let layer = op.create_layer(
                 key,
@@ -92,6 +119,42 @@ impl Driver {
                 }
             }
         })
+    }
+
+    /// Makes the device of the active snapshot `layer`, just recorded as
+    /// mounted, live and mounts it, without the root's lock; then checks
+    /// that it is still there (see [`Driver::create_snapshot`]).
+    fn mount_new_snapshot(&self, layer: Layer) -> Result<(Layer, SnapshotSource)> {
+        let id = layer.thin_id;
+        let claim = super::removal::Claim::take(self, id);
+        debug_assert!(claim.is_some(), "a new thin id is nobody's");
+        let mounted = self.mount_unlocked(id, layer.device_size, failpoint::create::AFTER_ACTIVATE);
+        let mut op = self.begin()?;
+        let ours = op
+            .rec
+            .tree
+            .layers
+            .get(&layer.key)
+            .is_some_and(|l| l.thin_id == id);
+        match mounted {
+            Ok(target) if ours => Ok((layer, SnapshotSource::Mounted(target))),
+            Ok(_) => {
+                drop(claim);
+                super::undo_failed("unmount a snapshot removed meanwhile", self.umount_id(id));
+                Err(Error::not_found("layer", &layer.key))
+            }
+            Err(e) => {
+                drop(claim);
+                if ours {
+                    // Not left half made: the caller was told it failed.
+                    super::undo_failed(
+                        "remove the snapshot that failed to mount",
+                        op.remove_layer_now(&layer.key),
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The layer `key` as last recorded, read without the root's lock.
@@ -122,6 +185,8 @@ impl Driver {
         if l.kind == Kind::Active && l.mounts > 0 && self.kernel.is_mount_point(&target)? {
             return Ok(Some(SnapshotSource::Mounted(target)));
         }
+        // Its mount may be on its way (see `create_snapshot`).
+        super::removal::Claim::wait_free(self, l.thin_id);
         let mut op = self.begin()?;
         if op.rec.tree.get(key)?.kind == Kind::Committed {
             return Ok(None);

@@ -21,11 +21,11 @@
 
 use std::collections::BTreeMap;
 
+use super::removal::Claim;
 use super::{Driver, Op, now_ns};
 use crate::error::Result;
 use crate::failpoint;
 use crate::records::Intent;
-use crate::thin::Thins;
 use crate::tree::{Kind, Layer, Removal, Spare};
 use crate::units::{Bytes, ThinId};
 
@@ -38,52 +38,75 @@ impl Driver {
     /// and the pool has room for new layers. Returns whether it made one.
     /// A parent that is gone, or not committed, gets none.
     pub fn make_spare(&self, parent: Option<&str>, want: usize) -> Result<bool> {
-        let mut op = self.begin()?;
-        let tree = &op.rec.tree;
-        let (origin, device_size) = match parent {
-            None => match tree.base {
-                Some(id) => (id, op.rec.pool.base_size),
-                None => return Ok(false),
-            },
-            Some(p) => match tree.layers.get(p) {
-                Some(l) if l.kind == Kind::Committed => (l.thin_id, l.device_size),
-                _ => return Ok(false),
-            },
+        let _op = crate::op!("spare");
+        let (id, device_size) = {
+            let mut op = self.begin()?;
+            let tree = &op.rec.tree;
+            let (origin, device_size) = match parent {
+                None => match tree.base {
+                    Some(id) => (id, op.rec.pool.base_size),
+                    None => return Ok(false),
+                },
+                Some(p) => match tree.layers.get(p) {
+                    Some(l) if l.kind == Kind::Committed => (l.thin_id, l.device_size),
+                    _ => return Ok(false),
+                },
+            };
+            let have = tree
+                .spares
+                .iter()
+                .filter(|s| s.parent.as_deref() == parent)
+                .count();
+            if have >= want || tree.spares.len() >= MAX_SPARES || op.check_space().is_err() {
+                return Ok(false);
+            }
+            let id = op.allocate_id()?;
+            let spare = Spare {
+                thin_id: id,
+                parent: parent.map(str::to_string),
+                device_size,
+                mounted: false,
+            };
+            op.transact(
+                failpoint::spare::TRANSACTION,
+                Intent::CreateSpare { origin, spare },
+                |t| t.snapshot(id, origin),
+            )?;
+            (id, device_size)
         };
-        let have = tree
-            .spares
-            .iter()
-            .filter(|s| s.parent.as_deref() == parent)
-            .count();
-        if have >= want || tree.spares.len() >= MAX_SPARES || op.check_space().is_err() {
-            return Ok(false);
+        // Its device and mount without the root's lock; nothing can claim
+        // it until it is recorded mounted, and a reap waits for this
+        // thread's claim.
+        let claim = Claim::take(self, id);
+        debug_assert!(claim.is_some(), "a new thin id is nobody's");
+        let mounted = self.mount_unlocked(id, device_size, failpoint::spare::AFTER_ACTIVATE);
+        if let Ok(target) = &mounted {
+            // A fresh mount has trimmed nothing yet: done now, off any
+            // call's path, the trim before the Commit of the container it
+            // becomes goes only over what the container freed.
+            let _s = crate::step!("trim");
+            if let Err(e) = self.kernel.trim(target) {
+                tracing::debug!(thin_id = id.get(), error = %e, "cannot trim a new spare");
+            }
         }
-        let id = op.allocate_id()?;
-        let spare = Spare {
-            thin_id: id,
-            parent: parent.map(str::to_string),
-            device_size,
-            mounted: false,
-        };
-        op.transact(
-            failpoint::spare::TRANSACTION,
-            Intent::CreateSpare { origin, spare },
-            |t| t.snapshot(id, origin),
-        )?;
-        let mounted = op.mount_spare(id, device_size);
         failpoint::hit(failpoint::spare::AFTER_MOUNT);
+        let mut op = self.begin()?;
         let at = op.rec.tree.spares.iter().position(|s| s.thin_id == id);
         match (mounted, at) {
-            (Ok(()), Some(i)) => {
+            (Ok(_), Some(i)) => {
                 op.rec.tree.spares[i].mounted = true;
                 op.save_atomic()?;
                 Ok(true)
             }
-            (mounted, _) => {
+            // Dropped meanwhile: a pending removal now, reaped as any.
+            (Ok(_), None) => Ok(false),
+            (Err(e), at) => {
                 // Not left half made: what it holds is freed as a removal.
-                op.drop_spares_where(|s| s.thin_id == id);
-                op.save()?;
-                mounted.map(|()| false)
+                if at.is_some() {
+                    op.drop_spares_where(|s| s.thin_id == id);
+                    op.save()?;
+                }
+                Err(e)
             }
         }
     }
@@ -121,16 +144,6 @@ impl Driver {
 }
 
 impl Op<'_> {
-    /// Makes the device of spare `id` live and mounts it where a layer of
-    /// that thin id is mounted, as a containerd snapshot is (device nodes
-    /// allowed).
-    fn mount_spare(&self, id: ThinId, size: Bytes) -> Result<()> {
-        let pool = self.pool();
-        let (dev, _) = Thins { pool: &pool }.activate(id, size, false)?;
-        let _s = crate::step!("mount");
-        self.mount_fs_with(&dev, &self.mount_path_of(id), false, false)
-    }
-
     /// Claims a ready spare of `parent` of `device_size` bytes as the new
     /// active layer `key` (made through the snapshotter API, pinned,
     /// mounted once) with `labels`; the caller has checked that `key` may

@@ -238,7 +238,7 @@ fn recovers_from_a_crash_at_every_step() {
         dirs.push(dir);
         made
     });
-    assert_eq!(crashed, 27, "crash points reached");
+    assert_eq!(crashed, 28, "crash points reached");
 }
 
 /// Init and activation killed at each of their steps: a root killed before

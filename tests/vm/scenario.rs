@@ -148,7 +148,7 @@ fn linux_pool(fx: &Fixture) -> (World, thinlayer::Driver) {
 fn every_operation_stopped_at_each_failpoint_recovers_as_on_the_simulator() {
     fixture::run("scenario-crash", |fx| {
         let crashed = scenarios::crash_at_every_step(&mut || linux_pool(fx));
-        assert_eq!(crashed, 27, "crash points reached");
+        assert_eq!(crashed, 28, "crash points reached");
     });
 }
 
