@@ -58,7 +58,7 @@ pub(super) struct Entry {
 pub(super) fn entry(from: &Records, to: &Records) -> Entry {
     Entry {
         head: head(to),
-        layers: changes(&from.tree.layers, &to.tree.layers),
+        layers: to.tree.layers.changes_from(&from.tree.layers),
         images: changes(&from.tree.images, &to.tree.images),
         removals: changes(&from.tree.removals, &to.tree.removals),
     }
@@ -165,7 +165,12 @@ pub(super) fn apply(records: &mut Records, entry: Entry) {
         removals,
     } = entry;
     let mut tree = std::mem::take(&mut records.tree);
-    patch(&mut tree.layers, layers);
+    for (key, value) in layers {
+        match value {
+            Some(l) => tree.layers.insert(key, l),
+            None => tree.layers.remove(&key),
+        };
+    }
     patch(&mut tree.images, images);
     patch(&mut tree.removals, removals);
     *records = head;
@@ -251,7 +256,7 @@ fn head(r: &Records) -> Records {
         ids: ids.clone(),
         tree: Tree {
             base: *base,
-            layers: BTreeMap::new(),
+            layers: Default::default(),
             images: BTreeMap::new(),
             retired: retired.clone(),
             removals: BTreeMap::new(),

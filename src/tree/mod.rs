@@ -10,6 +10,7 @@
 //! children (an image layer).
 
 mod ids;
+mod layers;
 mod names;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use ids::IdAllocator;
+pub use layers::Layers;
 pub use names::{ImageRef, validate_container_name, validate_key};
 
 use crate::error::{Error, Result};
@@ -167,7 +169,7 @@ pub struct Spare {
 pub struct Tree {
     /// The base device: an empty filesystem every parentless layer starts from.
     pub base: Option<ThinId>,
-    pub layers: BTreeMap<String, Layer>,
+    pub layers: Layers,
     pub images: BTreeMap<String, Image>,
     /// Thin ids no layer owns any more whose devices were still open when
     /// they were let go: an active layer committed while mounted keeps
@@ -285,7 +287,12 @@ impl Tree {
     /// Checks that `key` may be removed: it exists, is not mounted, has no children.
     pub fn check_remove(&self, key: &str) -> Result<&Layer> {
         let l = self.get(key)?;
-        let children = self.children(key);
+        // Only a committed layer can have children.
+        let children = if l.kind == Kind::Committed {
+            self.children(key)
+        } else {
+            Vec::new()
+        };
         if !children.is_empty() {
             return Err(Error::HasChildren {
                 name: key.to_string(),
