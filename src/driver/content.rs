@@ -232,7 +232,8 @@ impl Op<'_> {
     }
 
     /// Removes layers an unfinished import made, newest first; a failure
-    /// here is logged, the reconciler retries.
+    /// here is logged, and the next operation checks the root in full,
+    /// which retries.
     fn remove_made(&mut self, made: &[String]) {
         for key in made.iter().rev() {
             let cleaned = (|| {
@@ -243,6 +244,8 @@ impl Op<'_> {
             })();
             if let Err(e) = cleaned {
                 tracing::error!(layer = key, error = %e, "could not remove a layer of a failed import");
+                // Marked: the next operation's full check removes it.
+                self.check_next = true;
             }
         }
     }

@@ -851,8 +851,8 @@ impl Op<'_> {
     }
 
     fn allocate_id(&mut self) -> Result<ThinId> {
-        let used: Vec<ThinId> = self.rec.tree.thin_ids().collect();
-        self.rec.ids.allocate(used)
+        let tree = &self.rec.tree;
+        self.rec.ids.allocate_among(|| tree.thin_ids())
     }
 
     /// Creates the base device and its empty filesystem.

@@ -55,8 +55,10 @@ impl Op<'_> {
             }
             self.drop_stale_spares()?;
             self.clean_devices()?;
+            // Only a killed import leaves its marked layers behind (a
+            // failed one removes them).
+            self.remove_crashed_imports()?;
         }
-        self.remove_crashed_imports()?;
         self.delete_retired()
     }
 

@@ -19,6 +19,30 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
+    /// [`IdAllocator::allocate`] over the ids `used` yields, without
+    /// collecting them: the id after the cursor is almost always free, so
+    /// a few candidates are tried against a walk of `used` (no allocation,
+    /// no sort) before the whole set is built.
+    pub fn allocate_among<I: Iterator<Item = ThinId>>(
+        &mut self,
+        used: impl Fn() -> I,
+    ) -> Result<ThinId> {
+        const TRIES: u32 = 4;
+        let mut candidate = self.cursor;
+        for _ in 0..TRIES {
+            candidate = if candidate >= ThinId::MAX {
+                1
+            } else {
+                candidate + 1
+            };
+            if !used().any(|u| u.get() == candidate) {
+                self.cursor = candidate;
+                return ThinId::new(candidate);
+            }
+        }
+        self.allocate(used())
+    }
+
     /// The next id after the cursor that `used` does not hold; moves the cursor.
     pub fn allocate(&mut self, used: impl IntoIterator<Item = ThinId>) -> Result<ThinId> {
         let used: BTreeSet<u32> = used.into_iter().map(ThinId::get).collect();
@@ -65,6 +89,21 @@ mod tests {
 
     fn ids(v: &[u32]) -> Vec<ThinId> {
         v.iter().map(|i| ThinId::new(*i).unwrap()).collect()
+    }
+
+    #[test]
+    fn allocating_among_takes_what_allocate_takes() {
+        let used = ids(&[1, 2, 3, 5, 6, 7, 8, 9, 10]);
+        for cursor in [0, 2, 4, 6, ThinId::MAX - 1, ThinId::MAX] {
+            let mut a = IdAllocator { cursor };
+            let mut b = a.clone();
+            assert_eq!(
+                a.allocate_among(|| used.iter().copied()).unwrap(),
+                b.allocate(used.clone()).unwrap(),
+                "from cursor {cursor}"
+            );
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
