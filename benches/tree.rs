@@ -176,9 +176,11 @@ fn records(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A whole driver operation (lock, load, reconcile, transaction, save) on
+/// Whole driver operations (lock, load, reconcile, transaction, save) on
 /// the simulated kernel, with none, 1,000 and 10,000 layers already
-/// recorded: how its cost grows with the layers.
+/// recorded: how their cost grows with the layers. A container's create
+/// and removal as the CLI does them, a snapshot's Prepare, Remove and reap
+/// as `serve` does them.
 fn driver_ops(c: &mut Criterion) {
     for (images, name) in [(0, "0"), (100, "1k"), (1000, "10k")] {
         driver_ops_among(c, images, name);
@@ -215,6 +217,21 @@ fn driver_ops_among(c: &mut Criterion, images: usize, name: &str) {
                 let name = format!("bench{n}");
                 d.create_container(&name, None).expect("create");
                 d.remove(&name, false).expect("remove");
+            })
+        },
+    );
+    // containerd's Prepare and Remove as `serve` does them, the removal's
+    // kernel work (its reap) included.
+    c.bench_function(
+        &format!("driver/prepare+remove snapshot ({name} layers)"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                let key = format!("ns/{n}/bench");
+                d.create_snapshot(&key, None, Kind::Active, Default::default())
+                    .expect("prepare");
+                d.remove_snapshot(&key).expect("remove");
+                d.reap_all().expect("reap");
             })
         },
     );
