@@ -157,6 +157,32 @@ impl Driver {
         }
     }
 
+    /// Trims the filesystem of the active snapshot `key` now, if thinlayer
+    /// holds it mounted, without the root's lock: a fresh mount has
+    /// trimmed nothing yet, and the filesystem remembers what it trimmed
+    /// while it stays mounted, so the trim at its Commit then goes over
+    /// only what was freed since. `serve` does it in the background after
+    /// a Prepare; a Commit waits for it. It unmaps what the snapshot's
+    /// filesystem had free from the start, which its parent's trim left
+    /// unmapped already, and what its client freed meanwhile: a discard
+    /// thinlayer does not count, whose effect on kept sizes is bounded by
+    /// their age (see the `sizes` module).
+    pub fn pretrim(&self, key: &str) -> Result<()> {
+        let Ok(l) = self.layer(key) else {
+            return Ok(());
+        };
+        let Some(_claim) = super::removal::Claim::take(self, l.thin_id) else {
+            return Ok(());
+        };
+        let target = self.mount_path_of(l.thin_id);
+        if l.kind != Kind::Active || l.mounts == 0 || !self.kernel.is_mount_point(&target)? {
+            return Ok(());
+        }
+        let _op = crate::op!("pretrim");
+        let _s = crate::step!("trim");
+        self.kernel.trim(&target).map(|_| ())
+    }
+
     /// The layer `key` as last recorded, read without the root's lock.
     pub fn layer(&self, key: &str) -> Result<Layer> {
         self.store.peek(|rec| rec.tree.get(key).cloned())?
@@ -229,6 +255,10 @@ impl Driver {
         labels: BTreeMap<String, String>,
     ) -> Result<Layer> {
         validate_key(name)?;
+        // A trim started after its Prepare ends first.
+        if let Ok(l) = self.layer(key) {
+            super::removal::Claim::wait_free(self, l.thin_id);
+        }
         // Before the lock: other operations go on while the files are read.
         let punched = self.punch_unpacked_zeros(key);
         let mut op = self.begin()?;

@@ -556,7 +556,11 @@ impl Kernel for Linux {
         let dir = File::open(target).map_err(|e| Error::io("open", target, e))?;
         // Blocks freed by a transaction not yet committed are not free to
         // ext4's trim yet: commit them first.
-        nix::unistd::syncfs(&dir).map_err(|e| nix_err("sync", target, e))?;
+        {
+            let _s = crate::step!("sync");
+            nix::unistd::syncfs(&dir).map_err(|e| nix_err("sync", target, e))?;
+        }
+        let _s = crate::step!("fitrim");
         // The whole filesystem; `minlen` 0 lets it use the device's
         // discard granularity (a pool block on a thin device).
         let mut range = FstrimRange {

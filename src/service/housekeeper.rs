@@ -1,7 +1,8 @@
-//! The background work of `thinlayer serve`: pending removals reaped,
-//! spares kept for the parents Prepares ask for, and the devices of
-//! committed snapshots taken down (see the driver's `removal` and `spares`
-//! modules, and [`Driver::release_devices_later`]).
+//! The background work of `thinlayer serve`: new snapshots trimmed while
+//! their clients fill them ([`Driver::pretrim`]), pending removals
+//! reaped, spares kept for the parents Prepares ask for, and the devices
+//! of committed snapshots taken down (see the driver's `removal` and
+//! `spares` modules, and [`Driver::release_devices_later`]).
 //!
 //! One thread. It wakes when a snapshot is removed or prepared, and at
 //! least every [`IDLE`] while removals are pending (one whose device a
@@ -49,6 +50,8 @@ struct Todo {
     parents: VecDeque<Option<String>>,
     /// Parents that dropped out of `parents`: their spares go.
     dropped: Vec<Option<String>>,
+    /// New active snapshots to trim (see [`Driver::pretrim`]).
+    trims: Vec<String>,
     stop: bool,
 }
 
@@ -129,6 +132,12 @@ impl Housekeeper {
         self.shared.tell(|t| t.removed = true);
     }
 
+    /// The active snapshot `key` was prepared: its filesystem is trimmed
+    /// in the background.
+    pub fn trim(&self, key: String) {
+        self.shared.tell(|t| t.trims.push(key));
+    }
+
     /// A snapshot was committed: its device may be idle.
     pub fn committed(&self) {
         self.shared.tell(|_| {});
@@ -170,7 +179,7 @@ impl Drop for Housekeeper {
 fn run(driver: &Driver, shared: &Shared) {
     let mut removals = false;
     loop {
-        let (parents, dropped, stop) = {
+        let (parents, dropped, trims, stop) = {
             let mut t = shared.todo();
             if !t.news {
                 let timeout = if removals {
@@ -186,7 +195,12 @@ fn run(driver: &Driver, shared: &Shared) {
             }
             t.news = false;
             removals |= std::mem::take(&mut t.removed);
-            (t.parents.clone(), std::mem::take(&mut t.dropped), t.stop)
+            (
+                t.parents.clone(),
+                std::mem::take(&mut t.dropped),
+                std::mem::take(&mut t.trims),
+                t.stop,
+            )
         };
         if stop {
             stop_work(driver);
@@ -197,6 +211,12 @@ fn run(driver: &Driver, shared: &Shared) {
                 tracing::warn!(error = %e, "cannot drop spares");
             }
             removals = true;
+        }
+        // First: a Commit may come soon and wait for them.
+        for key in trims {
+            if let Err(e) = driver.pretrim(&key) {
+                tracing::debug!(key, error = %e, "cannot trim a new snapshot");
+            }
         }
         // Spares first: a Prepare waits for them; space can wait a little.
         'parents: for p in &parents {

@@ -305,6 +305,7 @@ impl Snapshots {
             && !crate::driver::is_unpack_key(&key)
             && !labels.contains_key(crate::driver::MAX_SIZE_LABEL);
         let on = parent.clone();
+        let trim = (kind == Kind::Active).then(|| key.clone());
         let mounts = self
             .run(what, move |d| {
                 let (l, source) =
@@ -313,6 +314,9 @@ impl Snapshots {
                 Ok(mounts_of(fs, &source))
             })
             .await?;
+        if let Some(key) = trim {
+            self.keeper.trim(key);
+        }
         if spares {
             self.keeper.prepared(parent);
         }
