@@ -876,3 +876,19 @@ fn an_older_versions_interrupted_create_is_settled_by_the_transaction_id() {
         w.check_invariants();
     }
 }
+
+#[test]
+fn a_new_snapshot_is_trimmed_once_while_mounted_and_a_committed_one_not() {
+    let (w, d) = World::new();
+    d.create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
+        .unwrap();
+    w.sim.take_calls();
+    d.pretrim("ns/1/a").unwrap();
+    assert_eq!(w.sim.take_calls().get("trim"), Some(&1));
+    d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new())
+        .unwrap();
+    w.sim.take_calls();
+    d.pretrim("ns/2/c").unwrap();
+    d.pretrim("ns/9/none").unwrap();
+    assert_eq!(w.sim.take_calls().get("trim"), None);
+}
