@@ -1,7 +1,7 @@
 //! Spans that time an operation and its steps.
 //!
-//! The driver marks each operation it runs ([`op!`], e.g. `prepare`) and
-//! the steps inside it ([`step!`], e.g. `create_snap`, `mount`) with
+//! The driver marks each operation it runs ([`op!`](crate::op!), e.g. `prepare`) and
+//! the steps inside it ([`step!`](crate::step!), e.g. `create_snap`, `mount`) with
 //! tracing spans of their own targets. They cost nothing unless a
 //! subscriber wants them: `thinlayer serve` times them into the histogram
 //! `thinlayer_step_duration_seconds{op,step}` (see
