@@ -7,7 +7,7 @@
 //! `NAMESPACE/ID/KEY`), so `thinlayer ps` and `thinlayer tree` show them.
 //! Active snapshots and views are *pinned*: their thin device stays live
 //! between calls. thinlayer mounts an active snapshot's filesystem itself
-//! (under the root's `mounts/`, from Prepare until Commit or Remove) and
+//! (under the root's `mnt/`, from Prepare until Commit or Remove) and
 //! returns a bind mount of it, so clients can mount it again, read-only
 //! beside read-write, as `docker commit` of a running container does; a
 //! view is returned as a read-only mount of its device (`ext4` or `xfs` of
@@ -30,7 +30,14 @@
 //!   differently from its parent (whole pool blocks, flushed data only,
 //!   read from the pool's metadata); the inode count is not known at block
 //!   level and is reported as 0.
-//! - `clear` (containerd's Cleanup) has nothing to do: removal is synchronous.
+//! - `remove` returns once the removal is recorded; its kernel work is
+//!   done in the background ([`Housekeeper`]) and by `clear` (containerd's
+//!   Cleanup), which returns once every removal made before it is done
+//!   (see the driver's `removal` module).
+//! - A Prepare on a parent recently prepared on claims a spare made ahead
+//!   (see the driver's `spares` module); `stat`, `list`, `usage` and the
+//!   `mounts` of a mounted snapshot read the records without the root's
+//!   lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
