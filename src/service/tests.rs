@@ -533,3 +533,42 @@ async fn a_prepare_whose_mount_fails_leaves_no_snapshot_behind() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_background_keeps_spares_and_reaps_removals() {
+    let (_dir, sim, s) = service_with_spares(2);
+    let none = HashMap::new;
+    s.prepare("a".into(), String::new(), none()).await.unwrap();
+    let ready = |n: usize| {
+        let spares = s.driver.spares().unwrap();
+        spares.iter().filter(|x| x.mounted).count() >= n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: two spares of the base"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A Prepare on the base now claims one: no pool message, no mount.
+    sim.take_calls();
+    s.prepare("b".into(), String::new(), none()).await.unwrap();
+    let calls = sim.take_calls();
+    assert!(!calls.contains_key("dm_message"), "{calls:?}");
+    assert!(!calls.contains_key("mount"), "{calls:?}");
+    // Removed, then reaped in the background.
+    s.remove("a".into()).await.unwrap();
+    s.remove("b".into()).await.unwrap();
+    while !s.driver.pending_removals().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: the removals reaped in the background"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Stopping drops the spares.
+    s.housekeeper().stop();
+    assert!(s.driver.spares().unwrap().is_empty());
+    assert!(s.driver.pending_removals().unwrap().is_empty());
+}
