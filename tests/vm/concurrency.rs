@@ -569,10 +569,16 @@ fn shared_images(fx: &Fixture) {
 /// Afterwards: ids agree, every container and image holds what its model
 /// says, and nothing else is there. Returns the number of layers checked.
 fn check_models(fx: &Fixture, models: &[Model]) -> usize {
+    // Every removal finished: each `rm` reaps what it removed.
     assert_eq!(
         kernel_thin_ids_of(fx),
         tree_thin_ids_of(fx),
         "kernel ids vs tree ids"
+    );
+    let (removals, others) = fixture::other_thin_ids_of(fx);
+    assert!(
+        removals.is_empty() && others.is_empty(),
+        "pending removals {removals:?}, spares and retired {others:?}"
     );
     let removed: BTreeSet<String> = models.iter().flat_map(|m| m.removed.clone()).collect();
     for m in models {

@@ -429,6 +429,48 @@ pub fn tree_thin_ids_of(fx: &Fixture) -> BTreeSet<u64> {
     ids
 }
 
+/// The thin ids of pending removals, spares and retired ids in `thinlayer
+/// tree --json`: ids the records hold that are no layer's.
+pub fn other_thin_ids_of(fx: &Fixture) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let tree = fx.json(&["tree"]);
+    let id = |v: &serde_json::Value| v["thin_id"].as_u64().unwrap();
+    let removals = tree["removals"]
+        .as_object()
+        .map(|m| m.values().map(id).collect())
+        .unwrap_or_default();
+    let mut others: BTreeSet<u64> = tree["spares"]
+        .as_array()
+        .map(|a| a.iter().map(id).collect())
+        .unwrap_or_default();
+    others.extend(
+        tree["retired"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    (removals, others)
+}
+
+/// The kernel's thin ids are the records' (layers, base, spares, retired
+/// ids, pending removals), but that a pending removal's may be gone
+/// already (its delete comes before its record). Returns the layers'.
+/// (Used by `tests/powercut.rs`.)
+#[allow(dead_code)]
+pub fn check_thin_ids(fx: &Fixture, what: &str) -> BTreeSet<u64> {
+    let kernel = kernel_thin_ids_of(fx);
+    let layers = tree_thin_ids_of(fx);
+    let (removals, others) = other_thin_ids_of(fx);
+    let mut all = layers.clone();
+    all.extend(removals.iter().chain(&others));
+    let missing: BTreeSet<u64> = all.difference(&kernel).copied().collect();
+    assert!(
+        kernel.is_subset(&all) && missing.is_subset(&removals),
+        "{what}: kernel thin ids {kernel:?}, layers {layers:?}, pending removals \
+         {removals:?}, spares and retired {others:?}"
+    );
+    layers
+}
+
 /// The sha256 of the regular files under `dir` (paths and contents, in
 /// path order; `lost+found` left out), as hex. (Used by `tests/powercut.rs`.)
 #[allow(dead_code)]
