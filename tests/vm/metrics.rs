@@ -25,8 +25,25 @@ fn serve_exposes_the_pool_and_its_calls_to_prometheus() {
         c.remove("b");
         assert_eq!(c.stat("missing"), tonic::Code::NotFound);
 
-        let st = fx.json(&["pool", "status"]);
-        let m = served.scrape();
+        // The server's background work (the removal's reap, spares of
+        // `c`) moves the pool meanwhile: a scrape is compared with a
+        // status read before it and unchanged after it.
+        let fields = ["data_used", "metadata_used"];
+        let mut tries = 0;
+        let (st, m) = loop {
+            let st = fx.json(&["pool", "status"]);
+            let m = served.scrape();
+            let again = fx.json(&["pool", "status"]);
+            if fields.iter().all(|f| st[f] == again[f]) {
+                break (st, m);
+            }
+            tries += 1;
+            assert!(
+                tries < 50,
+                "never happened: the pool held still for one scrape ({st} then {again})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
         for (metric, field) in [
             ("thinlayer_pool_data_used_bytes", "data_used"),
             ("thinlayer_pool_data_total_bytes", "data_total"),
