@@ -38,7 +38,8 @@ pub struct ServeArgs {
     pub metrics_address: Option<SocketAddr>,
 
     /// Writable snapshots kept ready, mounted, for each of the two parents
-    /// most recently prepared on (at most 8 in all), so that a Prepare
+    /// most recently prepared on a second time (at most 8 in all; a
+    /// parent prepared on once, a layer of a build, gets none), so that a Prepare
     /// on them only claims one: no kernel call, no mount. Each costs a
     /// pool block or two and a mounted filesystem; 0 turns them off.
     #[arg(long, value_name = "N", default_value_t = crate::service::housekeeper::SPARES as u8,

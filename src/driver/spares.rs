@@ -5,7 +5,7 @@
 //! a fresh filesystem, which writes its superblock (a pool block copied, a
 //! flush, another metadata commit). Containers are mostly made from a few
 //! images, again and again: so `thinlayer serve` keeps, for the parents it
-//! has recently been asked for, a few [`Spare`]s already made, live and
+//! has recently been asked for again, a few [`Spare`]s already made, live and
 //! mounted under the root, and a Prepare on such a parent only claims one:
 //! a record write, nothing asked of the kernel.
 //!

@@ -12,11 +12,16 @@
 //! that it goes ahead, so that a server under constant load still frees
 //! space.
 //!
-//! Spares: for each of the last [`PARENTS`] parents of a Prepare, up to
-//! [`SPARES`] spares (or as many as `serve --spares` says; 0: none), and
-//! never more than [`crate::driver::MAX_SPARES`] in all. The parents of snapshots containerd unpacks layers into are left
-//! out (each is asked for once), as are Prepares that ask for their own
-//! size. Spares of a parent that drops out of the list are dropped.
+//! Spares: for each of the last [`PARENTS`] parents asked for by a second
+//! Prepare, up to [`SPARES`] spares (or as many as `serve --spares` says;
+//! 0: none), and never more than [`crate::driver::MAX_SPARES`] in all. A
+//! parent asked for once gets none: a build or an unpack prepares each
+//! layer it commits once, on the one before, and a spare made of it would
+//! only cost its making and its removal, on the same CPUs as the build.
+//! Containers of one image ask for its top again and again: from the
+//! second on, they find spares. The parents of snapshots containerd
+//! unpacks layers into are left out, as are Prepares that ask for their
+//! own size. Spares of a parent that drops out of the list are dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +37,9 @@ pub const IDLE: Duration = Duration::from_secs(1);
 pub const YIELD: Duration = Duration::from_millis(100);
 /// How many parents keep spares.
 pub const PARENTS: usize = 2;
+/// How many parents asked for once are remembered, waiting for a second
+/// Prepare that makes them keep spares.
+const SEEN: usize = 16;
 /// Spares per parent, unless told otherwise (`serve --spares`).
 pub const SPARES: usize = 2;
 /// Removals reaped per record write.
@@ -48,6 +56,8 @@ struct Todo {
     removed: bool,
     /// The parents that keep spares, the most recent first.
     parents: VecDeque<Option<String>>,
+    /// Parents asked for once, the most recent first.
+    seen: VecDeque<Option<String>>,
     /// Parents that dropped out of `parents`: their spares go.
     dropped: Vec<Option<String>>,
     /// New active snapshots to trim (see [`Driver::pretrim`]).
@@ -61,6 +71,25 @@ struct Shared {
     calls: AtomicUsize,
     /// Spares per parent.
     spares: usize,
+}
+
+impl Todo {
+    /// A Prepare on `parent`: from its second, the parent keeps spares.
+    fn prepared(&mut self, parent: Option<String>) {
+        let again = self.parents.contains(&parent) || self.seen.contains(&parent);
+        self.seen.retain(|q| *q != parent);
+        if !again {
+            self.seen.push_front(parent);
+            self.seen.truncate(SEEN);
+            return;
+        }
+        self.parents.retain(|q| *q != parent);
+        self.parents.push_front(parent);
+        while self.parents.len() > PARENTS {
+            let gone = self.parents.pop_back().expect("longer than PARENTS");
+            self.dropped.push(gone);
+        }
+    }
 }
 
 impl Shared {
@@ -143,20 +172,13 @@ impl Housekeeper {
         self.shared.tell(|_| {});
     }
 
-    /// A snapshot was prepared on `parent` (`None`: the base), which may
-    /// keep spares.
+    /// A snapshot was prepared on `parent` (`None`: the base): from the
+    /// second time, it keeps spares.
     pub fn prepared(&self, parent: Option<String>) {
         if self.shared.spares == 0 {
             return;
         }
-        self.shared.tell(|t| {
-            t.parents.retain(|q| *q != parent);
-            t.parents.push_front(parent);
-            while t.parents.len() > PARENTS {
-                let gone = t.parents.pop_back().expect("longer than PARENTS");
-                t.dropped.push(gone);
-            }
-        });
+        self.shared.tell(|t| t.prepared(parent));
     }
 
     /// Stops the thread: drops the spares and reaps pending removals for
@@ -297,5 +319,51 @@ fn stop_work(driver: &Driver) {
             "stopping with removals pending; the next start finishes them"
         ),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    #[test]
+    fn a_parent_keeps_spares_from_its_second_prepare() {
+        let mut t = Todo::default();
+        // A build: each layer prepared on once.
+        for l in ["l0", "l1", "l2", "l3"] {
+            t.prepared(some(l));
+        }
+        assert!(t.parents.is_empty(), "{:?}", t.parents);
+        // Containers of one image.
+        t.prepared(some("l3"));
+        assert_eq!(t.parents, [some("l3")]);
+        t.prepared(some("l3"));
+        assert_eq!(t.parents, [some("l3")]);
+        // The base, twice, then a third parent twice: the oldest drops out.
+        t.prepared(None);
+        t.prepared(None);
+        assert_eq!(t.parents, [None, some("l3")]);
+        t.prepared(some("l1"));
+        assert_eq!(t.parents, [some("l1"), None]);
+        assert_eq!(t.dropped, [some("l3")]);
+        assert!(!t.seen.contains(&some("l1")));
+    }
+
+    #[test]
+    fn parents_asked_for_once_are_remembered_up_to_a_bound() {
+        let mut t = Todo::default();
+        for i in 0..SEEN + 4 {
+            t.prepared(Some(format!("l{i}")));
+        }
+        assert_eq!(t.seen.len(), SEEN);
+        // The oldest were forgotten: a second Prepare counts as a first.
+        t.prepared(some("l0"));
+        assert!(t.parents.is_empty());
+        t.prepared(Some(format!("l{}", SEEN + 3)));
+        assert_eq!(t.parents, [Some(format!("l{}", SEEN + 3))]);
     }
 }

@@ -1130,10 +1130,13 @@ fn containerd_point(
     }
     let held = (call == "CommitMounted").then(|| hold_mounted(cl, "victim"));
     cl.kill_serve_at(point, |cl| {
-        if call == "PrepareClaim" {
-            // A first Prepare on `base` makes a spare of it; the victim's
-            // claims it.
+        if matches!(call, "PrepareSpare" | "PrepareClaim") {
+            // A parent keeps spares from its second Prepare: the victim's
+            // makes one of `base`, or claims the one the second made.
             snap_ok(cl, &["prepare", "warm", "base"]);
+        }
+        if call == "PrepareClaim" {
+            snap_ok(cl, &["prepare", "warm2", "base"]);
             eventually("a spare of base", DEADLINE, || {
                 let spares = records(fx).tree.spares;
                 if spares.iter().any(|s| s.mounted) {
