@@ -38,6 +38,20 @@ impl Driver {
     /// and the pool has room for new layers. Returns whether it made one.
     /// A parent that is gone, or not committed, gets none.
     pub fn make_spare(&self, parent: Option<&str>, want: usize) -> Result<bool> {
+        // Mostly there are enough: seen without the root's lock, which
+        // the Prepares this is for would wait behind.
+        let enough = self.store.peek(|rec| {
+            let spares = &rec.tree.spares;
+            spares.len() >= MAX_SPARES
+                || spares
+                    .iter()
+                    .filter(|s| s.parent.as_deref() == parent)
+                    .count()
+                    >= want
+        })?;
+        if enough {
+            return Ok(false);
+        }
         let _op = crate::op!("spare");
         let (id, device_size) = {
             let mut op = self.begin()?;
