@@ -93,6 +93,9 @@ async fn a_scrape_counts_the_calls_and_reads_the_pool() {
 
     // The pool's devices are gone (as after a reboot): the endpoint still
     // answers, with the mode it can tell and the layers from the records.
+    // Background work stops first: a trim or a device taken down after the
+    // reboot would assemble the pool again.
+    s.housekeeper().stop();
     sim.reboot();
     let (status, _, body) = get(addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
