@@ -93,15 +93,17 @@ impl Driver {
                     None => break None,
                 }
             };
-            let Some(_claim) = claim else {
+            let Some(claim) = claim else {
                 continue;
             };
-            if wait && !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
-                // Done by the thread that had it.
+            if !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
+                // Done since this pass listed it, by the thread that had it.
                 continue;
             }
             match self.reap_one(&r) {
-                Ok(true) => done.push(r.thin_id),
+                // Claimed until its record is dropped: until then, another
+                // pass would find it pending and do it again.
+                Ok(true) => done.push((r.thin_id, claim)),
                 Ok(false) => out.held += 1,
                 Err(e) => {
                     tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
@@ -113,13 +115,14 @@ impl Driver {
         if !done.is_empty() {
             let mut op = self.begin()?;
             let _s = crate::step!("record");
-            for id in &done {
+            for (id, _) in &done {
                 op.rec.tree.removals.remove(&id.to_string());
             }
             op.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
             out.done = done.len();
         }
+        drop(done);
         Ok(out)
     }
 
@@ -300,18 +303,19 @@ impl Op<'_> {
     /// returned; a removal whose device is held open elsewhere is Busy.
     pub(super) fn reap_now(&mut self, ids: &[ThinId]) -> Result<()> {
         let mut first = None;
-        let mut done = false;
+        // Claimed until the records say they are done.
+        let mut done = Vec::new();
         for id in ids {
             let Some(r) = self.rec.tree.removals.get(&id.to_string()).cloned() else {
                 continue;
             };
-            let Some(_claim) = Claim::take(self.driver, *id) else {
+            let Some(claim) = Claim::take(self.driver, *id) else {
                 continue;
             };
             match self.driver.reap_one(&r) {
                 Ok(true) => {
                     self.rec.tree.removals.remove(&id.to_string());
-                    done = true;
+                    done.push(claim);
                 }
                 Ok(false) => {
                     first.get_or_insert(Error::Busy {
@@ -327,10 +331,11 @@ impl Op<'_> {
                 }
             }
         }
-        if done {
+        if !done.is_empty() {
             self.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
         }
+        drop(done);
         first.map_or(Ok(()), Err)
     }
 }

@@ -819,6 +819,45 @@ fn a_prepare_claims_a_spare_and_a_parents_removal_drops_its_spares() {
     w.on.check_reaped();
 }
 
+/// Removals are reaped by several threads at once: a background pass and
+/// a Cleanup side by side do each removal once, and leave none.
+#[test]
+fn removals_reaped_side_by_side_are_each_done_once() {
+    let (w, d) = World::new();
+    for i in 0..13 {
+        d.create_snapshot(&format!("ns/{i}/a"), None, Kind::Active, BTreeMap::new())
+            .unwrap();
+    }
+    for i in 0..13 {
+        d.remove_snapshot(&format!("ns/{i}/a")).unwrap();
+    }
+    assert_eq!(d.pending_removals().unwrap().len(), 13);
+    w.sim.take_calls();
+    let (background, cleanup) = std::thread::scope(|s| {
+        let background = s.spawn(|| d.reap(8).unwrap());
+        let cleanup = d.reap_all().unwrap();
+        (background.join().unwrap(), cleanup)
+    });
+    assert_eq!((background.held, background.failed), (0, 0));
+    assert_eq!((cleanup.held, cleanup.failed), (0, 0));
+    assert_eq!(background.done + cleanup.done, 13);
+    // Each discarded through its live device, taken down and deleted once:
+    // no device made again for one already done.
+    let calls = w.sim.take_calls();
+    assert_eq!(
+        (
+            calls.get("dm_create"),
+            calls["dm_remove"],
+            calls["dm_message"]
+        ),
+        (None, 13, 13),
+        "{calls:?}"
+    );
+    assert!(d.pending_removals().unwrap().is_empty());
+    w.on.check_reaped();
+    w.check_invariants();
+}
+
 /// An intent an older thinlayer left pending (version 3's records, which
 /// moved the pool's transaction id with every change) is settled by the
 /// transaction id, as that version would have.
