@@ -18,7 +18,9 @@
 //! other operation touches its device or mount (the reconciler leaves them
 //! to the removal). Only dropping the record takes the lock, briefly, so
 //! other operations go on while blocks are discarded. Within a process,
-//! one thread at a time works on a removal (see `Driver::claimed`).
+//! one thread at a time works on a removal (see `Driver::claimed`), from
+//! before its kernel work until its record is dropped; a pass works on up
+//! to [`REAPERS`] removals at once, each on a thread of its own.
 //!
 //! A removal whose device is still held open once thinlayer's own mount is
 //! gone (a client's bind mount of the snapshot, a process in it) waits:
@@ -31,6 +33,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 
@@ -40,6 +43,14 @@ use crate::failpoint;
 use crate::thin::{self, Thins};
 use crate::tree::{Kind, Removal};
 use crate::units::ThinId;
+
+/// How many removals one pass works on at once. Much of a removal's time
+/// is the kernel waiting (an unmount and a device's removal wait for RCU
+/// grace periods, a `delete` for a metadata commit), and removals side by
+/// side share those waits: in the test VM (two CPUs), device-mapper
+/// devices taken down by four threads at once took 34 to 38 ms each,
+/// against 61 to 68 ms one after another.
+const REAPERS: usize = 4;
 
 /// What a pass of [`Driver::reap`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,35 +94,49 @@ impl Driver {
     }
 
     fn reap_these(&self, pending: Vec<Removal>, wait: bool) -> Result<Reaped> {
-        let mut out = Reaped::default();
-        let mut done = Vec::new();
-        for r in pending {
-            let claim = loop {
-                match Claim::take(self, r.thin_id) {
-                    Some(c) => break Some(c),
-                    None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
-                    None => break None,
-                }
-            };
-            let Some(claim) = claim else {
-                continue;
-            };
-            if !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
-                // Done since this pass listed it, by the thread that had it.
-                continue;
-            }
-            match self.reap_one(&r) {
-                // Claimed until its record is dropped: until then, another
-                // pass would find it pending and do it again.
-                Ok(true) => done.push((r.thin_id, claim)),
-                Ok(false) => out.held += 1,
-                Err(e) => {
-                    tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
-                        "cannot finish a removal yet; it stays pending");
-                    out.failed += 1;
+        let helpers = REAPERS.min(pending.len()).saturating_sub(1);
+        let queue = Mutex::new(pending.into_iter());
+        let reaped = Mutex::new((Reaped::default(), Vec::new()));
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(r) = next else { break };
+                let outcome = self.reap_claimed(&r, wait);
+                let mut reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    None => {}
+                    // Claimed until its record is dropped: until then,
+                    // another pass would find it pending and do it again.
+                    Some((claim, Ok(true))) => reaped.1.push((r.thin_id, claim)),
+                    Some((_, Ok(false))) => reaped.0.held += 1,
+                    Some((_, Err(e))) => {
+                        tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
+                            "cannot finish a removal yet; it stays pending");
+                        reaped.0.failed += 1;
+                    }
                 }
             }
-        }
+        };
+        // The caller's thread is one of the reapers; its steps and the
+        // helpers' count under the caller's operation.
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            for _ in 0..helpers {
+                let helper = std::thread::Builder::new()
+                    .name("reaper".into())
+                    .spawn_scoped(scope, || {
+                        let _in = span.enter();
+                        work();
+                    });
+                if let Err(e) = helper {
+                    // The threads there are do the work.
+                    tracing::debug!(error = %e, "cannot start a reaper thread");
+                    break;
+                }
+            }
+            work();
+        });
+        let (mut out, done) = reaped.into_inner().unwrap_or_else(|e| e.into_inner());
         if !done.is_empty() {
             let mut op = self.begin()?;
             let _s = crate::step!("record");
@@ -124,6 +149,28 @@ impl Driver {
         }
         drop(done);
         Ok(out)
+    }
+
+    /// [`Driver::reap_one`] under a claim of the removal's thin id, which
+    /// it returns with the outcome; `None` when another thread of this
+    /// process has it (`wait`: once that thread is done), or when it is no
+    /// longer pending.
+    fn reap_claimed(&self, r: &Removal, wait: bool) -> Option<(Claim<'_>, Result<bool>)> {
+        let claim = loop {
+            match Claim::take(self, r.thin_id) {
+                Some(c) => break c,
+                None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
+                None => return None,
+            }
+        };
+        match self.store.peek(|rec| rec.tree.is_removal(r.thin_id)) {
+            // Done since the pass listed it, by the thread that had it.
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => return Some((claim, Err(e))),
+        }
+        let outcome = self.reap_one(r);
+        Some((claim, outcome))
     }
 
     /// The kernel work of one removal. `Ok(false)`: its device is held
