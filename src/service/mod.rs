@@ -322,7 +322,7 @@ impl Snapshots {
             })
             .await?;
         if let Some(key) = trim {
-            self.keeper.trim(key);
+            self.keeper.trim(key, parent.clone());
         }
         if spares {
             self.keeper.prepared(parent);
