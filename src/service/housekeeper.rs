@@ -254,11 +254,10 @@ fn run(driver: &Driver, shared: &Shared) {
             }
         }
         // Spares first: a Prepare waits for them; space can wait a little.
-        'parents: for p in &parents {
+        // At least one per parent each pass, news or not: under a steady
+        // stream of calls, news is always there.
+        for p in &parents {
             loop {
-                if shared.news() {
-                    break 'parents;
-                }
                 yield_to_calls(shared);
                 match driver.make_spare(p.as_deref(), shared.spares) {
                     Ok(true) => {}
@@ -267,6 +266,9 @@ fn run(driver: &Driver, shared: &Shared) {
                         tracing::warn!(parent = ?p, error = %e, "cannot make a spare");
                         break;
                     }
+                }
+                if shared.news() {
+                    break;
                 }
             }
         }
