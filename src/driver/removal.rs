@@ -18,8 +18,9 @@
 //! other operation touches its device or mount (the reconciler leaves them
 //! to the removal). Only dropping the record takes the lock, briefly, so
 //! other operations go on while blocks are discarded. Within a process,
-//! one thread at a time works on a removal (see `Driver::claimed`), from
-//! before its kernel work until its record is dropped; a pass works on up
+//! one thread at a time does a removal's kernel work (see
+//! `Driver::claimed`), and once it is done no other pass does it again
+//! before its record is dropped (`Driver::reaped`); a pass works on up
 //! to [`REAPERS`] removals at once, each on a thread of its own.
 //!
 //! A removal whose device is still held open once thinlayer's own mount is
@@ -105,11 +106,9 @@ impl Driver {
                 let mut reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
                 match outcome {
                     None => {}
-                    // Claimed until its record is dropped: until then,
-                    // another pass would find it pending and do it again.
-                    Some((claim, Ok(true))) => reaped.1.push((r.thin_id, claim)),
-                    Some((_, Ok(false))) => reaped.0.held += 1,
-                    Some((_, Err(e))) => {
+                    Some(Ok(Some(done))) => reaped.1.push(done),
+                    Some(Ok(None)) => reaped.0.held += 1,
+                    Some(Err(e)) => {
                         tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
                             "cannot finish a removal yet; it stays pending");
                         reaped.0.failed += 1;
@@ -140,8 +139,8 @@ impl Driver {
         if !done.is_empty() {
             let mut op = self.begin()?;
             let _s = crate::step!("record");
-            for (id, _) in &done {
-                op.rec.tree.removals.remove(&id.to_string());
+            for r in &done {
+                op.rec.tree.removals.remove(&r.id.to_string());
             }
             op.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
@@ -151,26 +150,43 @@ impl Driver {
         Ok(out)
     }
 
-    /// [`Driver::reap_one`] under a claim of the removal's thin id, which
-    /// it returns with the outcome; `None` when another thread of this
-    /// process has it (`wait`: once that thread is done), or when it is no
-    /// longer pending.
-    fn reap_claimed(&self, r: &Removal, wait: bool) -> Option<(Claim<'_>, Result<bool>)> {
-        let claim = loop {
+    /// [`Driver::reap_one`] under a claim of the removal's thin id; `None`
+    /// when another thread of this process has it (`wait`: once that
+    /// thread is done), or when it is no longer pending. The claim goes
+    /// with the kernel work: a thread that waits for one holds none, so
+    /// passes side by side never wait for each other in a circle.
+    /// Done, it is known as such (see [`Reaped1`]) before the claim goes;
+    /// `Ok(None)`: held open elsewhere.
+    fn reap_claimed(&self, r: &Removal, wait: bool) -> Option<Result<Option<Reaped1<'_>>>> {
+        let _claim = loop {
             match Claim::take(self, r.thin_id) {
                 Some(c) => break c,
                 None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
                 None => return None,
             }
         };
+        if self.reaped_unrecorded(r.thin_id) {
+            return None;
+        }
         match self.store.peek(|rec| rec.tree.is_removal(r.thin_id)) {
             // Done since the pass listed it, by the thread that had it.
             Ok(false) => return None,
             Ok(true) => {}
-            Err(e) => return Some((claim, Err(e))),
+            Err(e) => return Some(Err(e)),
         }
-        let outcome = self.reap_one(r);
-        Some((claim, outcome))
+        Some(
+            self.reap_one(r)
+                .map(|done| done.then(|| Reaped1::new(self, r.thin_id))),
+        )
+    }
+
+    /// Whether a thread of this process has done the kernel work of the
+    /// removal of `id` and is yet to drop its record.
+    fn reaped_unrecorded(&self, id: ThinId) -> bool {
+        self.reaped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id.get())
     }
 
     /// The kernel work of one removal. `Ok(false)`: its device is held
@@ -252,6 +268,36 @@ impl Driver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove mount point", &target, e)),
         }
+    }
+}
+
+/// A removal whose kernel work this process has done, its record not yet
+/// dropped (see `Driver::reaped`): no pass does it again meanwhile.
+/// Forgotten when dropped, whether the record went or not (a failed write:
+/// a later pass does it over, idempotently).
+struct Reaped1<'a> {
+    driver: &'a Driver,
+    id: ThinId,
+}
+
+impl<'a> Reaped1<'a> {
+    fn new(driver: &'a Driver, id: ThinId) -> Reaped1<'a> {
+        driver
+            .reaped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.get());
+        Reaped1 { driver, id }
+    }
+}
+
+impl Drop for Reaped1<'_> {
+    fn drop(&mut self) {
+        self.driver
+            .reaped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id.get());
     }
 }
 
@@ -350,7 +396,7 @@ impl Op<'_> {
     /// returned; a removal whose device is held open elsewhere is Busy.
     pub(super) fn reap_now(&mut self, ids: &[ThinId]) -> Result<()> {
         let mut first = None;
-        // Claimed until the records say they are done.
+        // Known as done until the records say so.
         let mut done = Vec::new();
         for id in ids {
             let Some(r) = self.rec.tree.removals.get(&id.to_string()).cloned() else {
@@ -359,10 +405,16 @@ impl Op<'_> {
             let Some(claim) = Claim::take(self.driver, *id) else {
                 continue;
             };
-            match self.driver.reap_one(&r) {
+            if self.driver.reaped_unrecorded(*id) {
+                continue;
+            }
+            let outcome = self.driver.reap_one(&r);
+            let known = matches!(outcome, Ok(true)).then(|| Reaped1::new(self.driver, *id));
+            drop(claim);
+            match outcome {
                 Ok(true) => {
                     self.rec.tree.removals.remove(&id.to_string());
-                    done.push(claim);
+                    done.extend(known);
                 }
                 Ok(false) => {
                     first.get_or_insert(Error::Busy {
