@@ -283,8 +283,10 @@ impl<'a> Cluster<'a> {
         );
     }
 
-    /// Mounts containerd made (rootfs of tasks under its state directory,
-    /// temporary mounts for unpacking) that are still there.
+    /// Mounts this test's containerd made (rootfs of tasks under its state
+    /// directory, temporary mounts for unpacking under its root) that are
+    /// still there. Only its own: other tests in the VM run containerds of
+    /// their own at the same time.
     fn leftover_mounts(&self) -> thinlayer::Result<Vec<PathBuf>> {
         Ok(self
             .fx
@@ -292,9 +294,7 @@ impl<'a> Cluster<'a> {
             .mounts()?
             .into_iter()
             .map(|m| m.target)
-            .filter(|t| {
-                t.starts_with(&self.run) || t.to_string_lossy().contains("containerd-mount")
-            })
+            .filter(|t| t.starts_with(&self.run) || t.starts_with(self.fx.dir.join("containerd")))
             .collect())
     }
 
