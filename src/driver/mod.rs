@@ -70,9 +70,6 @@ pub struct Driver {
     /// Thin ids a thread of this process is working on outside the root's
     /// lock (see the `removal` module).
     claimed: std::sync::Mutex<std::collections::HashSet<u32>>,
-    /// Removals whose kernel work a thread of this process has done and
-    /// whose records it has yet to drop: no other pass does them again.
-    reaped: std::sync::Mutex<std::collections::HashSet<u32>>,
     /// Devices no layer needs any more, left up for a background thread
     /// to take down (`None`: taken down at once; see
     /// [`Driver::release_devices_later`]).
@@ -184,7 +181,6 @@ impl Driver {
             kernel,
             sizes: Default::default(),
             claimed: Default::default(),
-            reaped: Default::default(),
             idle: Default::default(),
         };
         let p = Pool {
@@ -263,7 +259,6 @@ impl Driver {
             kernel,
             sizes: Default::default(),
             claimed: Default::default(),
-            reaped: Default::default(),
             idle: Default::default(),
         };
         if !driver.store.exists() {

@@ -18,10 +18,7 @@
 //! other operation touches its device or mount (the reconciler leaves them
 //! to the removal). Only dropping the record takes the lock, briefly, so
 //! other operations go on while blocks are discarded. Within a process,
-//! one thread at a time does a removal's kernel work (see
-//! `Driver::claimed`), and once it is done no other pass does it again
-//! before its record is dropped (`Driver::reaped`); a pass works on up
-//! to [`REAPERS`] removals at once, each on a thread of its own.
+//! one thread at a time works on a removal (see `Driver::claimed`).
 //!
 //! A removal whose device is still held open once thinlayer's own mount is
 //! gone (a client's bind mount of the snapshot, a process in it) waits:
@@ -34,7 +31,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::sync::Mutex;
 
 use nix::errno::Errno;
 
@@ -44,14 +40,6 @@ use crate::failpoint;
 use crate::thin::{self, Thins};
 use crate::tree::{Kind, Removal};
 use crate::units::ThinId;
-
-/// How many removals one pass works on at once. Much of a removal's time
-/// is the kernel waiting (an unmount and a device's removal wait for RCU
-/// grace periods, a `delete` for a metadata commit), and removals side by
-/// side share those waits: in the test VM (two CPUs), device-mapper
-/// devices taken down by four threads at once took 34 to 38 ms each,
-/// against 61 to 68 ms one after another.
-const REAPERS: usize = 4;
 
 /// What a pass of [`Driver::reap`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,98 +83,44 @@ impl Driver {
     }
 
     fn reap_these(&self, pending: Vec<Removal>, wait: bool) -> Result<Reaped> {
-        let helpers = REAPERS.min(pending.len()).saturating_sub(1);
-        let queue = Mutex::new(pending.into_iter());
-        let reaped = Mutex::new((Reaped::default(), Vec::new()));
-        let work = || {
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some(r) = next else { break };
-                let outcome = self.reap_claimed(&r, wait);
-                let mut reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
-                match outcome {
-                    None => {}
-                    Some(Ok(Some(done))) => reaped.1.push(done),
-                    Some(Ok(None)) => reaped.0.held += 1,
-                    Some(Err(e)) => {
-                        tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
-                            "cannot finish a removal yet; it stays pending");
-                        reaped.0.failed += 1;
-                    }
+        let mut out = Reaped::default();
+        let mut done = Vec::new();
+        for r in pending {
+            let claim = loop {
+                match Claim::take(self, r.thin_id) {
+                    Some(c) => break Some(c),
+                    None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    None => break None,
+                }
+            };
+            let Some(_claim) = claim else {
+                continue;
+            };
+            if wait && !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
+                // Done by the thread that had it.
+                continue;
+            }
+            match self.reap_one(&r) {
+                Ok(true) => done.push(r.thin_id),
+                Ok(false) => out.held += 1,
+                Err(e) => {
+                    tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
+                        "cannot finish a removal yet; it stays pending");
+                    out.failed += 1;
                 }
             }
-        };
-        // The caller's thread is one of the reapers; its steps and the
-        // helpers' count under the caller's operation.
-        let span = tracing::Span::current();
-        std::thread::scope(|scope| {
-            for _ in 0..helpers {
-                let helper = std::thread::Builder::new()
-                    .name("reaper".into())
-                    .spawn_scoped(scope, || {
-                        let _in = span.enter();
-                        work();
-                    });
-                if let Err(e) = helper {
-                    // The threads there are do the work.
-                    tracing::debug!(error = %e, "cannot start a reaper thread");
-                    break;
-                }
-            }
-            work();
-        });
-        let (mut out, done) = reaped.into_inner().unwrap_or_else(|e| e.into_inner());
+        }
         if !done.is_empty() {
             let mut op = self.begin()?;
             let _s = crate::step!("record");
-            for r in &done {
-                op.rec.tree.removals.remove(&r.id.to_string());
+            for id in &done {
+                op.rec.tree.removals.remove(&id.to_string());
             }
             op.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
             out.done = done.len();
         }
-        drop(done);
         Ok(out)
-    }
-
-    /// [`Driver::reap_one`] under a claim of the removal's thin id; `None`
-    /// when another thread of this process has it (`wait`: once that
-    /// thread is done), or when it is no longer pending. The claim goes
-    /// with the kernel work: a thread that waits for one holds none, so
-    /// passes side by side never wait for each other in a circle.
-    /// Done, it is known as such (see [`Reaped1`]) before the claim goes;
-    /// `Ok(None)`: held open elsewhere.
-    fn reap_claimed(&self, r: &Removal, wait: bool) -> Option<Result<Option<Reaped1<'_>>>> {
-        let _claim = loop {
-            match Claim::take(self, r.thin_id) {
-                Some(c) => break c,
-                None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
-                None => return None,
-            }
-        };
-        if self.reaped_unrecorded(r.thin_id) {
-            return None;
-        }
-        match self.store.peek(|rec| rec.tree.is_removal(r.thin_id)) {
-            // Done since the pass listed it, by the thread that had it.
-            Ok(false) => return None,
-            Ok(true) => {}
-            Err(e) => return Some(Err(e)),
-        }
-        Some(
-            self.reap_one(r)
-                .map(|done| done.then(|| Reaped1::new(self, r.thin_id))),
-        )
-    }
-
-    /// Whether a thread of this process has done the kernel work of the
-    /// removal of `id` and is yet to drop its record.
-    fn reaped_unrecorded(&self, id: ThinId) -> bool {
-        self.reaped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id.get())
     }
 
     /// The kernel work of one removal. `Ok(false)`: its device is held
@@ -268,36 +202,6 @@ impl Driver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove mount point", &target, e)),
         }
-    }
-}
-
-/// A removal whose kernel work this process has done, its record not yet
-/// dropped (see `Driver::reaped`): no pass does it again meanwhile.
-/// Forgotten when dropped, whether the record went or not (a failed write:
-/// a later pass does it over, idempotently).
-struct Reaped1<'a> {
-    driver: &'a Driver,
-    id: ThinId,
-}
-
-impl<'a> Reaped1<'a> {
-    fn new(driver: &'a Driver, id: ThinId) -> Reaped1<'a> {
-        driver
-            .reaped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.get());
-        Reaped1 { driver, id }
-    }
-}
-
-impl Drop for Reaped1<'_> {
-    fn drop(&mut self) {
-        self.driver
-            .reaped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id.get());
     }
 }
 
@@ -396,25 +300,18 @@ impl Op<'_> {
     /// returned; a removal whose device is held open elsewhere is Busy.
     pub(super) fn reap_now(&mut self, ids: &[ThinId]) -> Result<()> {
         let mut first = None;
-        // Known as done until the records say so.
-        let mut done = Vec::new();
+        let mut done = false;
         for id in ids {
             let Some(r) = self.rec.tree.removals.get(&id.to_string()).cloned() else {
                 continue;
             };
-            let Some(claim) = Claim::take(self.driver, *id) else {
+            let Some(_claim) = Claim::take(self.driver, *id) else {
                 continue;
             };
-            if self.driver.reaped_unrecorded(*id) {
-                continue;
-            }
-            let outcome = self.driver.reap_one(&r);
-            let known = matches!(outcome, Ok(true)).then(|| Reaped1::new(self.driver, *id));
-            drop(claim);
-            match outcome {
+            match self.driver.reap_one(&r) {
                 Ok(true) => {
                     self.rec.tree.removals.remove(&id.to_string());
-                    done.extend(known);
+                    done = true;
                 }
                 Ok(false) => {
                     first.get_or_insert(Error::Busy {
@@ -430,11 +327,10 @@ impl Op<'_> {
                 }
             }
         }
-        if !done.is_empty() {
+        if done {
             self.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
         }
-        drop(done);
         first.map_or(Ok(()), Err)
     }
 }

@@ -819,63 +819,6 @@ fn a_prepare_claims_a_spare_and_a_parents_removal_drops_its_spares() {
     w.on.check_reaped();
 }
 
-/// Removals are reaped by several threads at once: a background pass and
-/// two Cleanups side by side do each removal once, and leave none.
-#[test]
-fn removals_reaped_side_by_side_are_each_done_once() {
-    let (w, d) = World::new();
-    for i in 0..13 {
-        d.create_snapshot(&format!("ns/{i}/a"), None, Kind::Active, BTreeMap::new())
-            .unwrap();
-    }
-    for i in 0..13 {
-        d.remove_snapshot(&format!("ns/{i}/a")).unwrap();
-    }
-    assert_eq!(d.pending_removals().unwrap().len(), 13);
-    w.sim.take_calls();
-    // A background pass and two Cleanups at once (containerd's collector
-    // and `pool cleanup`, say): none waits for another in a circle.
-    // Threads of their own, so that passes that never end fail the test
-    // instead of hanging it.
-    let d: &'static Driver = Box::leak(Box::new(d));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let passes = [
-        std::thread::spawn(|| d.reap(8)),
-        std::thread::spawn(|| d.reap_all()),
-        std::thread::spawn(|| d.reap_all()),
-    ];
-    std::thread::spawn(move || {
-        let all: Vec<Reaped> = passes.map(|p| p.join().unwrap().unwrap()).into();
-        tx.send(all).unwrap();
-    });
-    let passes = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the passes never ended: they wait for each other");
-    for p in &passes {
-        assert_eq!((p.held, p.failed), (0, 0), "{passes:?}");
-    }
-    assert_eq!(
-        passes.iter().map(|p| p.done).sum::<usize>(),
-        13,
-        "{passes:?}"
-    );
-    // Each discarded through its live device, taken down and deleted once:
-    // no device made again for one already done.
-    let calls = w.sim.take_calls();
-    assert_eq!(
-        (
-            calls.get("dm_create"),
-            calls["dm_remove"],
-            calls["dm_message"]
-        ),
-        (None, 13, 13),
-        "{calls:?}"
-    );
-    assert!(d.pending_removals().unwrap().is_empty());
-    w.on.check_reaped();
-    w.check_invariants();
-}
-
 /// An intent an older thinlayer left pending (version 3's records, which
 /// moved the pool's transaction id with every change) is settled by the
 /// transaction id, as that version would have.

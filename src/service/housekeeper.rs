@@ -1,6 +1,5 @@
 //! The background work of `thinlayer serve`: new snapshots trimmed while
-//! their clients fill them ([`Driver::pretrim`]; not those of parents that
-//! keep spares), pending removals
+//! their clients fill them ([`Driver::pretrim`]), pending removals
 //! reaped, spares kept for the parents Prepares ask for, and the devices
 //! of committed snapshots taken down (see the driver's `removal` and
 //! `spares` modules, and [`Driver::release_devices_later`]).
@@ -75,14 +74,6 @@ struct Shared {
 }
 
 impl Todo {
-    /// An active snapshot `key` prepared on `parent`: trimmed unless the
-    /// parent keeps spares.
-    fn prepared_at(&mut self, key: String, parent: Option<String>) {
-        if !self.parents.contains(&parent) {
-            self.trims.push(key);
-        }
-    }
-
     /// A Prepare on `parent`: from its second, the parent keeps spares.
     fn prepared(&mut self, parent: Option<String>) {
         let again = self.parents.contains(&parent) || self.seen.contains(&parent);
@@ -170,14 +161,10 @@ impl Housekeeper {
         self.shared.tell(|t| t.removed = true);
     }
 
-    /// The active snapshot `key` was prepared on `parent`: its filesystem
-    /// is trimmed in the background, so that its Commit trims only what
-    /// was freed since; unless `parent` keeps spares. Those are containers
-    /// of an image, hardly ever committed: the trim would cost a pass over
-    /// the whole filesystem, on the CPUs the containers run on, for
-    /// nothing (the Commit of one trims all of it).
-    pub fn trim(&self, key: String, parent: Option<String>) {
-        self.shared.tell(|t| t.prepared_at(key, parent));
+    /// The active snapshot `key` was prepared: its filesystem is trimmed
+    /// in the background.
+    pub fn trim(&self, key: String) {
+        self.shared.tell(|t| t.trims.push(key));
     }
 
     /// A snapshot was committed: its device may be idle.
@@ -254,10 +241,11 @@ fn run(driver: &Driver, shared: &Shared) {
             }
         }
         // Spares first: a Prepare waits for them; space can wait a little.
-        // At least one per parent each pass, news or not: under a steady
-        // stream of calls, news is always there.
-        for p in &parents {
+        'parents: for p in &parents {
             loop {
+                if shared.news() {
+                    break 'parents;
+                }
                 yield_to_calls(shared);
                 match driver.make_spare(p.as_deref(), shared.spares) {
                     Ok(true) => {}
@@ -266,9 +254,6 @@ fn run(driver: &Driver, shared: &Shared) {
                         tracing::warn!(parent = ?p, error = %e, "cannot make a spare");
                         break;
                     }
-                }
-                if shared.news() {
-                    break;
                 }
             }
         }
@@ -380,25 +365,5 @@ mod tests {
         assert!(t.parents.is_empty());
         t.prepared(Some(format!("l{}", SEEN + 3)));
         assert_eq!(t.parents, [Some(format!("l{}", SEEN + 3))]);
-    }
-
-    #[test]
-    fn snapshots_of_parents_that_keep_spares_are_not_trimmed_ahead() {
-        let mut t = Todo::default();
-        // As the service tells it: the trim, then the Prepare.
-        let prepare = |t: &mut Todo, key: &str, parent: Option<String>| {
-            t.prepared_at(key.to_string(), parent.clone());
-            t.prepared(parent);
-        };
-        // A build's layers and the first two containers of an image are
-        // trimmed; from the third on, the image keeps spares.
-        prepare(&mut t, "b1", some("l0"));
-        prepare(&mut t, "b2", some("l1"));
-        prepare(&mut t, "c1", some("img"));
-        prepare(&mut t, "c2", some("img"));
-        prepare(&mut t, "c3", some("img"));
-        prepare(&mut t, "c4", some("img"));
-        prepare(&mut t, "b3", some("l2"));
-        assert_eq!(t.trims, ["b1", "b2", "c1", "c2", "b3"]);
     }
 }

@@ -322,7 +322,7 @@ impl Snapshots {
             })
             .await?;
         if let Some(key) = trim {
-            self.keeper.trim(key, parent.clone());
+            self.keeper.trim(key);
         }
         if spares {
             self.keeper.prepared(parent);
