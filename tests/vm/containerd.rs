@@ -294,7 +294,10 @@ impl<'a> Cluster<'a> {
             .mounts()?
             .into_iter()
             .map(|m| m.target)
-            .filter(|t| t.starts_with(&self.run) || t.starts_with(self.fx.dir.join("containerd")))
+            .filter(|t| {
+                t.starts_with(&self.run)
+                    || t.starts_with(fixture::process::containerd_root(&self.fx.dir))
+            })
             .collect())
     }
 

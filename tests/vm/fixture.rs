@@ -686,6 +686,12 @@ pub mod process {
     /// without the CRI plugin: containerd's root and `opt` directory in `dir`,
     /// its state and its socket (`run/containerd.sock`) under `run`. `extra`
     /// is appended.
+    /// The root of the containerd whose config [`containerd_config`] made
+    /// for the test directory `dir` (its temporary mounts are under it).
+    pub fn containerd_root(dir: &Path) -> PathBuf {
+        dir.join("containerd")
+    }
+
     pub fn containerd_config(dir: &Path, run: &Path, serve_sock: &Path, extra: &str) -> String {
         let sock = run.join("containerd.sock");
         format!(
@@ -708,7 +714,7 @@ pub mod process {
         type = "snapshot"
         address = "{serve}"
     {extra}"#,
-            root = dir.join("containerd").display(),
+            root = containerd_root(dir).display(),
             state = run.join("state").display(),
             sock = sock.display(),
             opt = dir.join("opt").display(),
