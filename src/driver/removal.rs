@@ -18,7 +18,10 @@
 //! other operation touches its device or mount (the reconciler leaves them
 //! to the removal). Only dropping the record takes the lock, briefly, so
 //! other operations go on while blocks are discarded. Within a process,
-//! one thread at a time works on a removal (see `Driver::claimed`).
+//! one thread at a time works on a removal, and holds it (see
+//! `Driver::claimed`) until its record is dropped: another thread that
+//! found it still pending would start over on a deleted thin id. A
+//! thread never waits for a removal while it holds others.
 //!
 //! A removal whose device is still held open once thinlayer's own mount is
 //! gone (a client's bind mount of the snapshot, a process in it) waits:
@@ -84,24 +87,32 @@ impl Driver {
 
     fn reap_these(&self, pending: Vec<Removal>, wait: bool) -> Result<Reaped> {
         let mut out = Reaped::default();
+        // Done, with their claims: a removal stays claimed until its record
+        // is dropped, else another thread would find it pending and start
+        // it over on a thin id already deleted.
         let mut done = Vec::new();
         for r in pending {
-            let claim = loop {
-                match Claim::take(self, r.thin_id) {
-                    Some(c) => break Some(c),
-                    None if wait => std::thread::sleep(std::time::Duration::from_millis(5)),
-                    None => break None,
+            let claim = match Claim::take(self, r.thin_id) {
+                Some(c) => c,
+                None if !wait => continue,
+                None => {
+                    // Never wait holding claims: two Cleanups would each
+                    // hold what the other waits for.
+                    self.drop_records(&mut done, &mut out)?;
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        if let Some(c) = Claim::take(self, r.thin_id) {
+                            break c;
+                        }
+                    }
                 }
             };
-            let Some(_claim) = claim else {
-                continue;
-            };
-            if wait && !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
-                // Done by the thread that had it.
+            if !self.store.peek(|rec| rec.tree.is_removal(r.thin_id))? {
+                // Done by another thread since this pass began.
                 continue;
             }
             match self.reap_one(&r) {
-                Ok(true) => done.push(r.thin_id),
+                Ok(true) => done.push((r.thin_id, claim)),
                 Ok(false) => out.held += 1,
                 Err(e) => {
                     tracing::warn!(thin_id = r.thin_id.get(), layer = r.key, error = %e,
@@ -110,17 +121,26 @@ impl Driver {
                 }
             }
         }
-        if !done.is_empty() {
-            let mut op = self.begin()?;
-            let _s = crate::step!("record");
-            for id in &done {
-                op.rec.tree.removals.remove(&id.to_string());
-            }
-            op.save_atomic()?;
-            failpoint::hit(failpoint::reap::AFTER_RECORD);
-            out.done = done.len();
-        }
+        self.drop_records(&mut done, &mut out)?;
         Ok(out)
+    }
+
+    /// Drops the records of the removals `done`, in one write, then lets
+    /// go of their claims.
+    fn drop_records(&self, done: &mut Vec<(ThinId, Claim<'_>)>, out: &mut Reaped) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut op = self.begin()?;
+        let _s = crate::step!("record");
+        for (id, _) in done.iter() {
+            op.rec.tree.removals.remove(&id.to_string());
+        }
+        op.save_atomic()?;
+        failpoint::hit(failpoint::reap::AFTER_RECORD);
+        out.done += done.len();
+        done.clear();
+        Ok(())
     }
 
     /// The kernel work of one removal. `Ok(false)`: its device is held
@@ -300,18 +320,19 @@ impl Op<'_> {
     /// returned; a removal whose device is held open elsewhere is Busy.
     pub(super) fn reap_now(&mut self, ids: &[ThinId]) -> Result<()> {
         let mut first = None;
-        let mut done = false;
+        // Kept until the records are saved (see `Driver::reap_these`).
+        let mut claims = Vec::new();
         for id in ids {
             let Some(r) = self.rec.tree.removals.get(&id.to_string()).cloned() else {
                 continue;
             };
-            let Some(_claim) = Claim::take(self.driver, *id) else {
+            let Some(claim) = Claim::take(self.driver, *id) else {
                 continue;
             };
             match self.driver.reap_one(&r) {
                 Ok(true) => {
                     self.rec.tree.removals.remove(&id.to_string());
-                    done = true;
+                    claims.push(claim);
                 }
                 Ok(false) => {
                     first.get_or_insert(Error::Busy {
@@ -327,10 +348,11 @@ impl Op<'_> {
                 }
             }
         }
-        if done {
+        if !claims.is_empty() {
             self.save_atomic()?;
             failpoint::hit(failpoint::reap::AFTER_RECORD);
         }
+        drop(claims);
         first.map_or(Ok(()), Err)
     }
 }

@@ -3,6 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::kernel::Sim;
@@ -675,6 +676,60 @@ fn a_snapshot_cycle_asks_the_kernel_as_much_whatever_the_number_of_layers() {
         // No look at every device nor at the mount table.
         assert!(!calls.contains_key("dm_list"), "{calls:?}");
         assert!(!calls.contains_key("mounts"), "{calls:?}");
+    }
+}
+
+/// Removals reaped by the background and by two Cleanups at once: each
+/// is done once, none started over after another thread did it (which
+/// would make a device of a deleted thin id to discard it), and no reaper
+/// waits for ever on what another holds.
+#[test]
+fn removals_reaped_side_by_side_are_each_done_once() {
+    const N: u64 = 13;
+    for round in 0..10 {
+        let (w, d) = World::new();
+        for i in 0..N {
+            d.create_snapshot(&format!("ns/{i}/s"), None, Kind::Active, BTreeMap::new())
+                .unwrap();
+        }
+        for i in 0..N {
+            d.remove_snapshot(&format!("ns/{i}/s")).unwrap();
+        }
+        w.sim.take_calls();
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let background = tx.clone();
+            let d = &d;
+            s.spawn(move || {
+                while !d.pending_removals().unwrap().is_empty() {
+                    d.reap(4).unwrap();
+                }
+                background.send(()).unwrap();
+            });
+            for _ in 0..2 {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    d.reap_all().unwrap();
+                    tx.send(()).unwrap();
+                });
+            }
+            for _ in 0..3 {
+                if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+                    // The scope would wait for ever on the stuck threads.
+                    eprintln!("round {round}: reapers still waiting after 60 s");
+                    std::process::abort();
+                }
+            }
+        });
+        let calls = w.sim.take_calls();
+        assert!(!calls.contains_key("dm_create"), "round {round}: {calls:?}");
+        assert_eq!(calls.get("dm_remove"), Some(&N), "round {round}: {calls:?}");
+        assert_eq!(
+            calls.get("dm_message"),
+            Some(&N),
+            "round {round}: {calls:?}"
+        );
+        w.on.check_reaped();
     }
 }
 
