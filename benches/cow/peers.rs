@@ -543,7 +543,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .output()
             .with_context(|| format!("run {}", bin.display()))?;
         if !out.status.success() {
-            bail!("{} failed with {}", bin.display(), out.status);
+            bail!(
+                "{} failed with {}\n{}\n{}",
+                bin.display(),
+                out.status,
+                tail(&self.base.join("serve.log")),
+                tail(&self.base.join("containerd.log"))
+            );
         }
         figures(&out.stdout)
     }
