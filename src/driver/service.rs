@@ -162,7 +162,7 @@ impl Driver {
     /// trimmed nothing yet, and the filesystem remembers what it trimmed
     /// while it stays mounted, so the trim at its Commit then goes over
     /// only what was freed since. `serve` does it in the background after
-    /// a Prepare; a Commit waits for it. It unmaps what the snapshot's
+    /// a Prepare on a parent that keeps no spares; a Commit waits for it. It unmaps what the snapshot's
     /// filesystem had free from the start, which its parent's trim left
     /// unmapped already, and what its client freed meanwhile: a discard
     /// thinlayer does not count, whose effect on kept sizes is bounded by

@@ -93,16 +93,10 @@ impl Driver {
         // thread's claim.
         let claim = Claim::take(self, id);
         debug_assert!(claim.is_some(), "a new thin id is nobody's");
+        // Not trimmed (see `Driver::pretrim`): the containers spares become
+        // are seldom committed, and the trim would walk the whole
+        // filesystem on the CPUs they need.
         let mounted = self.mount_unlocked(id, device_size, failpoint::spare::AFTER_ACTIVATE);
-        if let Ok(target) = &mounted {
-            // A fresh mount has trimmed nothing yet: done now, off any
-            // call's path, the trim before the Commit of the container it
-            // becomes goes only over what the container freed.
-            let _s = crate::step!("trim");
-            if let Err(e) = self.kernel.trim(target) {
-                tracing::debug!(thin_id = id.get(), error = %e, "cannot trim a new spare");
-            }
-        }
         failpoint::hit(failpoint::spare::AFTER_MOUNT);
         let mut op = self.begin()?;
         let at = op.rec.tree.spares.iter().position(|s| s.thin_id == id);

@@ -1,5 +1,6 @@
 //! The background work of `thinlayer serve`: new snapshots trimmed while
-//! their clients fill them ([`Driver::pretrim`]), pending removals
+//! their clients fill them ([`Driver::pretrim`]; not those of parents
+//! that keep spares, nor the spares), pending removals
 //! reaped, spares kept for the parents Prepares ask for, and the devices
 //! of committed snapshots taken down (see the driver's `removal` and
 //! `spares` modules, and [`Driver::release_devices_later`]).
@@ -60,8 +61,9 @@ struct Todo {
     seen: VecDeque<Option<String>>,
     /// Parents that dropped out of `parents`: their spares go.
     dropped: Vec<Option<String>>,
-    /// New active snapshots to trim (see [`Driver::pretrim`]).
-    trims: Vec<String>,
+    /// New active snapshots to trim (see [`Driver::pretrim`]), with
+    /// their parents.
+    trims: Vec<(String, Option<String>)>,
     stop: bool,
 }
 
@@ -161,10 +163,10 @@ impl Housekeeper {
         self.shared.tell(|t| t.removed = true);
     }
 
-    /// The active snapshot `key` was prepared: its filesystem is trimmed
-    /// in the background.
-    pub fn trim(&self, key: String) {
-        self.shared.tell(|t| t.trims.push(key));
+    /// The active snapshot `key` was prepared on `parent`: its filesystem
+    /// is trimmed in the background, unless the parent keeps spares.
+    pub fn trim(&self, key: String, parent: Option<String>) {
+        self.shared.tell(|t| t.trims.push((key, parent)));
     }
 
     /// A snapshot was committed: its device may be idle.
@@ -234,8 +236,14 @@ fn run(driver: &Driver, shared: &Shared) {
             }
             removals = true;
         }
-        // First: a Commit may come soon and wait for them.
-        for key in trims {
+        // First: a Commit may come soon and wait for them. Not those of
+        // parents that keep spares: their containers are seldom committed
+        // (the Commit then trims it all), and each is a walk of a whole
+        // filesystem on the CPUs the containers need.
+        for (key, parent) in trims {
+            if parents.contains(&parent) {
+                continue;
+            }
             if let Err(e) = driver.pretrim(&key) {
                 tracing::debug!(key, error = %e, "cannot trim a new snapshot");
             }

@@ -312,7 +312,7 @@ impl Snapshots {
             && !crate::driver::is_unpack_key(&key)
             && !labels.contains_key(crate::driver::MAX_SIZE_LABEL);
         let on = parent.clone();
-        let trim = (kind == Kind::Active).then(|| key.clone());
+        let trim = (kind == Kind::Active).then(|| (key.clone(), parent.clone()));
         let mounts = self
             .run(what, move |d| {
                 let (l, source) =
@@ -321,8 +321,8 @@ impl Snapshots {
                 Ok(mounts_of(fs, &source))
             })
             .await?;
-        if let Some(key) = trim {
-            self.keeper.trim(key);
+        if let Some((key, on)) = trim {
+            self.keeper.trim(key, on);
         }
         if spares {
             self.keeper.prepared(parent);
