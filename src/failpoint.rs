@@ -9,7 +9,7 @@
 //! In builds with the `failpoints` feature, a process whose
 //! `THINLAYER_FAILPOINT` names that step kills itself there with SIGKILL: no
 //! destructor, no flush, no unwind, as a crash or `kill -9` would. Unit
-//! tests arm a point for their own thread with [`arm`] and get a panic
+//! tests arm a point for their own thread with `arm` and get a panic
 //! instead, which stops the operation just as abruptly. In other builds
 //! [`hit`] is empty.
 

@@ -6,7 +6,8 @@
 //! streams one layer as an uncompressed tar while hashing it; the
 //! [`LayerReader`] reports a digest mismatch at end of stream or from
 //! [`LayerReader::finish`]. [`write_oci_layout`] writes layer tars back out as
-//! an OCI image layout. [`build`] makes small archives for tests.
+//! an OCI image layout. `build` (with the `testing` feature) makes small
+//! archives for tests.
 //!
 //! Tar archives are read in place: members are indexed by offset and read
 //! with positioned reads, never extracted. A compressed outer archive

@@ -4,8 +4,9 @@
 //! loop devices, mounts and the block-level tools (mkfs, thin_check,
 //! thin_dump). [`Linux`] implements it with in-process ioctls (through the
 //! `devicemapper` and `loopdev-3` crates) and syscalls (through `nix`);
-//! [`Sim`] implements it in memory, so the snapshot tree, the records and the
-//! crash recovery above it are tested on hosts without device-mapper.
+//! `Sim` (with the `testing` feature) implements it in memory, so the
+//! snapshot tree, the records and the crash recovery above it are tested on
+//! hosts without device-mapper.
 //!
 //! Device-mapper contract relied on throughout:
 //! - a device is created empty, gets a table loaded into its inactive slot,
