@@ -18,6 +18,10 @@ pub enum Error {
         object: String,
         errno: Option<Errno>,
         detail: String,
+        /// The library's own error, where one came (device-mapper's); the
+        /// message above already says what it says.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// This kernel has no device-mapper, or not the thin-pool target.
@@ -180,6 +184,7 @@ impl Error {
             object: object.into(),
             errno,
             detail: detail.into(),
+            source: None,
         }
     }
 

@@ -203,10 +203,26 @@ pub fn main() -> ExitCode {
     match run(&ctx, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("thinlayer: error: {e:#}");
+            eprintln!("thinlayer: error: {}", error_text(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes, as `{:#}` joins them, but without the cause of
+/// a kernel error: its message already says what that cause says.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+        if let Some(Error::Kernel { .. }) = cause.downcast_ref::<Error>() {
+            break;
+        }
+    }
+    text
 }
 
 fn absolute(p: &std::path::Path) -> PathBuf {
@@ -275,5 +291,21 @@ mod tests {
             exit::DAMAGED
         );
         assert_eq!(exit_code(&anyhow::anyhow!("other")), exit::FAILURE);
+    }
+
+    #[test]
+    fn a_kernel_error_is_told_without_its_source() {
+        let kernel = Error::Kernel {
+            op: "remove device",
+            object: "pool".into(),
+            errno: None,
+            detail: "gone".into(),
+            source: Some("the library's words".into()),
+        };
+        let e = anyhow::Error::from(kernel).context("cannot remove");
+        assert_eq!(error_text(&e), "cannot remove: remove device pool: gone");
+        let io = Error::io("read", "/r", std::io::Error::other("bad"));
+        let e = anyhow::Error::from(io).context("cannot open");
+        assert_eq!(error_text(&e), format!("{e:#}"));
     }
 }

@@ -54,7 +54,13 @@ fn dm_err(op: &'static str, object: &str, err: DmError) -> Error {
         Some(e) => format!("{} ({})", e.desc(), e),
         None => err.to_string(),
     };
-    Error::kernel(op, object, errno, detail)
+    Error::Kernel {
+        op,
+        object: object.to_string(),
+        errno,
+        detail,
+        source: Some(Box::new(err)),
+    }
 }
 
 fn dm_name(name: &str) -> Result<&DmName> {
