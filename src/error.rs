@@ -11,7 +11,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A kernel call (ioctl, mount, loop control) failed.
+    /// A system call failed: a device-mapper ioctl, a mount or unmount, a
+    /// loop device call, a sync, trim or discard, `statvfs`, setting file
+    /// times, or `openat2` while applying a layer.
     #[error("{op} {object}: {detail}")]
     Kernel {
         op: &'static str,
@@ -24,14 +26,15 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
-    /// This kernel has no device-mapper, or not the thin-pool target.
+    /// `/dev/mapper/control` cannot be opened, or this kernel lacks the
+    /// thin-pool target.
     #[error(
         "device-mapper is not available in this kernel ({detail}); load dm-thin-pool, \
          or run inside a VM that has it, e.g. `vm-tests/run thinlayer ...`"
     )]
     NoDeviceMapper { detail: String },
 
-    /// The process lacks the privileges device-mapper, loop devices and mounts need.
+    /// The process is not root: device-mapper, loop devices and mounts need it.
     #[error("thinlayer needs root: device-mapper, loop devices and mounts are privileged")]
     NotRoot,
 
@@ -46,13 +49,19 @@ pub enum Error {
         why: String,
     },
 
+    /// A layer, image, device or loop device, or the pool's device, table or
+    /// status, that an operation needs is not there; `kind` says which.
     #[error("{kind} {name:?} does not exist")]
     NotFound { kind: &'static str, name: String },
 
+    /// A layer of that key already exists, or an export would overwrite a
+    /// file.
     #[error("{kind} {name:?} already exists")]
     Exists { kind: &'static str, name: String },
 
-    /// The layer is mounted or otherwise in use.
+    /// A layer, image or pool is in use: a layer that is mounted, open
+    /// elsewhere or an image's top; an image that containers use; a pool
+    /// with mounted layers or removals still held open.
     #[error("{kind} {name:?} is busy: {why}")]
     Busy {
         kind: &'static str,
@@ -60,26 +69,32 @@ pub enum Error {
         why: String,
     },
 
-    /// Removing a layer that others are built on.
+    /// Removing a layer that other layers are built on.
     #[error("cannot remove layer {name:?}: it has children: {}", children.join(", "))]
     HasChildren { name: String, children: Vec<String> },
 
-    /// The pool's free space is below what a new layer needs.
+    /// The pool's free data or metadata space is below its reserve, or every
+    /// thin id is in use.
     #[error("pool is out of {what} space: {detail}")]
     NoSpace { what: &'static str, detail: String },
 
+    /// The root has no records: `pool init` was never run there.
     #[error("no pool at {}: run `thinlayer pool init` first", root.display())]
     NotInitialized { root: PathBuf },
 
+    /// `pool init` on a root that already has records.
     #[error("a pool already exists at {}", root.display())]
     AlreadyInitialized { root: PathBuf },
 
-    /// The kernel's pool and our records disagree in a way that is not an
-    /// interrupted operation of ours.
+    /// The kernel's pool and the records disagree in a way that no
+    /// interrupted operation explains (a transaction id, a missing thin
+    /// device), or an import finds a layer of its key that is not the one it
+    /// would make.
     #[error("pool {pool}: {detail}")]
     Inconsistent { pool: String, detail: String },
 
-    /// The pool's metadata needs repair.
+    /// `thin_check` failed on the pool's metadata before activation: it
+    /// needs repair.
     #[error("pool {pool} metadata check failed: {detail}")]
     CheckFailed { pool: String, detail: String },
 
@@ -90,7 +105,7 @@ pub enum Error {
     )]
     PoolFailed { pool: String },
 
-    /// The pool is in a mode that refuses the operation.
+    /// A new layer was asked for while the pool is not read-write.
     #[error("pool {pool} is {mode}: {detail}")]
     PoolMode {
         pool: String,
@@ -98,7 +113,8 @@ pub enum Error {
         detail: String,
     },
 
-    /// A file operation on our own records or backing files failed.
+    /// A file operation failed: on the records, the pool's backing files, an
+    /// image or layer being read or written, or any other file.
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -122,7 +138,8 @@ pub enum Error {
     #[error("the layer tree is damaged at {key:?}: {why}")]
     CorruptTree { key: String, why: String },
 
-    /// The stored records cannot be read; the file was left as it is.
+    /// The records or their journal cannot be parsed or serialised, or kept
+    /// changing while read; a file that cannot be parsed is left as it is.
     #[error("records {} are unreadable: {detail}", path.display())]
     CorruptRecords { path: PathBuf, detail: String },
 
@@ -143,7 +160,8 @@ pub enum Error {
         actual: String,
     },
 
-    /// An external tool (mkfs, thin_check, thin_dump) failed.
+    /// An external tool (mkfs, thin_check, thin_dump) could not be run,
+    /// exited non-zero, or printed output that is not UTF-8.
     #[error("{tool} failed: {detail}")]
     Tool { tool: String, detail: String },
 }
