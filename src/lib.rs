@@ -2,6 +2,8 @@
 //! device-mapper thin pool, so copy-on-write happens per block, in the kernel.
 //!
 //! The layers of the crate, bottom up:
+//! - [`digest`]: sha256 content digests, for the records' journal and for
+//!   images;
 //! - [`kernel`]: every kernel call (device-mapper, loop devices, mounts, the
 //!   block tools), behind the [`kernel::Kernel`] trait, with a simulated
 //!   kernel for tests;
@@ -22,6 +24,7 @@
 //! - [`cli`]: the `thinlayer` command.
 
 pub mod cli;
+pub mod digest;
 pub mod driver;
 pub mod error;
 pub mod failpoint;

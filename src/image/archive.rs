@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::digest::{Digest, DigestReader, Hasher, chain_ids};
+use super::digest::chain_ids;
 use super::source::{BlobReader, MAX_JSON, Source};
 use super::{
     Compression, HistoryEntry, ImageConfig, ImageManifest, LayerRef, host_architecture,
     media_type as mt,
 };
+use crate::digest::{Digest, DigestReader, Hasher};
 use crate::error::{Error, Result};
 
 /// Which kind of archive was found.

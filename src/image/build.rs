@@ -24,10 +24,11 @@ use serde_json::json;
 use tar::{EntryType, Header};
 
 use super::archive::ImageArchive;
-use super::digest::{Digest, chain_ids};
+use super::digest::chain_ids;
 use super::export::{LayerDesc, Staging, oci_config};
 use super::source::{clean_member, tar_member};
 use super::{Compression, LayerRef};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 /// The mtime entries get unless a test gives one.

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use super::digest::{Digest, DigestReader, DigestWriter};
 use super::{Compression, host_architecture, media_type as mt};
+use crate::digest::{Digest, DigestReader, DigestWriter};
 use crate::error::{Error, Result};
 use crate::layer::read_up_to;
 

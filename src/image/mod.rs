@@ -25,8 +25,9 @@ mod tests;
 
 use std::fmt;
 
+pub use crate::digest::{Digest, DigestReader, DigestWriter, Hasher};
 pub use archive::{ArchiveFormat, ImageArchive, LayerReader};
-pub use digest::{Digest, DigestReader, DigestWriter, Hasher, chain_ids};
+pub use digest::chain_ids;
 pub use export::{ExportImage, write_oci_layout};
 
 /// OCI media types this module reads and writes.

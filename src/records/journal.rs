@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Records;
-use crate::image::Digest;
+use crate::digest::Digest;
 use crate::tree::{Image, Removal, Tree};
 
 const MAGIC: &str = "thinlayer journal 1 extends ";
