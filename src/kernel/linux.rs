@@ -439,7 +439,7 @@ impl Kernel for Linux {
         f.sync_all().map_err(|e| Error::io("fsync", device, e))
     }
 
-    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+    fn fs_space(&self, path: &Path) -> Result<super::FsSpace> {
         statvfs(path)
     }
 
@@ -683,11 +683,11 @@ fn unescape_mount(s: &str) -> String {
 /// holding `path`.
 // statvfs's counts are u64 here, not on every target.
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn statvfs(path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+pub(crate) fn statvfs(path: &Path) -> Result<super::FsSpace> {
     let st = nix::sys::statvfs::statvfs(path)
         .map_err(|e| Error::kernel("statvfs", path.display().to_string(), Some(e), e.desc()))?;
     let frag = st.fragment_size() as u64;
-    Ok(crate::pool::autoextend::FsSpace {
+    Ok(super::FsSpace {
         free: (st.blocks_available() as u64).saturating_mul(frag),
         size: (st.blocks() as u64).saturating_mul(frag),
     })

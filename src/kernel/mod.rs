@@ -33,6 +33,15 @@ pub use sim::Sim;
 use crate::error::Result;
 use crate::units::{Bytes, Sectors};
 
+/// The space of a host filesystem, as [`Kernel::fs_space`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FsSpace {
+    /// Free to an unprivileged user (`f_bavail`), bytes.
+    pub free: u64,
+    /// Its size, bytes.
+    pub size: u64,
+}
+
 /// A block device number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DevNum {
@@ -170,7 +179,7 @@ pub trait Kernel: Send + Sync {
     /// Sets a path's access and modification times to the epoch.
     fn reset_times(&self, path: &Path) -> Result<()>;
     /// The free space and size of the filesystem holding `path` (statvfs).
-    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace>;
+    fn fs_space(&self, path: &Path) -> Result<FsSpace>;
     /// Waits until a device-mapper event (any device's: a thin pool
     /// crossing its low water mark or changing mode, a device removed) or
     /// for `timeout`, whichever comes first. An event that came since the

@@ -43,7 +43,7 @@ struct State {
     /// name: what a trim of its mount gives back (see [`Sim::free`]).
     freed: BTreeMap<String, Vec<u64>>,
     /// What `fs_space` answers instead of the host's own figures.
-    fs_space: Option<crate::pool::autoextend::FsSpace>,
+    fs_space: Option<super::FsSpace>,
     /// Calls of each [`Kernel`] method, for tests that bound them.
     calls: BTreeMap<&'static str, u64>,
 }
@@ -207,7 +207,7 @@ impl Sim {
 
     /// Makes `fs_space` answer `space` for every path (`None`: the host's
     /// own figures).
-    pub fn set_fs_space(&self, space: Option<crate::pool::autoextend::FsSpace>) {
+    pub fn set_fs_space(&self, space: Option<super::FsSpace>) {
         self.lock().fs_space = space;
     }
 }
@@ -738,7 +738,7 @@ impl Kernel for Sim {
         Ok(())
     }
 
-    fn fs_space(&self, path: &Path) -> Result<crate::pool::autoextend::FsSpace> {
+    fn fs_space(&self, path: &Path) -> Result<super::FsSpace> {
         self.count("fs_space");
         match self.lock().fs_space {
             Some(space) => Ok(space),

@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::kernel::FsSpace;
 use crate::units::Bytes;
 
 /// The policy, as `pool init` and `pool set` record it.
@@ -97,15 +98,6 @@ pub struct Space {
     pub total: u64,
     /// What its file holds on the host (allocated blocks).
     pub allocated: u64,
-}
-
-/// The host filesystem holding the pool's files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct FsSpace {
-    /// Free to an unprivileged user (`f_bavail`), bytes.
-    pub free: u64,
-    /// Its size, bytes.
-    pub size: u64,
 }
 
 /// Why a space that crossed the threshold grew less than the policy asks,
