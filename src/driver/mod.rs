@@ -420,7 +420,6 @@ impl Driver {
         self.begin().map(|_| ())
     }
 
-    /// The records as they stand.
     /// The thin ids the pool's metadata holds, from a dump of a metadata
     /// snapshot: for tests comparing the kernel with the tree.
     #[cfg(any(test, feature = "testing"))]
@@ -428,6 +427,7 @@ impl Driver {
         Ok(self.begin()?.kernel_mappings()?.into_keys().collect())
     }
 
+    /// The records as they stand.
     pub fn records(&self) -> Result<Records> {
         Ok(self.begin()?.rec.clone())
     }

@@ -90,8 +90,6 @@ fn nix_err(op: &'static str, object: &Path, errno: Errno) -> Error {
     Error::kernel(op, object.display().to_string(), Some(errno), errno.desc())
 }
 
-/// Runs a tool to completion; a non-zero exit becomes [`Error::Tool`] with
-/// its stderr.
 /// Runs `program` with `args` and then `path`, its output dropped.
 fn run_tool_on(program: &str, args: &[String], path: &Path) -> Result<()> {
     let path = path.to_string_lossy();
@@ -100,6 +98,8 @@ fn run_tool_on(program: &str, args: &[String], path: &Path) -> Result<()> {
     run_tool(program, &all).map(|_| ())
 }
 
+/// Runs `program` with `args` to completion and returns its output. A
+/// non-zero exit becomes [`Error::Tool`] with what the tool printed.
 fn run_tool(program: &str, args: &[&str]) -> Result<String> {
     let output = Command::new(program)
         .args(args)
