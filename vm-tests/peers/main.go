@@ -462,9 +462,18 @@ func (r *runner) removed(key string, ms []mount.Mount) error {
 	return r.collected(key, ms)
 }
 
-// collected waits until the backend no longer holds key.
+// nudgeAfter is how long collected waits before it asks for a collection.
+const nudgeAfter = 2 * time.Second
+
+// collected waits until the backend no longer holds key. If it still does
+// after nudgeAfter, the removal's event was most likely dropped (it came
+// while a collection ran, see settle) and nothing would ever collect it:
+// a collection is asked for, as the next removal of any client would, and
+// again every nudgeAfter; the time waited stays in the figure.
 func (r *runner) collected(key string, ms []mount.Mount) error {
-	end := time.Now().Add(r.cfg.deadline)
+	start := time.Now()
+	end := start.Add(r.cfg.deadline)
+	nudge := start.Add(nudgeAfter)
 	for {
 		g, err := r.gone(key, ms)
 		if err != nil {
@@ -475,6 +484,16 @@ func (r *runner) collected(key string, ms []mount.Mount) error {
 		}
 		if time.Now().After(end) {
 			return fmt.Errorf("never happened: containerd's garbage collector removes %s from %s (deadline %v)", key, r.Name, r.cfg.deadline)
+		}
+		if time.Now().After(nudge) {
+			logf("%s: %s not collected after %v: a collection is asked for", r.Name, key, time.Since(start).Round(time.Millisecond))
+			ctx, cancel := context.WithDeadline(context.Background(), end)
+			err := r.settleWithin(ctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("never happened: containerd's garbage collector removes %s from %s (deadline %v): a collection asked for after %v: %w", key, r.Name, r.cfg.deadline, nudgeAfter, err)
+			}
+			nudge = time.Now().Add(nudgeAfter)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -487,12 +506,17 @@ func (r *runner) collected(key string, ms []mount.Mount) error {
 // collection runs (its time is before the collection's end): that
 // snapshot stays in the backend until something else starts a collection.
 func (r *runner) settle() error {
+	return r.settleWithin(context.Background())
+}
+
+// settleWithin is settle, given up when ctx ends.
+func (r *runner) settleWithin(ctx context.Context) error {
 	ls := r.client.LeasesService()
-	l, err := ls.Create(context.Background(), leases.WithRandomID())
+	l, err := ls.Create(ctx, leases.WithRandomID())
 	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}
-	if err := ls.Delete(context.Background(), l, leases.SynchronousDelete); err != nil {
+	if err := ls.Delete(ctx, l, leases.SynchronousDelete); err != nil {
 		return fmt.Errorf("collect garbage: %w", err)
 	}
 	return nil
