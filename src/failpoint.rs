@@ -232,6 +232,12 @@ mod imp {
         ARMED.with(|a| *a.borrow_mut() = None);
     }
 
+    /// Whether this thread has a point armed: work that would go to other
+    /// threads stays on this one, so that the point is hit where armed.
+    pub fn armed() -> bool {
+        ARMED.with(|a| a.borrow().is_some())
+    }
+
     pub fn hit(point: Point) {
         let armed = ARMED.with(|a| {
             let mut a = a.borrow_mut();
@@ -251,11 +257,18 @@ mod imp {
 }
 
 #[cfg(any(test, feature = "failpoints"))]
-pub use imp::{arm, disarm, hit};
+pub use imp::{arm, armed, disarm, hit};
 
 #[cfg(not(any(test, feature = "failpoints")))]
 #[inline(always)]
 pub fn hit(_point: Point) {}
+
+/// Whether this thread has a point armed: never, without failpoints.
+#[cfg(not(any(test, feature = "failpoints")))]
+#[inline(always)]
+pub fn armed() -> bool {
+    false
+}
 
 #[cfg(test)]
 mod tests {
