@@ -37,8 +37,8 @@ pub use df::{ContainerUsage, DiskUsage, HostFile, ImageUsage, PoolSpace, UsageSu
 pub use grow::MAX_SIZE_LABEL;
 pub use images::{ExportedImage, ImportedImage, Progress};
 pub use removal::Reaped;
-pub use service::SnapshotSource;
 pub(crate) use service::is_unpack_key;
+pub use service::{Committed, SnapshotSource};
 pub use sizes::{LayerSize, SIZES_MAX_AGE};
 pub use spares::MAX_SPARES;
 pub use watch::{AutoextendWatch, LayerCounts, PoolCondition, PoolReading};
@@ -841,6 +841,16 @@ impl Op<'_> {
                 self.rec.tree.layers.insert(layer.key.clone(), layer);
                 self.rec.tree.retired.push(origin);
             }
+            Intent::CommitHandOver { key, origin, layer } => {
+                self.rec.tree.layers.remove(&key);
+                self.rec.tree.spares.push(crate::tree::Spare {
+                    thin_id: origin,
+                    parent: Some(layer.key.clone()),
+                    device_size: layer.device_size,
+                    mounted: true,
+                });
+                self.rec.tree.layers.insert(layer.key.clone(), layer);
+            }
             Intent::CreateSpare { spare, .. } => self.rec.tree.spares.push(spare),
             Intent::Delete { key, thin_id, .. } => {
                 self.rec.tree.layers.remove(&key);
@@ -1221,30 +1231,14 @@ impl Op<'_> {
                 name: new_key.to_string(),
             });
         }
-        let at = now_ns();
-        let mut layer = l.clone();
-        layer.key = new_key.to_string();
-        layer.kind = Kind::Committed;
-        layer.pinned = false;
-        layer.created = at / 1_000_000_000;
-        layer.created_ns = at;
-        layer.updated_ns = 0;
+        let mut layer = l.committed_as(new_key, now_ns());
         let open = {
             let pool = self.pool();
             l.pinned && (Thins { pool: &pool }).is_open(l.thin_id)?
         };
         if open {
             layer.thin_id = self.allocate_id()?;
-            let intent = Intent::CommitCopy {
-                transaction: None,
-                key: key.to_string(),
-                origin: l.thin_id,
-                layer: layer.clone(),
-            };
-            let (new, origin) = (layer.thin_id, l.thin_id);
-            self.transact(failpoint::commit::TRANSACTION, intent, |t| {
-                t.snapshot(new, origin)
-            })?;
+            self.commit_copy(key, l.thin_id, &layer, false)?;
             // The holder keeps the device; it goes at its last close.
             self.deactivate(&l)?;
             return Ok(layer);
@@ -1262,6 +1256,36 @@ impl Op<'_> {
             .insert(new_key.to_string(), layer.clone());
         self.save()?;
         Ok(layer)
+    }
+
+    /// Commits the active layer `key`, of thin id `origin`, as `layer`, a
+    /// snapshot of it taken now under a new thin id: the device is
+    /// suspended around the `create_snap`, which freezes a filesystem
+    /// mounted on it, so the copy is clean. `origin` is then retired, or,
+    /// with `hand_over`, a spare of `layer` (see
+    /// [`Driver::commit_snapshot`]).
+    fn commit_copy(
+        &mut self,
+        key: &str,
+        origin: ThinId,
+        layer: &Layer,
+        hand_over: bool,
+    ) -> Result<()> {
+        let (key, new) = (key.to_string(), layer.thin_id);
+        let layer = layer.clone();
+        let intent = if hand_over {
+            Intent::CommitHandOver { key, origin, layer }
+        } else {
+            Intent::CommitCopy {
+                transaction: None,
+                key,
+                origin,
+                layer,
+            }
+        };
+        self.transact(failpoint::commit::TRANSACTION, intent, |t| {
+            t.snapshot(new, origin)
+        })
     }
 
     fn tag(&mut self, image: &str, key: &str, config: Option<serde_json::Value>) -> Result<()> {

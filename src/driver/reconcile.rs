@@ -152,7 +152,9 @@ impl Op<'_> {
                 .deactivate(*thin_id)
                 .and_then(|()| thins.discard_and_delete(*thin_id, self.thin_size(*thin_id)))
                 .map(|_| ()),
-            Intent::CommitCopy { .. } | Intent::CreateSpare { .. } => {
+            Intent::CommitCopy { .. }
+            | Intent::CommitHandOver { .. }
+            | Intent::CreateSpare { .. } => {
                 unreachable!("rolled back above")
             }
         };

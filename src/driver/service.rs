@@ -244,16 +244,28 @@ impl Driver {
 
     /// Commits the active layer `key` as the committed layer `name` with
     /// exactly `labels` (containerd's Commit: the active key is consumed and
-    /// the committed snapshot gets the labels of the request). thinlayer's
-    /// own mount goes first; if a client still holds a bind mount of it, the
-    /// committed layer is a copy taken now (see the driver's commit). The
-    /// layer, its new key and its labels are written in one record update.
+    /// the committed snapshot gets the labels of the request).
+    ///
+    /// With `hand_over`, if thinlayer's own mount is the only one of the
+    /// snapshot's filesystem and the root has room for a spare, the
+    /// filesystem is trimmed, the committed layer is a snapshot of the
+    /// device taken now (suspended around `create_snap`, which freezes the
+    /// filesystem: the copy is clean), and the device stays mounted as a
+    /// spare of the committed layer (see the `spares` module): a build or
+    /// an unpack prepares its next layer on the one it just committed, and
+    /// that Prepare only claims it. No unmount, no device taken down.
+    ///
+    /// Otherwise thinlayer's own mount goes first; if a client still holds
+    /// a bind mount of it, the committed layer is a copy taken now (see the
+    /// driver's commit). Either way the layer, its new key and its labels
+    /// are written in one record update.
     pub fn commit_snapshot(
         &self,
         key: &str,
         name: &str,
         labels: BTreeMap<String, String>,
-    ) -> Result<Layer> {
+        hand_over: bool,
+    ) -> Result<Committed> {
         validate_key(name)?;
         // A trim started after its Prepare ends first.
         if let Ok(l) = self.layer(key) {
@@ -274,6 +286,11 @@ impl Driver {
                 return Err(e);
             }
         }
+        if hand_over && op.may_hand_over(key)? {
+            let layer = op.commit_handing_over(key, name, labels)?;
+            failpoint::hit(failpoint::commit::AFTER_RECORD);
+            return Ok(Committed { layer, spare: true });
+        }
         // The unmount is recorded with the commit.
         let layer = op.saving_once(|op| {
             op.release_snapshot_mount(key, Then::Keep)?;
@@ -287,7 +304,10 @@ impl Driver {
             })
         })?;
         failpoint::hit(failpoint::commit::AFTER_RECORD);
-        Ok(layer)
+        Ok(Committed {
+            layer,
+            spare: false,
+        })
     }
 
     /// Changes a layer's labels with `edit` (which may refuse) and saves
@@ -314,6 +334,15 @@ pub(crate) fn is_unpack_key(key: &str) -> bool {
     key.rsplit('/')
         .next()
         .is_some_and(|k| k.starts_with("extract-"))
+}
+
+/// What [`Driver::commit_snapshot`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The committed layer.
+    pub layer: Layer,
+    /// The snapshot's mount was handed over as a spare of it.
+    pub spare: bool,
 }
 
 /// Where a containerd client mounts a snapshot from.
@@ -382,6 +411,57 @@ impl Op<'_> {
                 .activate(&l)
                 .map(|(dev, _)| SnapshotSource::Device(dev)),
         }
+    }
+
+    /// Whether the Commit of the active snapshot `key` may hand its mount
+    /// over as a spare (see [`Driver::commit_snapshot`]): thinlayer holds
+    /// it mounted, and that mount is the only one of its filesystem (a
+    /// client's bind mount left behind would go on writing into what would
+    /// become another snapshot), and the root holds fewer than
+    /// [`super::MAX_SPARES`] spares.
+    fn may_hand_over(&self, key: &str) -> Result<bool> {
+        let l = self.rec.tree.get(key)?;
+        if l.kind != Kind::Active
+            || l.mounts != 1
+            || self.rec.tree.spares.len() >= super::MAX_SPARES
+        {
+            return Ok(false);
+        }
+        let target = self.mount_path(l);
+        if !self.kernel().is_mount_point(&target)? {
+            return Ok(false);
+        }
+        let name = crate::thin::dm_name(&self.rec.pool.prefix, l.thin_id);
+        let Some(info) = self.kernel().dm_info(&name)? else {
+            return Ok(false);
+        };
+        let _s = crate::step!("mounts");
+        let mounts = self.kernel().mounts()?;
+        let of_it = mounts
+            .iter()
+            .filter(|m| m.devnum == Some(info.devnum))
+            .count();
+        Ok(of_it == 1)
+    }
+
+    /// Commits the active snapshot `key` as `name` with `labels`, handing
+    /// its mount over as a spare of it (see [`Driver::commit_snapshot`];
+    /// the caller has checked [`Op::may_hand_over`] and that `name` is
+    /// free). The trim's count is saved with the commit.
+    fn commit_handing_over(
+        &mut self,
+        key: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Layer> {
+        let l = self.rec.tree.get(key)?.clone();
+        let target = self.mount_path(&l);
+        self.trim(&target);
+        let mut layer = l.committed_as(name, super::now_ns());
+        layer.thin_id = self.allocate_id()?;
+        layer.labels = labels;
+        self.commit_copy(key, l.thin_id, &layer, true)?;
+        Ok(layer)
     }
 
     /// Drops thinlayer's own mount of the active snapshot `key`, if it has

@@ -122,6 +122,16 @@ impl Driver {
     /// Drops the spares of `parent` (`None`: of the base) to the pending
     /// removals, for a reap to free.
     pub fn drop_spares_of(&self, parent: Option<&str>) -> Result<()> {
+        // Mostly there are none (claimed already): seen without the lock.
+        let none = self.store.peek(|rec| {
+            !rec.tree
+                .spares
+                .iter()
+                .any(|s| s.parent.as_deref() == parent)
+        })?;
+        if none {
+            return Ok(());
+        }
         let mut op = self.begin()?;
         if op.drop_spares(parent).is_empty() {
             return Ok(());

@@ -48,6 +48,32 @@ impl World {
     fn check_invariants(&self) {
         self.on.check_invariants()
     }
+
+    /// Mounts the live device of thin id `id` as a client would, on a
+    /// directory of its own; returns that directory.
+    fn client_mount(&self, d: &Driver, id: ThinId) -> std::path::PathBuf {
+        let prefix = d.records().unwrap().pool.prefix;
+        let node = self
+            .sim
+            .dm_info(&crate::thin::dm_name(&prefix, id))
+            .unwrap()
+            .expect("the device is live")
+            .devnum
+            .dm_node();
+        let client = self.dir.path().join(format!("client-{id}"));
+        std::fs::create_dir(&client).unwrap();
+        self.sim
+            .mount(&MountRequest {
+                source: &node,
+                target: &client,
+                fstype: "ext4",
+                read_only: false,
+                nodev: false,
+                data: "",
+            })
+            .unwrap();
+        client
+    }
 }
 
 fn image(s: &str) -> ImageRef {
@@ -610,7 +636,8 @@ fn snapshot_calls_write_the_records_once_beyond_their_intent() {
     assert_eq!(d.tree().unwrap().get("ns/1/a").unwrap().mounts, 1);
     // Commit of an unmounted, closed device: the unmount and the commit.
     let before = saves();
-    d.commit_snapshot("ns/1/a", "ns/2/c", labels()).unwrap();
+    d.commit_snapshot("ns/1/a", "ns/2/c", labels(), false)
+        .unwrap();
     assert_eq!(saves() - before, 1, "Commit");
     d.create_snapshot("ns/3/b", Some("ns/2/c"), Kind::Active, labels())
         .unwrap();
@@ -783,26 +810,7 @@ fn a_removal_whose_device_a_client_holds_waits_for_it() {
         .create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
         .unwrap();
     // A client mounts the snapshot's device itself and keeps it.
-    let prefix = d.records().unwrap().pool.prefix;
-    let node = w
-        .sim
-        .dm_info(&crate::thin::dm_name(&prefix, l.thin_id))
-        .unwrap()
-        .unwrap()
-        .devnum
-        .dm_node();
-    let client = w.dir.path().join("client");
-    std::fs::create_dir(&client).unwrap();
-    w.sim
-        .mount(&MountRequest {
-            source: &node,
-            target: &client,
-            fstype: "ext4",
-            read_only: false,
-            nodev: false,
-            data: "",
-        })
-        .unwrap();
+    let client = w.client_mount(&d, l.thin_id);
     d.remove_snapshot("ns/1/a").unwrap();
     let r = d.reap_all().unwrap();
     assert_eq!((r.done, r.held), (0, 1), "held by the client");
@@ -823,7 +831,7 @@ fn a_prepare_claims_a_spare_and_a_parents_removal_drops_its_spares() {
     let (w, d) = World::new();
     d.create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
         .unwrap();
-    d.commit_snapshot("ns/1/a", "ns/2/img", BTreeMap::new())
+    d.commit_snapshot("ns/1/a", "ns/2/img", BTreeMap::new(), false)
         .unwrap();
     assert!(d.make_spare(Some("ns/2/img"), 2).unwrap());
     assert!(d.make_spare(Some("ns/2/img"), 2).unwrap());
@@ -940,10 +948,115 @@ fn a_new_snapshot_is_trimmed_once_while_mounted_and_a_committed_one_not() {
     w.sim.take_calls();
     d.pretrim("ns/1/a").unwrap();
     assert_eq!(w.sim.take_calls().get("trim"), Some(&1));
-    d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new())
+    d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), false)
         .unwrap();
     w.sim.take_calls();
     d.pretrim("ns/2/c").unwrap();
     d.pretrim("ns/9/none").unwrap();
     assert_eq!(w.sim.take_calls().get("trim"), None);
+}
+
+#[test]
+fn a_commit_hands_its_mount_over_unless_a_client_still_holds_one() {
+    let (w, d) = World::new();
+    let (a, _) = d
+        .create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
+        .unwrap();
+    w.sim.take_calls();
+    let c = d
+        .commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), true)
+        .unwrap();
+    assert!(c.spare);
+    assert_ne!(c.layer.thin_id, a.thin_id, "the committed layer is a copy");
+    let calls = w.sim.take_calls();
+    assert_eq!(calls.get("umount"), None, "{calls:?}");
+    assert_eq!(calls.get("dm_suspend"), Some(&1), "frozen for the copy");
+    let rec = d.records().unwrap();
+    assert!(!rec.tree.layers.contains_key("ns/1/a"));
+    assert_eq!(rec.tree.spares.len(), 1);
+    let spare = &rec.tree.spares[0];
+    assert_eq!(
+        (spare.thin_id, spare.parent.as_deref(), spare.mounted),
+        (a.thin_id, Some("ns/2/c"), true)
+    );
+    // The next Prepare on it claims it: no device made, nothing mounted.
+    let (b, source) = d
+        .create_snapshot("ns/3/b", Some("ns/2/c"), Kind::Active, BTreeMap::new())
+        .unwrap();
+    assert_eq!(b.thin_id, a.thin_id);
+    assert_eq!(source, SnapshotSource::Mounted(d.mount_path_of(a.thin_id)));
+    let calls = w.sim.take_calls();
+    assert_eq!(
+        (
+            calls.get("dm_create"),
+            calls.get("mount"),
+            calls.get("dm_message")
+        ),
+        (None, None, None),
+        "{calls:?}"
+    );
+
+    // A client's mount of it left behind: no hand-over, a copy as ever.
+    let client = w.client_mount(&d, b.thin_id);
+    let e = d
+        .commit_snapshot("ns/3/b", "ns/4/e", BTreeMap::new(), true)
+        .unwrap();
+    assert!(!e.spare);
+    let rec = d.records().unwrap();
+    assert!(rec.tree.spares.is_empty(), "{:?}", rec.tree.spares);
+    assert_eq!(rec.tree.retired, [b.thin_id]);
+    w.sim.umount(&client, false).unwrap();
+
+    // Nor with spares enough already.
+    let (f, _) = d
+        .create_snapshot("ns/5/f", Some("ns/4/e"), Kind::Active, BTreeMap::new())
+        .unwrap();
+    while d.make_spare(None, MAX_SPARES).unwrap() {}
+    assert_eq!(d.spares().unwrap().len(), MAX_SPARES);
+    let g = d
+        .commit_snapshot("ns/5/f", "ns/6/g", BTreeMap::new(), true)
+        .unwrap();
+    assert!(!g.spare);
+    assert_eq!(g.layer.thin_id, f.thin_id, "committed in place");
+
+    d.drop_spares().unwrap();
+    for key in ["ns/6/g", "ns/4/e", "ns/2/c"] {
+        d.remove_snapshot(key).unwrap();
+    }
+    d.reap_all().unwrap();
+    w.on.check_reaped();
+}
+
+#[test]
+fn a_commit_handing_its_mount_over_stopped_anywhere_is_whole_or_undone() {
+    for point in failpoint::commit::TRANSACTION.points() {
+        let (w, d) = World::new();
+        let (a, _) = d
+            .create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
+            .unwrap();
+        let stopped = catch_unwind(AssertUnwindSafe(|| {
+            failpoint::arm(point);
+            d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), true)
+        }));
+        failpoint::disarm();
+        assert!(stopped.is_err(), "{point}: not reached");
+        // The next operation settles it.
+        let d = w.open();
+        let tree = d.tree().unwrap();
+        let done = point == failpoint::commit::AFTER_RECORD;
+        assert_eq!(
+            (
+                tree.layers.contains_key("ns/2/c"),
+                tree.layers.contains_key("ns/1/a")
+            ),
+            (done, !done),
+            "{point}"
+        );
+        if !done {
+            assert_eq!(tree.get("ns/1/a").unwrap().thin_id, a.thin_id, "{point}");
+            assert!(tree.spares.is_empty(), "{point}: {:?}", tree.spares);
+        }
+        w.check_invariants();
+        drop(d);
+    }
 }

@@ -128,6 +128,15 @@ pub enum Intent {
         origin: ThinId,
         layer: Layer,
     },
+    /// `create_snap layer.thin_id origin` of the active layer `key`,
+    /// mounted by thinlayer alone: `layer` is the committed layer, a copy
+    /// of `key` taken at this instant; `key` goes, and its device (thin id
+    /// `origin`), mounted as it is, becomes a spare of `layer`.
+    CommitHandOver {
+        key: String,
+        origin: ThinId,
+        layer: Layer,
+    },
     /// `create_snap spare.thin_id origin`: a spare of `spare.parent`.
     CreateSpare { origin: ThinId, spare: Spare },
     /// `delete thin_id` of the layer `key` (or of an orphan or a retired
@@ -149,7 +158,7 @@ impl Intent {
             | Intent::CreateLayer { transaction, .. }
             | Intent::CommitCopy { transaction, .. }
             | Intent::Delete { transaction, .. } => *transaction,
-            Intent::CreateSpare { .. } => None,
+            Intent::CommitHandOver { .. } | Intent::CreateSpare { .. } => None,
         }
     }
 
@@ -157,7 +166,9 @@ impl Intent {
     pub fn thin_id(&self) -> ThinId {
         match self {
             Intent::CreateBase { thin_id, .. } | Intent::Delete { thin_id, .. } => *thin_id,
-            Intent::CreateLayer { layer, .. } | Intent::CommitCopy { layer, .. } => layer.thin_id,
+            Intent::CreateLayer { layer, .. }
+            | Intent::CommitCopy { layer, .. }
+            | Intent::CommitHandOver { layer, .. } => layer.thin_id,
             Intent::CreateSpare { spare, .. } => spare.thin_id,
         }
     }
@@ -168,14 +179,16 @@ impl Intent {
     /// layer (its caller may have been told it exists, since its result
     /// is saved atomically) and a delete (which cannot be undone). Rolled
     /// back: a grown layer (its filesystem may not have been grown), a
-    /// copy of a mounted layer (its caller still holds the active one)
-    /// and a spare (nobody needs it); their results are saved durably, so
+    /// copy of a mounted layer and one that hands the layer's mount over
+    /// (their caller still holds the active one) and a spare (nobody needs it); their results are saved durably, so
     /// no caller was told of them while their intent can still be found.
     pub fn completes(&self) -> bool {
         match self {
             Intent::CreateBase { .. } | Intent::Delete { .. } => true,
             Intent::CreateLayer { grow, .. } => !grow,
-            Intent::CommitCopy { .. } | Intent::CreateSpare { .. } => false,
+            Intent::CommitCopy { .. }
+            | Intent::CommitHandOver { .. }
+            | Intent::CreateSpare { .. } => false,
         }
     }
 

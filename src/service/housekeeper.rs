@@ -23,6 +23,10 @@
 //! second on, they find spares. The parents of snapshots containerd
 //! unpacks layers into are left out, as are Prepares that ask for their
 //! own size. Spares of a parent that drops out of the list are dropped.
+//! A Commit hands the committed snapshot's mount over as a spare of it
+//! (see [`Driver::commit_snapshot`]), for the Prepare of the next layer
+//! of a build or an unpack: kept [`HANDED`], then dropped unless the layer
+//! has become a parent that keeps spares.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +47,9 @@ pub const PARENTS: usize = 2;
 const SEEN: usize = 16;
 /// Spares per parent, unless told otherwise (`serve --spares`).
 pub const SPARES: usize = 2;
+/// How long a spare a Commit handed over waits for a Prepare on the
+/// committed snapshot.
+pub const HANDED: Duration = Duration::from_secs(10);
 /// Removals reaped per record write.
 const BATCH: usize = 16;
 /// How long stopping may spend on pending removals before leaving them to
@@ -61,6 +68,8 @@ struct Todo {
     seen: VecDeque<Option<String>>,
     /// Parents that dropped out of `parents`: their spares go.
     dropped: Vec<Option<String>>,
+    /// Committed snapshots whose Commit handed a spare over, and when.
+    handed: VecDeque<(String, Instant)>,
     /// New active snapshots to trim (see [`Driver::pretrim`]), with
     /// their parents.
     trims: Vec<(String, Option<String>)>,
@@ -169,9 +178,21 @@ impl Housekeeper {
         self.shared.tell(|t| t.trims.push((key, parent)));
     }
 
-    /// A snapshot was committed: its device may be idle.
-    pub fn committed(&self) {
-        self.shared.tell(|_| {});
+    /// Whether Commits hand their mounts over as spares (see
+    /// [`Driver::commit_snapshot`]): unless `serve --spares 0`.
+    pub fn keeps_spares(&self) -> bool {
+        self.shared.spares > 0
+    }
+
+    /// The snapshot `name` was committed: its device may be idle, or,
+    /// if its Commit handed its mount over (`spare`), that spare is kept
+    /// for [`HANDED`].
+    pub fn committed(&self, name: String, spare: bool) {
+        self.shared.tell(|t| {
+            if spare {
+                t.handed.push_back((name, Instant::now()));
+            }
+        });
     }
 
     /// A snapshot was prepared on `parent` (`None`: the base): from the
@@ -206,11 +227,14 @@ fn run(driver: &Driver, shared: &Shared) {
         let (parents, dropped, trims, stop) = {
             let mut t = shared.todo();
             if !t.news {
-                let timeout = if removals {
+                let mut timeout = if removals {
                     IDLE
                 } else {
                     Duration::from_secs(3600)
                 };
+                if let Some((_, at)) = t.handed.front() {
+                    timeout = timeout.min((*at + HANDED).saturating_duration_since(Instant::now()));
+                }
                 t = shared
                     .wake
                     .wait_timeout(t, timeout)
@@ -219,6 +243,18 @@ fn run(driver: &Driver, shared: &Shared) {
             }
             t.news = false;
             removals |= std::mem::take(&mut t.removed);
+            // Handed-over spares no Prepare claimed in time go, unless
+            // their layer now keeps spares.
+            while let Some((name, at)) = t.handed.front() {
+                if at.elapsed() < HANDED {
+                    break;
+                }
+                let name = Some(name.clone());
+                t.handed.pop_front();
+                if !t.parents.contains(&name) {
+                    t.dropped.push(name);
+                }
+            }
             (
                 t.parents.clone(),
                 std::mem::take(&mut t.dropped),

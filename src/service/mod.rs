@@ -448,13 +448,15 @@ impl Snapshotter for Snapshots {
         labels: HashMap<String, String>,
     ) -> Result<(), Status> {
         tracing::debug!(name, key, "commit");
-        self.run("commit", move |d| {
-            let l = d.commit_snapshot(&key, &name, labels.into_iter().collect())?;
-            tracing::info!(key, name, thin_id = %l.thin_id, "committed");
-            Ok(())
-        })
-        .await?;
-        self.keeper.committed();
+        let hand_over = self.keeper.keeps_spares();
+        let (name, spare) = self
+            .run("commit", move |d| {
+                let c = d.commit_snapshot(&key, &name, labels.into_iter().collect(), hand_over)?;
+                tracing::info!(key, name, thin_id = %c.layer.thin_id, spare = c.spare, "committed");
+                Ok((name, c.spare))
+            })
+            .await?;
+        self.keeper.committed(name, spare);
         Ok(())
     }
 

@@ -420,27 +420,40 @@ async fn unpack_then_run_then_clean_up() {
 #[tokio::test]
 async fn a_commit_stopped_after_its_record_is_whole() {
     let (_dir, s) = service();
-    s.prepare("default/1/a".into(), String::new(), HashMap::new())
-        .await
-        .unwrap();
-    // Armed on the blocking thread that runs the commit: it panics there.
-    let d = s.driver.clone();
-    let crashed = tokio::task::spawn_blocking(move || {
-        crate::failpoint::arm(crate::failpoint::commit::AFTER_RECORD);
-        d.commit_snapshot(
-            "default/1/a",
-            "default/2/b",
-            [("k".to_string(), "v".to_string())].into(),
-        )
-    })
-    .await;
-    assert!(crashed.is_err(), "the failpoint stopped the commit");
-    // The driver keeps nothing in memory: this reads the records afresh.
-    let tree = s.driver.tree().unwrap();
-    assert!(!tree.layers.contains_key("default/1/a"));
-    let b = tree.get("default/2/b").unwrap();
-    assert_eq!((b.kind, b.pinned), (Kind::Committed, false));
-    assert_eq!(b.labels["k"], "v");
+    // Unmounted, and with the mount handed over as a spare.
+    for (n, hand_over) in [(1, false), (2, true)] {
+        let (key, name) = (format!("default/{n}/a"), format!("default/{n}/b"));
+        s.prepare(key.clone(), String::new(), HashMap::new())
+            .await
+            .unwrap();
+        let origin = s.driver.layer(&key).unwrap().thin_id;
+        // Armed on the blocking thread that runs the commit: it panics there.
+        let d = s.driver.clone();
+        let (k, c) = (key.clone(), name.clone());
+        let crashed = tokio::task::spawn_blocking(move || {
+            crate::failpoint::arm(crate::failpoint::commit::AFTER_RECORD);
+            d.commit_snapshot(
+                &k,
+                &c,
+                [("k".to_string(), "v".to_string())].into(),
+                hand_over,
+            )
+        })
+        .await;
+        assert!(crashed.is_err(), "the failpoint stopped the commit");
+        // The driver keeps nothing in memory: this reads the records afresh.
+        let tree = s.driver.tree().unwrap();
+        assert!(!tree.layers.contains_key(&key));
+        let b = tree.get(&name).unwrap();
+        assert_eq!((b.kind, b.pinned), (Kind::Committed, false));
+        assert_eq!(b.labels["k"], "v");
+        // Handed over: a copy, and the old device a spare, dropped to
+        // the pending removals when the crash is found.
+        assert_eq!(b.thin_id != origin, hand_over, "{b:?}");
+        if hand_over {
+            assert!(tree.is_removal(origin), "{tree:?}");
+        }
+    }
 }
 
 #[tokio::test]

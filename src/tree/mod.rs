@@ -96,6 +96,22 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The committed layer `key` this active layer becomes, at `at_ns`
+    /// nanoseconds since the epoch: unpinned, unmounted, its thin id and
+    /// labels still this one's.
+    pub fn committed_as(&self, key: &str, at_ns: u64) -> Layer {
+        Layer {
+            key: key.to_string(),
+            kind: Kind::Committed,
+            pinned: false,
+            mounts: 0,
+            created: at_ns / 1_000_000_000,
+            created_ns: at_ns,
+            updated_ns: 0,
+            ..self.clone()
+        }
+    }
+
     /// The creation time in nanoseconds since the epoch (whole seconds
     /// for layers recorded before nanoseconds were kept).
     pub fn created_at_ns(&self) -> u64 {

@@ -1120,13 +1120,16 @@ fn containerd_point(
     let args: &[&str] = match call {
         "Prepare" | "PrepareSpare" | "PrepareClaim" => &["prepare", "victim", "base"],
         "View" => &["view", "victim", "base"],
-        "Commit" | "CommitMounted" => &["commit", "victim-c", "victim"],
+        "Commit" | "CommitMounted" | "CommitHandOver" => &["commit", "victim-c", "victim"],
         "Update" => &["label", "victim", LABEL],
         "Remove" => &["rm", "victim"],
         other => panic!("no such call {other}"),
     };
     // Spares only where they are what is killed.
-    cl.spares = Some(u8::from(matches!(call, "PrepareSpare" | "PrepareClaim")));
+    cl.spares = Some(u8::from(matches!(
+        call,
+        "PrepareSpare" | "PrepareClaim" | "CommitHandOver"
+    )));
     let needs_victim = !matches!(call, "Prepare" | "View" | "PrepareSpare" | "PrepareClaim");
     if needs_victim {
         snap_ok(cl, &["prepare", "victim", "base"]);
@@ -1177,7 +1180,7 @@ fn containerd_point(
             assert_eq!(has("victim"), 1, "{what}: {names:?}")
         }
         "PrepareClaim" => assert_eq!(has("victim"), 1, "{what}: {names:?}"),
-        "Commit" | "CommitMounted" => {
+        "Commit" | "CommitMounted" | "CommitHandOver" => {
             let done = point == "commit.after-record";
             assert_eq!(
                 (has("victim-c"), has("victim")),
@@ -1195,7 +1198,7 @@ fn containerd_point(
         _ => assert_eq!(has("victim"), 0, "{what}: {names:?}"),
     }
     // Done again from a clean start, then undone.
-    if matches!(call, "Commit" | "CommitMounted") {
+    if matches!(call, "Commit" | "CommitMounted" | "CommitHandOver") {
         // A Commit killed after thinlayer's record leaves containerd with
         // the consumed active key: its listing skips it (the snapshotter
         // no longer knows it), its removal clears it.

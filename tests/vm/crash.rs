@@ -133,6 +133,9 @@ pub const CONTAINERD_ROWS: &[(&str, &[Point])] = &[
     // A Commit of a snapshot its client still has mounted: the committed
     // layer is a snapshot taken at the commit, one more transaction.
     ("CommitMounted", &commit::TRANSACTION.points()),
+    // A Commit that hands thinlayer's mount over as a spare of the
+    // committed snapshot: a copy taken at the commit, as above.
+    ("CommitHandOver", &commit::TRANSACTION.points()),
     ("Update", labels::POINTS),
     // The removal's record in the call, its kernel work in the background.
     ("Remove", REMOVE),

@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use thinlayer::Driver;
-use thinlayer::driver::SnapshotSource;
+use thinlayer::driver::{MAX_SIZE_LABEL, SnapshotSource};
 use thinlayer::kernel::Kernel;
 use thinlayer::pool::{Pool, PoolConfig, PoolOptions, PoolSource, SourceOptions};
 use thinlayer::tree::Kind;
@@ -293,36 +293,15 @@ fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
             .unwrap();
             // Written, not synced: the commit itself must get it to the disk.
             fs::write(held.join("before"), b"in the layer").unwrap();
-            d.commit_snapshot("a", "c", BTreeMap::new()).unwrap();
+            // Asked to hand its mount over as a spare, it cannot: the
+            // client's mount would write into another snapshot.
+            let c = d.commit_snapshot("a", "c", BTreeMap::new(), true).unwrap();
+            assert!(!c.spare, "{fs_kind}: a held mount was handed over");
             fs::write(held.join("after"), b"not in the layer").unwrap();
             fs::write(held.join("before"), b"changed after the commit").unwrap();
             nix::unistd::sync();
 
-            let (_, source) = d
-                .create_snapshot("v", Some("c"), Kind::View, BTreeMap::new())
-                .unwrap();
-            let SnapshotSource::Device(vdev) = source else {
-                panic!("a view is its read-only device: {source:?}");
-            };
-            let seen = fx.dir.join("seen");
-            fs::create_dir_all(&seen).unwrap();
-            fx.kernel
-                .mount(&thinlayer::kernel::MountRequest {
-                    source: &vdev,
-                    target: &seen,
-                    fstype: fs_kind,
-                    read_only: true,
-                    nodev: true,
-                    data: fs_opts.mount_options(true),
-                })
-                .unwrap();
-            assert_eq!(fs::read(seen.join("before")).unwrap(), b"in the layer");
-            assert!(
-                !seen.join("after").exists(),
-                "{fs_kind}: a write after the commit leaked"
-            );
-            fx.kernel.umount(&seen, false).unwrap();
-            d.remove("v", false).unwrap();
+            committed_as_written(fx, &d, fs_opts, "c");
 
             let retired = d.tree().unwrap().retired;
             assert_eq!(retired.len(), 1, "the held device's thin id is kept");
@@ -345,4 +324,101 @@ fn a_layer_committed_while_mounted_is_frozen_at_the_commit() {
             d.remove("c", false).unwrap();
         });
     }
+}
+
+/// A Commit hands the snapshot's mount over as a spare of the committed
+/// layer, and the next Prepare on it claims that mount. The committed
+/// layer is what was written before the Commit, synced by it, on a clean
+/// filesystem (a read-only view mounts without recovery); what the new
+/// snapshot writes reaches neither it nor its view.
+#[test]
+fn a_commit_hands_its_mount_over_to_the_next_prepare() {
+    for fs_kind in ["ext4", "xfs"] {
+        fixture::run(&format!("commit-hand-over-{fs_kind}"), |fx| {
+            fx.init_pool("2G", "32M", Some("1G"), &["--fs", fs_kind]);
+            let fs_opts = match fs_kind {
+                "xfs" => thinlayer::fs::FsKind::Xfs,
+                _ => thinlayer::fs::FsKind::Ext4,
+            };
+            let d = Driver::open(&fx.root, fx.kernel.clone()).unwrap();
+            let (a, source) = d
+                .create_snapshot("a", None, Kind::Active, BTreeMap::new())
+                .unwrap();
+            let SnapshotSource::Mounted(dir) = source else {
+                panic!("thinlayer mounts an active snapshot itself: {source:?}");
+            };
+            // Written, not synced: the commit itself must get it to the disk.
+            fs::write(dir.join("before"), b"in the layer").unwrap();
+            let c = d.commit_snapshot("a", "c", BTreeMap::new(), true).unwrap();
+            assert!(c.spare, "{fs_kind}: nothing else held the mount");
+            assert_ne!(c.layer.thin_id, a.thin_id, "the committed layer is a copy");
+            let spares = d.spares().unwrap();
+            assert_eq!(spares.len(), 1, "{spares:?}");
+            assert_eq!(
+                (
+                    spares[0].thin_id,
+                    spares[0].parent.as_deref(),
+                    spares[0].mounted
+                ),
+                (a.thin_id, Some("c"), true)
+            );
+            assert!(fx.kernel.is_mount_point(&dir).unwrap(), "still mounted");
+
+            let (b, source) = d
+                .create_snapshot("b", Some("c"), Kind::Active, BTreeMap::new())
+                .unwrap();
+            assert_eq!(b.thin_id, a.thin_id, "the Prepare claimed the spare");
+            assert_eq!(source, SnapshotSource::Mounted(dir.clone()));
+            assert!(d.spares().unwrap().is_empty());
+            assert_eq!(fs::read(dir.join("before")).unwrap(), b"in the layer");
+            fs::write(dir.join("after"), b"not in the layer").unwrap();
+            fs::write(dir.join("before"), b"changed in the child").unwrap();
+            nix::unistd::sync();
+
+            committed_as_written(fx, &d, fs_opts, "c");
+            // A larger child: ext4 is grown unmounted by resize2fs, which
+            // refuses a filesystem whose journal needs recovery.
+            let size = (c.layer.device_size.0 + (512 << 20)).to_string();
+            let labels = BTreeMap::from([(MAX_SIZE_LABEL.to_string(), size)]);
+            d.create_snapshot("g", Some("c"), Kind::Active, labels)
+                .unwrap();
+            for key in ["g", "b", "c"] {
+                d.remove_snapshot(key).unwrap();
+            }
+            let r = d.reap_all().unwrap();
+            assert_eq!((r.done, r.held, r.failed), (3, 0, 0), "{fs_kind}");
+        });
+    }
+}
+
+/// Checks, through a read-only view mounted without log recovery (as
+/// every view is, so the committed layer's filesystem must be clean), that
+/// the committed layer `parent` holds the file `before` as written before
+/// its Commit and no file `after`.
+fn committed_as_written(fx: &Fixture, d: &Driver, fs_kind: thinlayer::fs::FsKind, parent: &str) {
+    let (_, source) = d
+        .create_snapshot("v", Some(parent), Kind::View, BTreeMap::new())
+        .unwrap();
+    let SnapshotSource::Device(vdev) = source else {
+        panic!("a view is its read-only device: {source:?}");
+    };
+    let seen = fx.dir.join("seen");
+    fs::create_dir_all(&seen).unwrap();
+    fx.kernel
+        .mount(&thinlayer::kernel::MountRequest {
+            source: &vdev,
+            target: &seen,
+            fstype: fs_kind.name(),
+            read_only: true,
+            nodev: true,
+            data: fs_kind.mount_options(true),
+        })
+        .unwrap();
+    assert_eq!(fs::read(seen.join("before")).unwrap(), b"in the layer");
+    assert!(
+        !seen.join("after").exists(),
+        "{fs_kind:?}: a write after the commit reached the committed layer"
+    );
+    fx.kernel.umount(&seen, false).unwrap();
+    d.remove("v", false).unwrap();
 }
