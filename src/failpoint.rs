@@ -153,8 +153,11 @@ operations! {
     }
     /// Committing a layer: in place (`AFTER_RECORD` where the caller names
     /// an image or sets labels), or, for a layer whose device is open, as a
-    /// snapshot (the transaction).
-    commit = "commit" [transaction] {}
+    /// snapshot (the transaction); one that hands its mount over is
+    /// remounted read-only inside the transaction, before the message.
+    commit = "commit" [transaction] {
+        AFTER_READ_ONLY = "after-read-only",
+    }
     /// Removing a layer: it leaves the tree for the pending removals, in
     /// one record write (see [`reap`] for the rest).
     remove = "remove" {

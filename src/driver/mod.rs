@@ -353,6 +353,28 @@ impl Driver {
         Ok(target)
     }
 
+    /// Remounts thinlayer's own mount of thin id `id` (an active snapshot
+    /// or a spare, mounted as [`Driver::mount_unlocked`] mounts them)
+    /// read-only or read-write again.
+    fn remount_own(&self, id: ThinId, read_only: bool) -> Result<()> {
+        let fs = self.store.peek(|rec| rec.pool.filesystem)?;
+        let target = self.mount_path_of(id);
+        let request = MountRequest {
+            source: Path::new("none"),
+            target: &target,
+            fstype: fs.name(),
+            read_only,
+            nodev: false,
+            data: fs.mount_options(false),
+        };
+        let _s = if read_only {
+            crate::step!("remount_ro")
+        } else {
+            crate::step!("remount_rw")
+        };
+        self.kernel.remount(&request)
+    }
+
     /// Takes the lock, reads the records, brings the pool up and settles any
     /// interrupted operation.
     fn begin(&self) -> Result<Op<'_>> {
@@ -1238,7 +1260,7 @@ impl Op<'_> {
         };
         if open {
             layer.thin_id = self.allocate_id()?;
-            self.commit_copy(key, l.thin_id, &layer, false)?;
+            self.commit_copy(key, l.thin_id, &layer)?;
             // The holder keeps the device; it goes at its last close.
             self.deactivate(&l)?;
             return Ok(layer);
@@ -1261,27 +1283,14 @@ impl Op<'_> {
     /// Commits the active layer `key`, of thin id `origin`, as `layer`, a
     /// snapshot of it taken now under a new thin id: the device is
     /// suspended around the `create_snap`, which freezes a filesystem
-    /// mounted on it, so the copy is clean. `origin` is then retired, or,
-    /// with `hand_over`, a spare of `layer` (see
-    /// [`Driver::commit_snapshot`]).
-    fn commit_copy(
-        &mut self,
-        key: &str,
-        origin: ThinId,
-        layer: &Layer,
-        hand_over: bool,
-    ) -> Result<()> {
-        let (key, new) = (key.to_string(), layer.thin_id);
-        let layer = layer.clone();
-        let intent = if hand_over {
-            Intent::CommitHandOver { key, origin, layer }
-        } else {
-            Intent::CommitCopy {
-                transaction: None,
-                key,
-                origin,
-                layer,
-            }
+    /// mounted on it, so the copy is clean. `origin` is retired.
+    fn commit_copy(&mut self, key: &str, origin: ThinId, layer: &Layer) -> Result<()> {
+        let new = layer.thin_id;
+        let intent = Intent::CommitCopy {
+            transaction: None,
+            key: key.to_string(),
+            origin,
+            layer: layer.clone(),
         };
         self.transact(failpoint::commit::TRANSACTION, intent, |t| {
             t.snapshot(new, origin)

@@ -183,6 +183,12 @@ impl Op<'_> {
             let id = intent.thin_id();
             tracing::info!(thin_id = id.get(), "rolling back an interrupted create");
             self.release_grow_mount(id)?;
+            // A Commit handing its mount over left it read-only.
+            if let Intent::CommitHandOver { origin, .. } = &intent
+                && self.kernel().is_mount_point(&self.mount_path_of(*origin))?
+            {
+                self.driver.remount_own(*origin, false)?;
+            }
             let pool = self.pool();
             let thins = Thins { pool: &pool };
             thins.deactivate(id)?;

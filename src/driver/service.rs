@@ -29,6 +29,8 @@ use std::path::PathBuf;
 use super::{Driver, Op, Then, grow};
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::kernel::Suspend;
+use crate::records::Intent;
 use crate::tree::{Kind, Layer, validate_key};
 use crate::units::ThinId;
 
@@ -286,11 +288,16 @@ impl Driver {
                 return Err(e);
             }
         }
+        let mut labels = Some(labels);
         if hand_over && op.may_hand_over(key)? {
-            let layer = op.commit_handing_over(key, name, labels)?;
-            failpoint::hit(failpoint::commit::AFTER_RECORD);
-            return Ok(Committed { layer, spare: true });
+            let all = labels.take().expect("not taken yet");
+            if let Some(layer) = op.commit_handing_over(key, name, all.clone())? {
+                failpoint::hit(failpoint::commit::AFTER_RECORD);
+                return Ok(Committed { layer, spare: true });
+            }
+            labels = Some(all);
         }
+        let labels = labels.expect("put back");
         // The unmount is recorded with the commit.
         let layer = op.saving_once(|op| {
             op.release_snapshot_mount(key, Then::Keep)?;
@@ -428,7 +435,7 @@ impl Op<'_> {
             return Ok(false);
         }
         let target = self.mount_path(l);
-        if !self.kernel().is_mount_point(&target)? {
+        if !l.snapshotter || !self.kernel().is_mount_point(&target)? {
             return Ok(false);
         }
         let name = crate::thin::dm_name(&self.rec.pool.prefix, l.thin_id);
@@ -447,21 +454,52 @@ impl Op<'_> {
     /// Commits the active snapshot `key` as `name` with `labels`, handing
     /// its mount over as a spare of it (see [`Driver::commit_snapshot`];
     /// the caller has checked [`Op::may_hand_over`] and that `name` is
-    /// free). The trim's count is saved with the commit.
+    /// free). Returns `None`, with nothing changed but a trim, when its
+    /// filesystem cannot be made read-only (a file on it is open for
+    /// writing).
+    ///
+    /// The filesystem is trimmed, then remounted read-only, which writes
+    /// it back and leaves it clean (ext4's journal, xfs's log); with
+    /// nothing in flight, the device's suspend around `create_snap` need
+    /// not freeze it (a freeze waits for three of the kernel's grace
+    /// periods). It is remounted read-write before the commit is
+    /// recorded; an intent rolled back after a crash remounts it too.
     fn commit_handing_over(
         &mut self,
         key: &str,
         name: &str,
         labels: BTreeMap<String, String>,
-    ) -> Result<Layer> {
+    ) -> Result<Option<Layer>> {
         let l = self.rec.tree.get(key)?.clone();
         let target = self.mount_path(&l);
         self.trim(&target);
         let mut layer = l.committed_as(name, super::now_ns());
         layer.thin_id = self.allocate_id()?;
         layer.labels = labels;
-        self.commit_copy(key, l.thin_id, &layer, true)?;
-        Ok(layer)
+        let intent = Intent::CommitHandOver {
+            key: key.to_string(),
+            origin: l.thin_id,
+            layer: layer.clone(),
+        };
+        let (new, origin) = (layer.thin_id, l.thin_id);
+        let mut busy = false;
+        let committed = self.transact_with(failpoint::commit::TRANSACTION, intent, |op, t| {
+            if let Err(e) = op.driver.remount_own(origin, true) {
+                busy = e.errno() == Some(nix::errno::Errno::EBUSY);
+                return Err(e);
+            }
+            failpoint::hit(failpoint::commit::AFTER_READ_ONLY);
+            let sent = t.snapshot_suspending(new, origin, Suspend::Flush);
+            sent.and(op.driver.remount_own(origin, false))
+        });
+        match committed {
+            Ok(()) => Ok(Some(layer)),
+            Err(e) if busy => {
+                tracing::debug!(key, error = %e, "cannot hand the mount over");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops thinlayer's own mount of the active snapshot `key`, if it has

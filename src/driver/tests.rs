@@ -408,7 +408,10 @@ fn stale_devices_and_mounts_are_cleaned() {
     // A device activated and suspended by a process that then died.
     d.activate_layer("c").unwrap();
     w.sim
-        .dm_suspend(&format!("{}-{id}", rec.pool.prefix), true)
+        .dm_suspend(
+            &format!("{}-{id}", rec.pool.prefix),
+            crate::kernel::Suspend::Freeze,
+        )
         .unwrap();
     d.status().unwrap();
     assert_eq!(w.sim.dm_list().unwrap().len(), 1, "only the pool is left");
@@ -425,7 +428,9 @@ fn an_operation_that_died_makes_the_next_one_check_every_device() {
     let dev = format!("{}-{}", rec.pool.prefix, rec.tree.layers["a"].thin_id);
     // A process dies half-way through mounting `b`, after something
     // (say, a snapshot of `a`'s device) had suspended `a`.
-    w.sim.dm_suspend(&dev, true).unwrap();
+    w.sim
+        .dm_suspend(&dev, crate::kernel::Suspend::Freeze)
+        .unwrap();
     crate::failpoint::arm(crate::failpoint::mount::AFTER_MOUNT);
     let died = catch_unwind(AssertUnwindSafe(|| d.mount("b")));
     crate::failpoint::disarm();
@@ -962,7 +967,25 @@ fn a_commit_hands_its_mount_over_unless_a_client_still_holds_one() {
     let (a, _) = d
         .create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())
         .unwrap();
+    // A remount that fails: the Commit fails, the snapshot stays active
+    // and mounted as it was.
+    w.sim.fail_once("remount:");
+    d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), true)
+        .unwrap_err();
+    let rec = d.records().unwrap();
+    assert_eq!(rec.tree.get("ns/1/a").unwrap().mounts, 1);
+    assert!(rec.pending.is_none() && rec.tree.spares.is_empty());
+    assert!(!rec.tree.layers.contains_key("ns/2/c"));
+    w.check_invariants();
+    // So does a `create_snap` that fails, its mount made writable again.
+    w.sim.fail_once("message:create_snap");
     w.sim.take_calls();
+    d.commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), true)
+        .unwrap_err();
+    assert_eq!(w.sim.take_calls().get("remount"), Some(&3), "ro, rw, rw");
+    assert_eq!(d.records().unwrap().tree.get("ns/1/a").unwrap().mounts, 1);
+    w.check_invariants();
+
     let c = d
         .commit_snapshot("ns/1/a", "ns/2/c", BTreeMap::new(), true)
         .unwrap();
@@ -970,7 +993,8 @@ fn a_commit_hands_its_mount_over_unless_a_client_still_holds_one() {
     assert_ne!(c.layer.thin_id, a.thin_id, "the committed layer is a copy");
     let calls = w.sim.take_calls();
     assert_eq!(calls.get("umount"), None, "{calls:?}");
-    assert_eq!(calls.get("dm_suspend"), Some(&1), "frozen for the copy");
+    assert_eq!(calls.get("remount"), Some(&2), "read-only, then back");
+    assert_eq!(calls.get("dm_suspend"), Some(&1), "suspended for the copy");
     let rec = d.records().unwrap();
     assert!(!rec.tree.layers.contains_key("ns/1/a"));
     assert_eq!(rec.tree.spares.len(), 1);
@@ -1029,7 +1053,7 @@ fn a_commit_hands_its_mount_over_unless_a_client_still_holds_one() {
 
 #[test]
 fn a_commit_handing_its_mount_over_stopped_anywhere_is_whole_or_undone() {
-    for point in failpoint::commit::TRANSACTION.points() {
+    for point in failpoint::commit::POINTS.iter().copied() {
         let (w, d) = World::new();
         let (a, _) = d
             .create_snapshot("ns/1/a", None, Kind::Active, BTreeMap::new())

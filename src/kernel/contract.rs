@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use nix::errno::Errno;
 
-use super::{Kernel, MountRequest, Target};
+use super::{Kernel, MountRequest, Suspend, Target};
 use crate::error::Result;
 use crate::pool::{KernelPoolStatus, PoolState};
 use crate::units::{Bytes, Sectors};
@@ -194,7 +194,8 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
         errno_of("delete a live thin id", msg("delete 0")),
         Some(Errno::EBUSY)
     );
-    k.dm_suspend(&thin, true).expect("suspend the origin");
+    k.dm_suspend(&thin, Suspend::Freeze)
+        .expect("suspend the origin");
     assert!(k.dm_info(&thin).unwrap().is_some_and(|i| i.suspended));
     msg("create_snap 1 0").expect("create_snap 1 0");
     k.dm_resume(&thin).expect("resume the origin");
@@ -209,7 +210,8 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     k.dm_load(&thin, &thin_table(THIN * 2))
         .expect("load a longer table");
     assert_eq!(k.dm_table(&thin).unwrap()[0].length, sectors(THIN));
-    k.dm_suspend(&thin, true).expect("suspend for the reload");
+    k.dm_suspend(&thin, Suspend::Freeze)
+        .expect("suspend for the reload");
     k.dm_resume(&thin).expect("resume with the new table");
     assert_eq!(k.dm_table(&thin).unwrap()[0].length, sectors(THIN * 2));
 
@@ -234,7 +236,8 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     // device; what was mapped stays mapped.
     k.dm_load(&thin, &thin_table(THIN * 3))
         .expect("load a longer table");
-    k.dm_suspend(&thin, true).expect("suspend for the reload");
+    k.dm_suspend(&thin, Suspend::Freeze)
+        .expect("suspend for the reload");
     k.dm_resume(&thin).expect("resume with the new table");
     k.grow_fs(&node, "resize2fs", &["-f".to_string()])
         .expect("grow the filesystem");

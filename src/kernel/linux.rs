@@ -13,7 +13,9 @@ use devicemapper::{DM, DevId, DmError, DmFlags, DmName, DmOptions, errors as dme
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
-use super::{DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Target};
+use super::{
+    DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Suspend, Target,
+};
 use crate::error::{Error, Result};
 use crate::units::{Bytes, Sectors};
 
@@ -214,12 +216,14 @@ impl Kernel for Linux {
         Ok(())
     }
 
-    fn dm_suspend(&self, name: &str, flush: bool) -> Result<()> {
+    fn dm_suspend(&self, name: &str, how: Suspend) -> Result<()> {
         let dm = self.dm()?;
-        let mut flags = DmFlags::DM_SUSPEND;
-        if !flush {
-            flags |= DmFlags::DM_NOFLUSH;
-        }
+        let flags = DmFlags::DM_SUSPEND
+            | match how {
+                Suspend::Freeze => DmFlags::empty(),
+                Suspend::Flush => DmFlags::DM_SKIP_LOCKFS,
+                Suspend::NoFlush => DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS,
+            };
         dm.device_suspend(
             &DevId::Name(dm_name(name)?),
             DmOptions::default().set_flags(flags),
@@ -491,20 +495,39 @@ impl Kernel for Linux {
     /// its mtime) would write its inode, copying a pool block of inode
     /// table into the container's layer: reading must not write.
     fn mount(&self, r: &MountRequest<'_>) -> Result<()> {
-        let mut flags = MsFlags::MS_NOATIME;
-        if r.nodev {
-            flags |= MsFlags::MS_NODEV;
-        }
-        if r.read_only {
-            flags |= MsFlags::MS_RDONLY;
-        }
         let data = (!r.data.is_empty()).then_some(r.data);
-        nix::mount::mount(Some(r.source), r.target, Some(r.fstype), flags, data).map_err(|e| {
+        nix::mount::mount(
+            Some(r.source),
+            r.target,
+            Some(r.fstype),
+            mount_flags(r),
+            data,
+        )
+        .map_err(|e| {
             Error::kernel(
                 "mount",
                 format!("{} on {}", r.source.display(), r.target.display()),
                 Some(e),
                 format!("{} (type {}, options {:?})", e.desc(), r.fstype, r.data),
+            )
+        })
+    }
+
+    fn remount(&self, r: &MountRequest<'_>) -> Result<()> {
+        let data = (!r.data.is_empty()).then_some(r.data);
+        // The mount's own flags are set again with the filesystem's.
+        let flags = mount_flags(r) | MsFlags::MS_REMOUNT;
+        nix::mount::mount(None::<&str>, r.target, None::<&str>, flags, data).map_err(|e| {
+            Error::kernel(
+                "remount",
+                r.target.display().to_string(),
+                Some(e),
+                format!(
+                    "{} (read-only: {}, options {:?})",
+                    e.desc(),
+                    r.read_only,
+                    r.data
+                ),
             )
         })
     }
@@ -635,6 +658,18 @@ impl Kernel for Linux {
 
 /// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTS ... - FSTYPE SOURCE SUPER`.
 /// Targets escape space, tab, newline and backslash as octal.
+/// The flags of a mount `r` asks for: never atime updates.
+fn mount_flags(r: &MountRequest<'_>) -> MsFlags {
+    let mut flags = MsFlags::MS_NOATIME;
+    if r.nodev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if r.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    flags
+}
+
 pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {

@@ -113,6 +113,20 @@ pub struct MountEntry {
     pub fstype: String,
 }
 
+/// How a device is suspended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suspend {
+    /// Queued I/O finishes first, and a filesystem mounted on it is
+    /// frozen (and thawed at the resume): a freeze waits for the kernel's
+    /// grace periods, tens of milliseconds in an emulated VM.
+    Freeze,
+    /// Queued I/O finishes first; a filesystem on it is left as it is
+    /// (read-only, or otherwise quiet: the caller has seen to it).
+    Flush,
+    /// Queued I/O stays queued; nothing is frozen.
+    NoFlush,
+}
+
 /// How a filesystem is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountRequest<'a> {
@@ -140,8 +154,8 @@ pub trait Kernel: Send + Sync {
     fn dm_create(&self, name: &str, table: &[Target], read_only: bool) -> Result<DmInfo>;
     /// Loads `table` into the inactive slot; a resume makes it live.
     fn dm_load(&self, name: &str, table: &[Target]) -> Result<()>;
-    /// Suspends a device. `flush` lets queued I/O finish first.
-    fn dm_suspend(&self, name: &str, flush: bool) -> Result<()>;
+    /// Suspends a device, as `how` says.
+    fn dm_suspend(&self, name: &str, how: Suspend) -> Result<()>;
     fn dm_resume(&self, name: &str) -> Result<()>;
     /// Removes a device. `deferred` lets the kernel remove a busy device when
     /// its last holder closes it, instead of failing with EBUSY.
@@ -187,6 +201,12 @@ pub trait Kernel: Send + Sync {
     fn dm_wait_event(&self, timeout: std::time::Duration) -> Result<()>;
 
     fn mount(&self, request: &MountRequest<'_>) -> Result<()>;
+    /// Changes the filesystem mounted at `request.target` (its source is
+    /// not used) to `request`'s flags and options (MS_REMOUNT): read-only
+    /// writes back and cleans the filesystem (ext4's journal, xfs's log);
+    /// read-write makes it writable again. EBUSY: a file on it is open for
+    /// writing.
+    fn remount(&self, request: &MountRequest<'_>) -> Result<()>;
     /// Unmounts `target`; `lazy` detaches it even while busy (MNT_DETACH).
     fn umount(&self, target: &Path, lazy: bool) -> Result<()>;
     /// This process's mount table.

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 
-use super::{DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Target};
+use super::{
+    DevNum, DmInfo, Kernel, LoopAttachment, LoopInfo, MountEntry, MountRequest, Suspend, Target,
+};
 use crate::error::{Error, Result};
 use crate::units::Bytes;
 
@@ -449,7 +451,7 @@ impl Kernel for Sim {
         Ok(())
     }
 
-    fn dm_suspend(&self, name: &str, _flush: bool) -> Result<()> {
+    fn dm_suspend(&self, name: &str, _how: Suspend) -> Result<()> {
         self.count("dm_suspend");
         let mut s = self.lock();
         s.fail("suspend", name)?;
@@ -800,6 +802,16 @@ impl Kernel for Sim {
             target: r.target.to_path_buf(),
             fstype: r.fstype.to_string(),
         });
+        Ok(())
+    }
+
+    fn remount(&self, r: &MountRequest<'_>) -> Result<()> {
+        self.count("remount");
+        let mut s = self.lock();
+        s.fail("remount", &r.target.to_string_lossy())?;
+        if !s.mounts.iter().any(|m| m.target == r.target) {
+            return Err(kerr("remount", &r.target.to_string_lossy(), Errno::EINVAL));
+        }
         Ok(())
     }
 

@@ -29,7 +29,7 @@ pub use status::{KernelPoolStatus, META_BLOCK, PoolMode, PoolState};
 
 use crate::error::{Error, Result};
 use crate::fs::FsKind;
-use crate::kernel::{DevNum, Kernel, Target};
+use crate::kernel::{DevNum, Kernel, Suspend, Target};
 use crate::units::{BlockSize, Bytes, Sectors};
 
 /// Where the pool's space comes from.
@@ -468,7 +468,7 @@ impl Pool<'_> {
             &name,
             &self.table(meta_dev, data_dev, data_len.whole_sectors()),
         )?;
-        self.kernel.dm_suspend(&name, true)?;
+        self.kernel.dm_suspend(&name, Suspend::Freeze)?;
         self.kernel.dm_resume(&name)
     }
 

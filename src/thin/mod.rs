@@ -15,7 +15,7 @@ use nix::errno::Errno;
 pub use usage::{Mappings, held_only_by, parse_thin_dump};
 
 use crate::error::{Error, Result};
-use crate::kernel::{DmInfo, Kernel, Target};
+use crate::kernel::{DmInfo, Kernel, Suspend, Target};
 use crate::pool::Pool;
 use crate::units::{Bytes, Sectors, ThinId};
 
@@ -51,11 +51,19 @@ impl Thins<'_> {
     /// `create_snap new origin`. An origin that is active and held open (a
     /// mount, a process) is suspended around the message so no write is in
     /// flight while its mappings are shared, and is resumed whatever the
-    /// message's outcome. One that nobody holds open has nothing in flight
-    /// (a block device's last close writes back what it cached) and is
-    /// left as it is: a suspend and resume each wait for the kernel's
-    /// grace periods.
+    /// message's outcome; the suspend freezes a filesystem mounted on it,
+    /// so the snapshot holds it clean. One that nobody holds open has
+    /// nothing in flight (a block device's last close writes back what it
+    /// cached) and is left as it is: a suspend and resume each wait for the
+    /// kernel's grace periods.
     pub fn snapshot(&self, new: ThinId, origin: ThinId) -> Result<()> {
+        self.snapshot_suspending(new, origin, Suspend::Freeze)
+    }
+
+    /// As [`Thins::snapshot`], an open origin suspended as `how` says:
+    /// [`Suspend::Flush`] where its filesystem is mounted read-only, which
+    /// left it clean, so that no freeze (and its grace periods) is needed.
+    pub fn snapshot_suspending(&self, new: ThinId, origin: ThinId, how: Suspend) -> Result<()> {
         let origin_dev = dm_name(&self.pool.config.prefix, origin);
         let active = self
             .kernel()
@@ -63,7 +71,7 @@ impl Thins<'_> {
             .is_some_and(|i| i.active_table && !i.suspended && i.open_count > 0);
         if active {
             let _s = crate::step!("suspend_origin");
-            self.kernel().dm_suspend(&origin_dev, true)?;
+            self.kernel().dm_suspend(&origin_dev, how)?;
         }
         let sent = {
             let _s = crate::step!("create_snap");

@@ -1165,6 +1165,17 @@ fn containerd_point(
     }
     let rec = check_root(fx, &what);
     check_content(fx, digests, &what);
+    if call == "CommitHandOver" && point != "commit.after-record" {
+        // The Commit rolled back left the snapshot's mount writable.
+        let l = &rec.tree.layers[&backend_key(fx, "victim")];
+        let mnt = fx.root.join("mnt").join(l.thin_id.to_string());
+        assert!(fx.kernel.is_mount_point(&mnt).unwrap(), "{what}: {mnt:?}");
+        let st = nix::sys::statvfs::statvfs(&mnt).unwrap();
+        assert!(
+            !st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+            "{what}: {mnt:?} left read-only"
+        );
+    }
     assert!(
         rec.tree.spares.is_empty(),
         "{what}: spares outlived the crash"

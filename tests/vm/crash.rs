@@ -135,7 +135,15 @@ pub const CONTAINERD_ROWS: &[(&str, &[Point])] = &[
     ("CommitMounted", &commit::TRANSACTION.points()),
     // A Commit that hands thinlayer's mount over as a spare of the
     // committed snapshot: a copy taken at the commit, as above.
-    ("CommitHandOver", &commit::TRANSACTION.points()),
+    (
+        "CommitHandOver",
+        &[
+            commit::AFTER_INTENT,
+            commit::AFTER_READ_ONLY,
+            commit::AFTER_MESSAGE,
+            commit::AFTER_RECORD,
+        ],
+    ),
     ("Update", labels::POINTS),
     // The removal's record in the call, its kernel work in the background.
     ("Remove", REMOVE),

@@ -27,7 +27,9 @@ fn sparse(path: &Path, size: u64) {
 /// Swaps the live table of `name` for `table`, as `dmsetup reload; suspend; resume` does.
 fn swap_table(fx: &Fixture, name: &str, table: &[Target]) {
     fx.kernel.dm_load(name, table).unwrap();
-    fx.kernel.dm_suspend(name, false).unwrap();
+    fx.kernel
+        .dm_suspend(name, thinlayer::kernel::Suspend::NoFlush)
+        .unwrap();
     fx.kernel.dm_resume(name).unwrap();
 }
 
