@@ -131,23 +131,27 @@ impl Driver {
         let claim = super::removal::Claim::take(self, id);
         debug_assert!(claim.is_some(), "a new thin id is nobody's");
         let mounted = self.mount_unlocked(id, layer.device_size, failpoint::create::AFTER_ACTIVATE);
-        let mut op = self.begin()?;
-        let ours = op
-            .rec
-            .tree
-            .layers
-            .get(&layer.key)
-            .is_some_and(|l| l.thin_id == id);
+        let ours = |rec: &crate::records::Records| {
+            rec.tree
+                .layers
+                .get(&layer.key)
+                .is_some_and(|l| l.thin_id == id)
+        };
+        // Read without the root's lock: a removal is saved before it
+        // returns, and nothing here is written.
+        let still = self.store.peek(ours)?;
         match mounted {
-            Ok(target) if ours => Ok((layer, SnapshotSource::Mounted(target))),
+            Ok(target) if still => Ok((layer, SnapshotSource::Mounted(target))),
             Ok(_) => {
-                drop(claim);
+                // Its removal's reap waits for the claim.
                 super::undo_failed("unmount a snapshot removed meanwhile", self.umount_id(id));
+                drop(claim);
                 Err(Error::not_found("layer", &layer.key))
             }
             Err(e) => {
                 drop(claim);
-                if ours {
+                let mut op = self.begin()?;
+                if ours(&op.rec) {
                     // Not left half made: the caller was told it failed.
                     super::undo_failed(
                         "remove the snapshot that failed to mount",
