@@ -1176,19 +1176,10 @@ impl Op<'_> {
     /// trimming, not online discard). A trim that fails costs only space
     /// until the next one: it is logged, and the unmount goes ahead.
     fn trim(&mut self, target: &Path) {
-        let _s = crate::step!("trim");
-        match self.kernel().trim(target) {
-            Ok(bytes) => {
-                tracing::debug!(target = %target.display(), bytes = bytes.0, "trimmed before unmounting");
-                // Mappings changed without a new transaction id: kept
-                // sizes must not answer for them (see the `sizes` module).
-                self.rec.trims += 1;
-            }
-            Err(e) => tracing::warn!(
-                target = %target.display(),
-                error = %e,
-                "cannot trim before unmounting: the blocks its files freed stay with the layer"
-            ),
+        if trim_or_warn(self.kernel(), target) {
+            // Mappings changed without a new transaction id: kept sizes
+            // must not answer for them (see the `sizes` module).
+            self.rec.trims += 1;
         }
     }
 
@@ -1334,6 +1325,26 @@ impl Op<'_> {
         }
         let _ = fs::remove_dir(self.driver.store.root().join(MOUNT_DIR));
         self.driver.store.remove()
+    }
+}
+
+/// Trims the filesystem mounted at `target` (see [`Op::trim`]); a failure
+/// is logged. Returns whether it trimmed.
+fn trim_or_warn(kernel: &dyn Kernel, target: &Path) -> bool {
+    let _s = crate::step!("trim");
+    match kernel.trim(target) {
+        Ok(bytes) => {
+            tracing::debug!(target = %target.display(), bytes = bytes.0, "trimmed before unmounting");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                target = %target.display(),
+                error = %e,
+                "cannot trim before unmounting: the blocks its files freed stay with the layer"
+            );
+            false
+        }
     }
 }
 

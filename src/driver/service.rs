@@ -462,10 +462,11 @@ impl Op<'_> {
     /// filesystem cannot be made read-only (a file on it is open for
     /// writing).
     ///
-    /// The filesystem is trimmed, then remounted read-only, which writes
-    /// it back and leaves it clean (ext4's journal, xfs's log); with
-    /// nothing in flight, the device's suspend around `create_snap` need
-    /// not freeze it (a freeze waits for three of the kernel's grace
+    /// The filesystem is remounted read-only, which writes it back and
+    /// leaves it clean (ext4's journal, xfs's log), then trimmed (a trim
+    /// works read-only, and needs no sync of its own then); with nothing
+    /// in flight, the device's suspend around `create_snap` need not
+    /// freeze it (a freeze waits for three of the kernel's grace
     /// periods). It is remounted read-write before the commit is
     /// recorded; an intent rolled back after a crash remounts it too.
     fn commit_handing_over(
@@ -476,7 +477,9 @@ impl Op<'_> {
     ) -> Result<Option<Layer>> {
         let l = self.rec.tree.get(key)?.clone();
         let target = self.mount_path(&l);
-        self.trim(&target);
+        // Counted before it is done (see `Op::trim`): it is done inside
+        // the transaction, which saves the count with its intent.
+        self.rec.trims += 1;
         let mut layer = l.committed_as(name, super::now_ns());
         layer.thin_id = self.allocate_id()?;
         layer.labels = labels;
@@ -493,6 +496,8 @@ impl Op<'_> {
                 return Err(e);
             }
             failpoint::hit(failpoint::commit::AFTER_READ_ONLY);
+            // Read-only, all is written back already: no sync before it.
+            super::trim_or_warn(op.kernel(), &target);
             let sent = t.snapshot_suspending(new, origin, Suspend::Flush);
             sent.and(op.driver.remount_own(origin, false))
         });
