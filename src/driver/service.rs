@@ -253,12 +253,12 @@ impl Driver {
     /// the committed snapshot gets the labels of the request).
     ///
     /// With `hand_over`, if thinlayer's own mount is the only one of the
-    /// snapshot's filesystem and the root has room for a spare, the
-    /// filesystem is trimmed, the committed layer is a snapshot of the
-    /// device taken now (suspended around `create_snap`, which freezes the
-    /// filesystem: the copy is clean), and the device stays mounted as a
-    /// spare of the committed layer (see the `spares` module): a build or
-    /// an unpack prepares its next layer on the one it just committed, and
+    /// snapshot's filesystem (a look at the mount table) and the root has
+    /// room for a spare, the committed layer is a snapshot of the device
+    /// taken now, its filesystem remounted read-only and clean for it,
+    /// then read-write again, and the device stays mounted as a spare of
+    /// the committed layer (see the `spares` module): a build or an
+    /// unpack prepares its next layer on the one it just committed, and
     /// that Prepare only claims it. No unmount, no device taken down.
     ///
     /// Otherwise thinlayer's own mount goes first; if a client still holds
@@ -458,9 +458,8 @@ impl Op<'_> {
     /// Commits the active snapshot `key` as `name` with `labels`, handing
     /// its mount over as a spare of it (see [`Driver::commit_snapshot`];
     /// the caller has checked [`Op::may_hand_over`] and that `name` is
-    /// free). Returns `None`, with nothing changed but a trim, when its
-    /// filesystem cannot be made read-only (a file on it is open for
-    /// writing).
+    /// free). Returns `None`, with nothing changed, when its filesystem
+    /// cannot be made read-only (a file on it is open for writing).
     ///
     /// The filesystem is remounted read-only, which writes it back and
     /// leaves it clean (ext4's journal, xfs's log), then trimmed (a trim

@@ -9,6 +9,11 @@
 //! mounted under the root, and a Prepare on such a parent only claims one:
 //! a record write, nothing asked of the kernel.
 //!
+//! A Commit through the snapshotter API also leaves one (see
+//! [`Driver::commit_snapshot`]): the committed layer is a snapshot of the
+//! device taken at the Commit, and the device itself, still mounted, is
+//! recorded as a spare of it, for the next layer of a build or an unpack.
+//!
 //! A spare is not a layer: it has no key, is never listed, counted in no
 //! size, and nothing can be built on it. It holds a thin id and, once
 //! mounted, a pool block or two. At most [`MAX_SPARES`] exist at once.

@@ -171,7 +171,9 @@ pub struct Removal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spare {
     pub thin_id: ThinId,
-    /// The committed layer it is a snapshot of; `None` for the base.
+    /// The committed layer it holds a copy of (a snapshot of it, or the
+    /// device the layer was itself snapshotted from at its Commit); `None`
+    /// for the base.
     pub parent: Option<String>,
     /// Its device's size (its parent's).
     pub device_size: Bytes,
