@@ -656,8 +656,6 @@ impl Kernel for Linux {
     }
 }
 
-/// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTS ... - FSTYPE SOURCE SUPER`.
-/// Targets escape space, tab, newline and backslash as octal.
 /// The flags of a mount `r` asks for: never atime updates.
 fn mount_flags(r: &MountRequest<'_>) -> MsFlags {
     let mut flags = MsFlags::MS_NOATIME;
@@ -670,6 +668,8 @@ fn mount_flags(r: &MountRequest<'_>) -> MsFlags {
     flags
 }
 
+/// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTS ... - FSTYPE SOURCE SUPER`.
+/// Targets escape space, tab, newline and backslash as octal.
 pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
