@@ -353,28 +353,6 @@ impl Driver {
         Ok(target)
     }
 
-    /// Remounts thinlayer's own mount of thin id `id` (an active snapshot
-    /// or a spare, mounted as [`Driver::mount_unlocked`] mounts them)
-    /// read-only or read-write again.
-    fn remount_own(&self, id: ThinId, read_only: bool) -> Result<()> {
-        let fs = self.store.peek(|rec| rec.pool.filesystem)?;
-        let target = self.mount_path_of(id);
-        let request = MountRequest {
-            source: Path::new("none"),
-            target: &target,
-            fstype: fs.name(),
-            read_only,
-            nodev: false,
-            data: fs.mount_options(false),
-        };
-        let _s = if read_only {
-            crate::step!("remount_ro")
-        } else {
-            crate::step!("remount_rw")
-        };
-        self.kernel.remount(&request)
-    }
-
     /// Takes the lock, reads the records, brings the pool up and settles any
     /// interrupted operation.
     fn begin(&self) -> Result<Op<'_>> {
@@ -792,6 +770,28 @@ impl Op<'_> {
     /// Where the layer of thin id `id` is mounted.
     fn mount_path_of(&self, id: ThinId) -> PathBuf {
         self.driver.mount_path_of(id)
+    }
+
+    /// Remounts thinlayer's own mount of thin id `id` (an active snapshot
+    /// or a spare, mounted as [`Driver::mount_unlocked`] mounts them)
+    /// read-only or read-write again.
+    fn remount_own(&self, id: ThinId, read_only: bool) -> Result<()> {
+        let fs = self.rec.pool.filesystem;
+        let target = self.mount_path_of(id);
+        let request = MountRequest {
+            source: Path::new("none"),
+            target: &target,
+            fstype: fs.name(),
+            read_only,
+            nodev: false,
+            data: fs.mount_options(false),
+        };
+        let _s = if read_only {
+            crate::step!("remount_ro")
+        } else {
+            crate::step!("remount_rw")
+        };
+        self.kernel().remount(&request)
     }
 
     /// Runs one change of the pool's thin ids under the protocol of

@@ -187,7 +187,7 @@ impl Op<'_> {
             if let Intent::CommitHandOver { origin, .. } = &intent
                 && self.kernel().is_mount_point(&self.mount_path_of(*origin))?
             {
-                self.driver.remount_own(*origin, false)?;
+                self.remount_own(*origin, false)?;
             }
             let pool = self.pool();
             let thins = Thins { pool: &pool };

@@ -292,16 +292,13 @@ impl Driver {
                 return Err(e);
             }
         }
-        let mut labels = Some(labels);
-        if hand_over && op.may_hand_over(key)? {
-            let all = labels.take().expect("not taken yet");
-            if let Some(layer) = op.commit_handing_over(key, name, all.clone())? {
-                failpoint::hit(failpoint::commit::AFTER_RECORD);
-                return Ok(Committed { layer, spare: true });
-            }
-            labels = Some(all);
+        if hand_over
+            && op.may_hand_over(key)?
+            && let Some(layer) = op.commit_handing_over(key, name, labels.clone())?
+        {
+            failpoint::hit(failpoint::commit::AFTER_RECORD);
+            return Ok(Committed { layer, spare: true });
         }
-        let labels = labels.expect("put back");
         // The unmount is recorded with the commit.
         let layer = op.saving_once(|op| {
             op.release_snapshot_mount(key, Then::Keep)?;
@@ -490,7 +487,7 @@ impl Op<'_> {
         let (new, origin) = (layer.thin_id, l.thin_id);
         let mut busy = false;
         let committed = self.transact_with(failpoint::commit::TRANSACTION, intent, |op, t| {
-            if let Err(e) = op.driver.remount_own(origin, true) {
+            if let Err(e) = op.remount_own(origin, true) {
                 busy = e.errno() == Some(nix::errno::Errno::EBUSY);
                 return Err(e);
             }
@@ -498,7 +495,7 @@ impl Op<'_> {
             // Read-only, all is written back already: no sync before it.
             super::trim_or_warn(op.kernel(), &target);
             let sent = t.snapshot_suspending(new, origin, Suspend::Flush);
-            sent.and(op.driver.remount_own(origin, false))
+            sent.and(op.remount_own(origin, false))
         });
         match committed {
             Ok(()) => Ok(Some(layer)),

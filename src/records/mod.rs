@@ -180,8 +180,9 @@ impl Intent {
     /// is saved atomically) and a delete (which cannot be undone). Rolled
     /// back: a grown layer (its filesystem may not have been grown), a
     /// copy of a mounted layer and one that hands the layer's mount over
-    /// (their caller still holds the active one) and a spare (nobody needs it); their results are saved durably, so
-    /// no caller was told of them while their intent can still be found.
+    /// (their caller still holds the active one) and a spare (nobody needs
+    /// it); their results are saved durably, so no caller was told of them
+    /// while their intent can still be found.
     pub fn completes(&self) -> bool {
         match self {
             Intent::CreateBase { .. } | Intent::Delete { .. } => true,
