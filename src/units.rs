@@ -207,6 +207,15 @@ impl BlockSize {
     pub fn blocks(self, n: u64) -> Bytes {
         Bytes(n * self.bytes().0)
     }
+
+    /// `b` rounded up to whole blocks: the blocks that many bytes fill
+    /// when written from a block boundary (at most `u64::MAX` rounded
+    /// down to a block).
+    pub fn round_up(self, b: Bytes) -> Bytes {
+        let block = self.bytes().0;
+        let n = b.0.div_ceil(block);
+        Bytes(n.checked_mul(block).unwrap_or(u64::MAX / block * block))
+    }
 }
 
 impl TryFrom<u64> for BlockSize {
@@ -293,6 +302,20 @@ mod tests {
                 "{bad} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn bytes_round_up_to_whole_blocks() {
+        let b = BlockSize::DEFAULT;
+        assert_eq!(b.round_up(Bytes(0)), Bytes(0));
+        assert_eq!(b.round_up(Bytes(1)), Bytes(65536));
+        assert_eq!(b.round_up(Bytes(65536)), Bytes(65536));
+        assert_eq!(b.round_up(Bytes(8 << 20)), Bytes(8 << 20));
+        assert_eq!(
+            b.round_up(Bytes((8 << 20) + 4096)),
+            Bytes((8 << 20) + 65536)
+        );
+        assert_eq!(b.round_up(Bytes(u64::MAX)), Bytes(u64::MAX - 65535));
     }
 
     #[test]
