@@ -273,6 +273,21 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
         !k.is_mount_point(&dir.join("nowhere"))
             .expect("does not exist")
     );
+    // ext4's count of data waiting for blocks: kept for a mounted ext4,
+    // none where nothing is mounted.
+    assert!(
+        k.delayed_allocation(&target)
+            .expect("delayed allocation of a mounted ext4")
+            .is_some()
+    );
+    for nothing in [dir.to_path_buf(), dir.join("nowhere")] {
+        assert_eq!(
+            k.delayed_allocation(&nothing)
+                .expect("delayed allocation where nothing is mounted"),
+            None,
+            "{nothing:?}"
+        );
+    }
     assert!(k.dm_info(&thin).unwrap().is_some_and(|i| i.open_count > 0));
     assert_eq!(
         errno_of("remove a mounted device", k.dm_remove(&thin, false)),
@@ -308,6 +323,11 @@ pub fn check(k: &dyn Kernel, dir: &Path, prefix: &str) {
     k.umount(&target, false).expect("umount");
     assert!(!k.mounts().unwrap().iter().any(|m| m.target == target));
     assert!(!k.is_mount_point(&target).expect("no longer a mount point"));
+    assert_eq!(
+        k.delayed_allocation(&target)
+            .expect("delayed allocation once unmounted"),
+        None
+    );
     // The kernel queues the removal at the last close and runs it a moment
     // later (a work queue): soon, not at once.
     eventually("the deferred removal, after the last close", || {

@@ -548,17 +548,12 @@ impl Kernel for Linux {
     }
 
     fn is_mount_point(&self, path: &Path) -> Result<bool> {
-        use std::os::unix::fs::MetadataExt;
         let here = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("stat", path, e)),
         };
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let up = fs::symlink_metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
-        // A filesystem mounted there is on another device than its parent
-        // (`/` is its own parent).
-        Ok(here.dev() != up.dev() || here.ino() == up.ino())
+        mount_root(path, &here)
     }
 
     fn discard(&self, device: &Path) -> Result<()> {
@@ -601,6 +596,64 @@ impl Kernel for Linux {
         // writes `range`, a `struct fstrim_range` that outlives it.
         unsafe { fitrim(dir.as_raw_fd(), &mut range) }.map_err(|e| nix_err("trim", target, e))?;
         Ok(Bytes(range.len))
+    }
+
+    fn delayed_allocation(&self, target: &Path) -> Result<Option<Bytes>> {
+        use std::io::ErrorKind::NotFound;
+        use std::os::unix::fs::MetadataExt;
+        // The checks and the counts all go through one open directory: the
+        // filesystem cannot change under them.
+        let dir = match File::open(target) {
+            Ok(d) => d,
+            Err(e) if e.kind() == NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", target, e)),
+        };
+        let here = dir.metadata().map_err(|e| Error::io("stat", target, e))?;
+        if !mount_root(target, &here)? {
+            return Ok(None);
+        }
+        // The filesystem's directory in sysfs is named after its block
+        // device as the kernel names it (`dm-7`): the last part of the
+        // device's own sysfs path.
+        let dev = DevNum {
+            major: libc::major(here.dev()),
+            minor: libc::minor(here.dev()),
+        };
+        let link = PathBuf::from(format!("/sys/dev/block/{dev}"));
+        let device = match fs::read_link(&link) {
+            Ok(l) => l,
+            // Not a block device (tmpfs, overlayfs).
+            Err(e) if e.kind() == NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read link", &link, e)),
+        };
+        let Some(name) = device.file_name() else {
+            return Err(Error::unexpected(
+                "sysfs link",
+                &device.display().to_string(),
+                "names no block device",
+            ));
+        };
+        let counter = Path::new("/sys/fs/ext4")
+            .join(name)
+            .join("delayed_allocation_blocks");
+        let text = match fs::read_to_string(&counter) {
+            Ok(t) => t,
+            // Not ext4, or unmounted since the open.
+            Err(e) if e.kind() == NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &counter, e)),
+        };
+        let blocks: u64 = text.trim().parse().map_err(|_| {
+            Error::unexpected(
+                "ext4's delayed_allocation_blocks",
+                &text,
+                "not a count of blocks",
+            )
+        })?;
+        // ext4's statfs gives its block size as `f_bsize`.
+        let st = nix::sys::statvfs::fstatvfs(&dir).map_err(|e| nix_err("statvfs", target, e))?;
+        #[allow(clippy::unnecessary_cast)]
+        let block = st.block_size() as u64;
+        Ok(Some(Bytes(blocks.saturating_mul(block))))
     }
 
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()> {
@@ -654,6 +707,16 @@ impl Kernel for Linux {
             ],
         )
     }
+}
+
+/// Whether `path`, whose metadata is `here`, is the root of a filesystem
+/// mounted there: on another device than its parent (`/` is its own
+/// parent).
+fn mount_root(path: &Path, here: &fs::Metadata) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let up = fs::symlink_metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
+    Ok(here.dev() != up.dev() || here.ino() == up.ino())
 }
 
 /// The flags of a mount `r` asks for: never atime updates.

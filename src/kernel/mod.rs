@@ -228,6 +228,18 @@ pub trait Kernel: Send + Sync {
     /// reports: the bytes of free extents it asked the device to drop,
     /// whether or not the device still held them.
     fn trim(&self, target: &Path) -> Result<Bytes>;
+    /// The new data the filesystem mounted at `target` holds in the page
+    /// cache without blocks yet: ext4's delayed allocation
+    /// (`/sys/fs/ext4/DEV/delayed_allocation_blocks`, a count of its
+    /// blocks, exact when read), in bytes. Data written where a file has
+    /// no block yet counts from the write until writeback allocates its
+    /// blocks, just before it writes them; a write over blocks already
+    /// allocated never counts. `None` when no filesystem is mounted at
+    /// `target` (it does not exist, or it is on its parent's filesystem),
+    /// or when the filesystem keeps no such count (xfs; one on no block
+    /// device). Flushes nothing: an open, two `stat`s, a `statvfs`, a
+    /// `readlink` and a read of a few bytes of sysfs.
+    fn delayed_allocation(&self, target: &Path) -> Result<Option<Bytes>>;
 
     /// Makes a filesystem on `device`: `program` and `args` as mkfs takes them.
     fn mkfs(&self, device: &Path, program: &str, args: &[String]) -> Result<()>;

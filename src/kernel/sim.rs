@@ -44,6 +44,10 @@ struct State {
     /// Blocks a filesystem freed but the device still maps, by device
     /// name: what a trim of its mount gives back (see [`Sim::free`]).
     freed: BTreeMap<String, Vec<u64>>,
+    /// New data the filesystem on a device holds in the page cache
+    /// without blocks yet (ext4's delayed allocation), by device name:
+    /// see [`Sim::cache`].
+    cached: BTreeMap<String, Bytes>,
     /// What `fs_space` answers instead of the host's own figures.
     fs_space: Option<super::FsSpace>,
     /// Calls of each [`Kernel`] method, for tests that bound them.
@@ -153,6 +157,7 @@ impl Sim {
         s.devices.clear();
         s.loops.clear();
         s.mounts.clear();
+        s.cached.clear();
         for m in s.metadata.values_mut() {
             m.held_snapshot = false;
         }
@@ -168,19 +173,24 @@ impl Sim {
     /// Simulates a write of `blocks` pool blocks, from virtual block `from`,
     /// through the live thin device `name`.
     pub fn write(&self, name: &str, from: u64, blocks: u64) -> Result<()> {
+        self.lock().write(name, from, blocks)
+    }
+
+    /// Simulates `bytes` of new data written to the filesystem mounted
+    /// from the live thin device `name`, left in the page cache: an ext4
+    /// there counts them as delayed allocation until they are written
+    /// back, by [`Sim::write_back`], a trim (which syncs first), a
+    /// read-only remount or the last unmount.
+    pub fn cache(&self, name: &str, bytes: Bytes) {
         let mut s = self.lock();
-        let (meta_file, id) = s.thin_target(name)?;
-        let meta = s.metadata.get_mut(&meta_file).expect("pool metadata");
-        for v in from..from + blocks {
-            let new = meta
-                .alloc()
-                .ok_or_else(|| kerr("write", name, Errno::ENOSPC))?;
-            let map = meta.thins.get_mut(&id).expect("thin exists");
-            if let Some(old) = map.insert(v, new) {
-                meta.unref(old);
-            }
-        }
-        Ok(())
+        let cached = s.cached.entry(name.to_string()).or_default();
+        cached.0 += bytes.0;
+    }
+
+    /// Writes back what [`Sim::cache`] left for the device `name`: as many
+    /// whole pool blocks, mapped after the last block the device maps.
+    pub fn write_back(&self, name: &str) -> Result<()> {
+        self.lock().write_back(name)
     }
 
     /// Simulates a filesystem on the live thin device `name` freeing
@@ -215,6 +225,41 @@ impl Sim {
 }
 
 impl State {
+    fn write(&mut self, name: &str, from: u64, blocks: u64) -> Result<()> {
+        let (meta_file, id) = self.thin_target(name)?;
+        let meta = self.metadata.get_mut(&meta_file).expect("pool metadata");
+        for v in from..from + blocks {
+            let new = meta
+                .alloc()
+                .ok_or_else(|| kerr("write", name, Errno::ENOSPC))?;
+            let map = meta.thins.get_mut(&id).expect("thin exists");
+            if let Some(old) = map.insert(v, new) {
+                meta.unref(old);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_back(&mut self, name: &str) -> Result<()> {
+        let Some(bytes) = self.cached.remove(name) else {
+            return Ok(());
+        };
+        let (meta_file, id) = self.thin_target(name)?;
+        let meta = &self.metadata[&meta_file];
+        let block = meta.block_sectors * 512;
+        let from = meta.thins[&id].keys().last().map_or(0, |v| v + 1);
+        self.write(name, from, bytes.0.div_ceil(block))
+    }
+
+    /// Writes back what the filesystem mounted from the device of minor
+    /// `minor` holds in the page cache.
+    fn write_back_minor(&mut self, minor: u32) -> Result<()> {
+        match self.name_of_minor(minor) {
+            Some(name) => self.write_back(&name),
+            None => Ok(()),
+        }
+    }
+
     fn fail(&mut self, op: &str, detail: &str) -> Result<()> {
         let key = format!("{op}:{detail}");
         if let Some(i) = self
@@ -488,6 +533,7 @@ impl Kernel for Sim {
             return Err(kerr("remove device", name, Errno::EBUSY));
         }
         s.devices.remove(name);
+        s.cached.remove(name);
         s.autoclear();
         Ok(())
     }
@@ -809,8 +855,17 @@ impl Kernel for Sim {
         self.count("remount");
         let mut s = self.lock();
         s.fail("remount", &r.target.to_string_lossy())?;
-        if !s.mounts.iter().any(|m| m.target == r.target) {
+        let Some(minor) = s
+            .mounts
+            .iter()
+            .rfind(|m| m.target == r.target)
+            .map(|m| m.devnum.map_or(u32::MAX, |d| d.minor))
+        else {
             return Err(kerr("remount", &r.target.to_string_lossy(), Errno::EINVAL));
+        };
+        // Read-only writes everything back first.
+        if r.read_only {
+            s.write_back_minor(minor)?;
         }
         Ok(())
     }
@@ -824,6 +879,13 @@ impl Kernel for Sim {
             .iter()
             .rposition(|m| m.target == target)
             .ok_or_else(|| kerr("unmount", &target.to_string_lossy(), Errno::EINVAL))?;
+        // The filesystem's last unmount writes everything back.
+        let dev = s.mounts[i].devnum;
+        if let Some(d) = dev
+            && s.mounts.iter().filter(|m| m.devnum == dev).count() == 1
+        {
+            s.write_back_minor(d.minor)?;
+        }
         s.mounts.remove(i);
         // A deferred removal finishes at the device's last close.
         let closed: Vec<String> = s
@@ -891,11 +953,32 @@ impl Kernel for Sim {
         let (name, _) = s
             .dm_node(&node)
             .ok_or_else(|| kerr("trim", &target.to_string_lossy(), Errno::ENXIO))?;
+        // A trim syncs the filesystem first.
+        s.write_back(&name)?;
         let (file, id) = s.thin_target(&name)?;
         let freed = s.freed.remove(&name).unwrap_or_default();
         let meta = s.metadata.get_mut(&file).expect("pool metadata");
         let n = meta.unmap(id, freed);
         Ok(Bytes(n * meta.block_sectors * 512))
+    }
+
+    /// What [`Sim::cache`] left for the device of an `ext4` mounted at
+    /// `target`; `None` for another filesystem or none.
+    fn delayed_allocation(&self, target: &Path) -> Result<Option<Bytes>> {
+        self.count("delayed_allocation");
+        let mut s = self.lock();
+        s.fail("delayed_allocation", &target.to_string_lossy())?;
+        let Some(m) = s.mounts.iter().rfind(|m| m.target == target) else {
+            return Ok(None);
+        };
+        if m.fstype != "ext4" {
+            return Ok(None);
+        }
+        let name = m.devnum.and_then(|d| s.name_of_minor(d.minor));
+        Ok(Some(
+            name.and_then(|n| s.cached.get(&n).copied())
+                .unwrap_or_default(),
+        ))
     }
 
     fn mkfs(&self, device: &Path, program: &str, _args: &[String]) -> Result<()> {
