@@ -637,7 +637,9 @@ impl Driver {
             .collect())
     }
 
-    /// Exact sizes of every layer, from the pool's metadata.
+    /// Sizes of every layer: exact from the pool's metadata, plus, for an
+    /// active layer thinlayer holds mounted, the new data its filesystem
+    /// has not written back yet (see the `sizes` module).
     pub fn sizes(&self) -> Result<BTreeMap<String, LayerSize>> {
         self.begin()?.sizes()
     }

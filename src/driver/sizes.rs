@@ -1,4 +1,5 @@
-//! Sizes as `docker ps -s` shows them, exact from the pool's metadata.
+//! Sizes as `docker ps -s` shows them: exact from the pool's metadata,
+//! plus what a mounted container has not written back yet.
 //!
 //! - `size`: the blocks this layer maps differently from its parent, i.e.
 //!   what it wrote (for a container: its own data and filesystem metadata
@@ -7,8 +8,54 @@
 //!   what a container sees, image plus its own writes.
 //!
 //! Both are whole pool blocks: a 4 KiB write costs one block (64 KiB by
-//! default). Data a container has written but not yet flushed from the page
-//! cache is not in the pool yet and not counted.
+//! default). For an active layer that thinlayer holds mounted, both also
+//! count the new data its filesystem has not written back yet (next
+//! section).
+//!
+//! # Data not written back yet
+//!
+//! The pool maps a block only once the filesystem writes it back from the
+//! page cache: up to 30 s after the write (the kernel's
+//! `dirty_expire_centisecs`), or at a sync. A sync per call would do, but
+//! a flush that reaches the pool costs a commit of its metadata, and
+//! Kubernetes asks for every snapshot every 10 s. So for an active layer
+//! that thinlayer holds mounted (a container's, a containerd active
+//! snapshot's), both figures add what its ext4 holds in the page cache
+//! without blocks yet, its delayed allocation
+//! ([`crate::kernel::Kernel::delayed_allocation`]), rounded up to whole
+//! pool blocks. It is read afresh at every call (a few bytes of sysfs: no
+//! flush, no lock, never kept with a dump), so a write shows at the next
+//! call.
+//!
+//! What that counts, and what it does not:
+//!
+//! - ext4 counts data from the write until writeback allocates its
+//!   blocks, and stops just before it writes them; the pool maps a block
+//!   once its write is done. So no data counts twice. In between it counts
+//!   nowhere: while the writes are on their way to the pool; and if a dump
+//!   is taken meanwhile (the pool allocates a block when the write
+//!   reaches it, so check 2 below sees the change), for as long as that
+//!   dump answers: [`SIZES_MAX_AGE`] plus the dump's own duration, the
+//!   bound of the next section.
+//! - The count is rounded up as if the data began at a pool block
+//!   boundary and filled whole blocks. Written back, it fills fewer where
+//!   ext4 puts it next to the layer's own earlier data, in a block the
+//!   layer already maps, and one more where a run of it starts inside a
+//!   block; the filesystem's metadata about it (extent tree, bitmaps,
+//!   inode, journal) counts when that is written. So the figure once
+//!   written back differs from the one before by those blocks.
+//! - A write over blocks a file already has (an image file rewritten in
+//!   place), or into space reserved with `fallocate`, is not delayed
+//!   allocation: it counts once written back, when the pool copies the
+//!   blocks the layer shares with its image, or maps the reserved ones.
+//!   The filesystem's own metadata (new inodes, directories) counts once
+//!   written too: to ext4's journal at its commit, every 5 s, and in
+//!   place later.
+//! - xfs keeps no such count; nor is it read for a layer thinlayer does
+//!   not hold mounted (a view, a committed layer, an active layer whose
+//!   device someone else mounted). Their figures are the pool's alone:
+//!   data written back only. When the count cannot be read, a warning
+//!   says why and the pool's figure stands alone.
 //!
 //! # One dump answers many calls
 //!
@@ -64,7 +111,9 @@
 //! without the root's lock and without start-up repair when checks 1 and 2
 //! pass and the records' files (`state.json` and its journal) are still
 //! what was read under the lock when its answers were computed. That costs
-//! a `stat` of each and one ioctl, whatever the number of layers; files
+//! a `stat` of each and one ioctl, whatever the number of layers (and for
+//! an active layer thinlayer holds mounted, the read of its count of data
+//! not written back, which is never kept); files
 //! saved less than 2 s before they were read are compared byte for byte
 //! instead, a read of a few hundred bytes a layer (see `RecordsFile`; the
 //! `stat` shortcut trusts the clock not to go back, and check 1 bounds what
@@ -86,16 +135,40 @@ use crate::error::{Error, Result};
 use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
 use crate::records::{Records, RecordsId, Store};
 use crate::thin::{Mappings, parse_thin_dump};
-use crate::tree::{Layer, Tree};
-use crate::units::{Bytes, ThinId};
+use crate::tree::{Kind, Layer, Tree};
+use crate::units::{BlockSize, Bytes, ThinId};
 
 /// The longest a dump's figures answer for: see the module documentation.
 pub const SIZES_MAX_AGE: Duration = Duration::from_secs(2);
 
+/// One layer's sizes: see the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayerSize {
+    /// What it maps differently from its parent.
     pub size: Bytes,
+    /// Everything it maps, its parents' blocks included.
     pub virtual_size: Bytes,
+}
+
+impl LayerSize {
+    /// These sizes with `unwritten` more bytes in each: new data of the
+    /// layer's that the pool does not hold yet.
+    fn with_unwritten(&self, unwritten: Bytes) -> LayerSize {
+        LayerSize {
+            size: Bytes(self.size.0.saturating_add(unwritten.0)),
+            virtual_size: Bytes(self.virtual_size.0.saturating_add(unwritten.0)),
+        }
+    }
+}
+
+/// The active layers thinlayer holds mounted, by key: those whose figures
+/// add the data their filesystem has not written back yet.
+fn mounted_active(tree: &Tree) -> BTreeMap<String, ThinId> {
+    tree.layers
+        .values()
+        .filter(|l| l.kind == Kind::Active && l.mounts > 0)
+        .map(|l| (l.key.clone(), l.thin_id))
+        .collect()
 }
 
 /// What the pool's status shows of its mappings.
@@ -220,10 +293,12 @@ impl RecordsFile {
 /// The figures of dump `dump` by key, for the records `records` holds.
 struct Answers {
     records: RecordsFile,
-    /// Where to read the pool's status.
+    /// Where to read the pool's status, and its block size.
     pool: PoolConfig,
     dump: u64,
     by_key: BTreeMap<String, LayerSize>,
+    /// What [`mounted_active`] gives for those records.
+    mounted: BTreeMap<String, ThinId>,
 }
 
 #[derive(Default)]
@@ -269,17 +344,61 @@ impl Driver {
         // Under the lock no one else writes the records, and `begin` saved
         // whatever it changed: the files hold the records `op` holds.
         let records = RecordsFile::read(&self.store)?;
-        let answer = by_key
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::not_found("layer", key));
+        let mounted = mounted_active(&op.rec.tree);
+        let found = by_key.get(key).cloned();
+        let writes_through = mounted.get(key).copied();
         self.sizes.kept().answers = Some(Answers {
             records,
             pool: op.rec.pool.clone(),
             dump,
             by_key,
+            mounted,
         });
-        answer
+        self.answer(key, found, writes_through, op.rec.pool.block_size)
+    }
+
+    /// `key`'s answer from its figures `found`, with what its filesystem
+    /// has not written back yet when it is an active layer of thin id
+    /// `mounted` that thinlayer holds mounted.
+    fn answer(
+        &self,
+        key: &str,
+        found: Option<LayerSize>,
+        mounted: Option<ThinId>,
+        block: BlockSize,
+    ) -> Result<LayerSize> {
+        let size = found.ok_or_else(|| Error::not_found("layer", key))?;
+        Ok(match mounted {
+            Some(id) => size.with_unwritten(self.unwritten(id, block)),
+            None => size,
+        })
+    }
+
+    /// The new data the filesystem of the active layer of thin id `id`,
+    /// which thinlayer holds mounted, has not written back yet, in whole
+    /// pool blocks of `block`: see the module documentation. 0 where it
+    /// is not known (xfs, not mounted) or cannot be read (with a warning).
+    fn unwritten(&self, id: ThinId, block: BlockSize) -> Bytes {
+        let target = self.mount_path_of(id);
+        match self.kernel.delayed_allocation(&target) {
+            Ok(Some(bytes)) => {
+                let blocks = block.round_up(bytes);
+                if blocks.0 > 0 {
+                    tracing::trace!(thin_id = %id, %bytes, "sizes: data not written back yet");
+                }
+                blocks
+            }
+            Ok(None) => Bytes(0),
+            Err(e) => {
+                tracing::warn!(
+                    thin_id = %id,
+                    error = %e,
+                    "sizes: cannot read what the layer has not written back; \
+                     counting what the pool holds"
+                );
+                Bytes(0)
+            }
+        }
     }
 
     /// How many times this handle has dumped the pool's metadata (for sizes,
@@ -289,8 +408,17 @@ impl Driver {
     }
 
     /// The kept answer for `key`, if checks 1 and 2 of the module
-    /// documentation pass and the records are the answers' byte for byte.
+    /// documentation pass and the records are the answers' byte for byte;
+    /// with what its filesystem has not written back yet, read now.
     fn kept_size(&self, key: &str) -> Option<Result<LayerSize>> {
+        let (found, mounted, block) = self.kept_figures(key)?;
+        Some(self.answer(key, found, mounted, block))
+    }
+
+    /// What [`Driver::kept_size`] answers from: `key`'s kept figures, its
+    /// thin id if it is an active layer thinlayer holds mounted, and the
+    /// pool's block size.
+    fn kept_figures(&self, key: &str) -> Option<(Option<LayerSize>, Option<ThinId>, BlockSize)> {
         let kept = self.sizes.kept();
         let (dump, answers) = (kept.dump.as_ref()?, kept.answers.as_ref()?);
         if answers.dump != dump.number || !dump.fresh() {
@@ -318,13 +446,11 @@ impl Driver {
             dump = dump.number,
             "sizes: answered from the kept dump"
         );
-        Some(
-            answers
-                .by_key
-                .get(key)
-                .cloned()
-                .ok_or_else(|| Error::not_found("layer", key)),
-        )
+        Some((
+            answers.by_key.get(key).cloned(),
+            answers.mounted.get(key).copied(),
+            answers.pool.block_size,
+        ))
     }
 }
 
@@ -351,8 +477,17 @@ impl Op<'_> {
         Ok(maps)
     }
 
+    /// Every layer's sizes by key, with what active layers thinlayer holds
+    /// mounted have not written back yet.
     pub(super) fn sizes(&self) -> Result<BTreeMap<String, LayerSize>> {
-        self.figures().map(|(_, by_key)| by_key)
+        let (_, mut by_key) = self.figures()?;
+        let block = self.rec.pool.block_size;
+        for (key, id) in mounted_active(&self.rec.tree) {
+            if let Some(size) = by_key.get_mut(&key) {
+                *size = size.with_unwritten(self.driver.unwritten(id, block));
+            }
+        }
+        Ok(by_key)
     }
 
     /// Every layer's sizes by key, and the number of the dump they come

@@ -27,9 +27,11 @@
 //!   committed snapshot is a copy taken at that instant, so nothing the
 //!   mount's holder writes afterwards reaches it (see the driver's commit).
 //! - `usage` gives the exact bytes of the pool blocks the snapshot maps
-//!   differently from its parent (whole pool blocks, flushed data only,
-//!   read from the pool's metadata); the inode count is not known at block
-//!   level and is reported as 0.
+//!   differently from its parent (whole pool blocks, read from the pool's
+//!   metadata) and, for an active snapshot on ext4, the new data its
+//!   filesystem holds in the page cache, not written back yet, rounded up
+//!   to pool blocks; the inode count is not known at block level and is
+//!   reported as 0.
 //! - `remove` returns once the removal is recorded; its kernel work is
 //!   done in the background ([`Housekeeper`]) and by `clear` (containerd's
 //!   Cleanup), which returns once every removal made before it is done
@@ -360,6 +362,17 @@ impl Snapshotter for Snapshots {
     /// Usage: what the snapshot itself uses, its parents' excluded: the
     /// exact bytes of the pool blocks it maps differently from its parent.
     /// Inodes are not counted at block level: always 0.
+    ///
+    /// An active snapshot (thinlayer holds its filesystem mounted from
+    /// Prepare on) also counts the new data its ext4 holds in the page
+    /// cache without blocks yet (delayed allocation), rounded up to whole
+    /// pool blocks: read afresh at every call (a few bytes of sysfs, no
+    /// flush, never kept), so a container's writes show at once, not when
+    /// the kernel writes them back (up to 30 s later). A write over blocks
+    /// a file already has counts once written back; xfs keeps no such
+    /// count, so there only written-back data counts; neither does a view
+    /// or a committed snapshot. The driver's sizes module says what the
+    /// figure can miss while data is being written back.
     ///
     /// Kubernetes asks this of every snapshot every 10 s, so a call does not
     /// dump the pool's metadata each time ([`Driver::layer_size`]): every

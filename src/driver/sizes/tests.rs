@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::*;
-use crate::kernel::Sim;
+use crate::kernel::{Kernel, MountRequest, Sim};
 use crate::pool::PoolOptions;
 use crate::testutil::TempDir;
 use crate::tree::{ImageRef, Kind};
@@ -193,4 +193,119 @@ fn a_settled_records_file_is_checked_by_stat_and_still_shows_saves() {
         !kept.answers.as_ref().unwrap().records.settled,
         "just saved"
     );
+}
+
+/// The device name of layer `key`'s thin device.
+fn device(p: &Root, key: &str) -> String {
+    let id = p.d.tree().unwrap().layers[key].thin_id;
+    format!("{}-{id}", p.prefix)
+}
+
+#[test]
+fn what_a_mounted_container_has_not_written_back_counts_at_once() {
+    let p = Root::new(2);
+    p.d.mount("c1").unwrap();
+    let dev = device(&p, "c1");
+    let (was, _) = p.size("c1");
+    assert_eq!(was.size, Bytes(BLOCK));
+    p.sim.take_calls();
+    // 8 MiB and a 4 KiB page, not written back: whole pool blocks, read
+    // fresh while the kept dump answers.
+    p.sim.cache(&dev, Bytes((8 << 20) + 4096));
+    let more = |b: u64| LayerSize {
+        size: Bytes(was.size.0 + b * BLOCK),
+        virtual_size: Bytes(was.virtual_size.0 + b * BLOCK),
+    };
+    assert_eq!(p.size("c1"), (more(129), 0));
+    p.sim.cache(&dev, Bytes(BLOCK));
+    assert_eq!(p.size("c1"), (more(130), 0), "nothing kept of the count");
+    // One read of the count a call, and only for the mounted container.
+    assert_eq!(p.size("c0").1, 0);
+    assert_eq!(p.sim.take_calls().get("delayed_allocation"), Some(&2));
+    // Every way sizes are read counts it.
+    assert_eq!(p.d.sizes().unwrap()["c1"], more(130));
+    let ps = p.d.containers(true).unwrap();
+    let c1 = ps.iter().find(|c| c.name == "c1").unwrap();
+    assert_eq!(c1.size.as_ref(), Some(&more(130)));
+    assert_eq!(p.d.sizes().unwrap()["c0"], p.size("c0").0);
+
+    // Written back: the pool maps the blocks, the count drops; counted
+    // once, from a new dump.
+    p.sim.write_back(&dev).unwrap();
+    assert_eq!(p.size("c1"), (more(130), 1));
+    assert_eq!(p.usage(), p.uncached());
+}
+
+#[test]
+fn only_active_layers_thinlayer_holds_mounted_count_what_is_not_written_back() {
+    let p = Root::new(1);
+    let top = p.d.tree().unwrap().images["app:latest"].top.clone();
+    p.d.create_layer("v", Some(&top), Kind::View, BTreeMap::new(), false)
+        .unwrap();
+    let exact = p.uncached();
+    // Read-only layers mounted, data in the page cache of each device
+    // (as no read-only filesystem could hold): none of it counts.
+    for key in [top.as_str(), "v"] {
+        p.d.mount(key).unwrap();
+        p.sim.cache(&device(&p, key), Bytes(3 * BLOCK));
+    }
+    assert_eq!(p.usage(), exact);
+    // A container whose device someone else mounts: not thinlayer's mount.
+    let node = p.d.activate_layer("c0").unwrap();
+    let elsewhere = p.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    p.sim
+        .mount(&MountRequest {
+            source: &node,
+            target: &elsewhere,
+            fstype: "ext4",
+            read_only: false,
+            nodev: false,
+            data: "",
+        })
+        .unwrap();
+    p.sim.cache(&device(&p, "c0"), Bytes(3 * BLOCK));
+    p.sim.take_calls();
+    assert_eq!(p.usage(), exact);
+    assert_eq!(p.sim.take_calls().get("delayed_allocation"), None);
+    p.sim.umount(&elsewhere, false).unwrap();
+    let exact = p.uncached();
+    // Mounted by thinlayer, it counts; unmounted again, its filesystem
+    // wrote it back: the pool's figure alone, as large.
+    p.d.mount("c0").unwrap();
+    p.sim.cache(&device(&p, "c0"), Bytes(3 * BLOCK));
+    let pending = p.d.layer_size("c0").unwrap();
+    assert_eq!(pending.size, Bytes(exact["c0"].size.0 + 3 * BLOCK));
+    p.d.umount("c0").unwrap();
+    assert_eq!(p.d.layer_size("c0").unwrap(), pending);
+    assert_eq!(p.usage(), p.uncached());
+}
+
+#[test]
+fn on_xfs_only_what_is_written_back_counts() {
+    let dir = TempDir::new("sizes-xfs");
+    let sim = Sim::new();
+    let opts = PoolOptions {
+        filesystem: crate::fs::FsKind::Xfs,
+        ..PoolOptions::default()
+    };
+    let d = Driver::init(dir.path(), Arc::new(sim.clone()), &opts).unwrap();
+    d.create_container("c", None).unwrap();
+    d.mount("c").unwrap();
+    let was = d.layer_size("c").unwrap();
+    let id = d.tree().unwrap().layers["c"].thin_id;
+    let prefix = d.records().unwrap().pool.prefix;
+    sim.cache(&format!("{prefix}-{id}"), Bytes(3 * BLOCK));
+    assert_eq!(d.layer_size("c").unwrap(), was);
+}
+
+#[test]
+fn a_count_that_cannot_be_read_leaves_the_pools_figure() {
+    let p = Root::new(1);
+    p.d.mount("c0").unwrap();
+    let exact = p.size("c0").0;
+    p.sim.cache(&device(&p, "c0"), Bytes(BLOCK));
+    p.sim.fail_once("delayed_allocation:");
+    assert_eq!(p.size("c0").0, exact);
+    assert_eq!(p.size("c0").0.size, Bytes(exact.size.0 + BLOCK));
 }
