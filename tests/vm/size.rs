@@ -7,6 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use containerd_snapshots::tonic::Code;
+use thinlayer::kernel::Kernel;
+use thinlayer::units::Bytes;
 
 use crate::fixture::{self, Fixture, write_file};
 use crate::served::{Client, Served};
@@ -296,5 +298,106 @@ fn system_df_shows_images_containers_and_what_the_host_holds() {
         fx.ok(&["container", "umount", "web"]);
         fx.ok(&["container", "rm", "web"]);
         fx.ok(&["image", "rm", "app"]);
+    });
+}
+
+/// What `ps -s --json` shows as the container `name`'s size.
+fn ps_size(fx: &Fixture, name: &str) -> u64 {
+    let ps = fx.json(&["ps", "-s"]);
+    let c = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {ps}"))
+        .clone();
+    c["size"].as_u64().unwrap_or_else(|| panic!("{c}"))
+}
+
+/// A mounted container's new data counts in its size as soon as it is
+/// written, before the kernel writes it back, in whole pool blocks; once
+/// written back the pool holds it, and the figure is as large, but for
+/// what ext4 writes about it.
+#[test]
+fn a_containers_writes_count_before_they_are_written_back() {
+    const BLOCK: u64 = 64 << 10;
+    // What ext4 writes around a file, each piece in its own pool block
+    // (as in `scenario.rs`).
+    const FS_OVERHEAD: u64 = 32 * BLOCK;
+    const WRITTEN: u64 = 8 * MIB;
+    fixture::run("size-unwritten", |fx| {
+        fx.init_pool("1G", "16M", Some("512M"), &[]);
+        fx.ok(&["container", "create", "scratch", "c"]);
+        let m = mount(fx, "c");
+        // containerd's Usage: the library's answer, from a kept dump.
+        let d = crate::crash::open(fx);
+        let usage = || d.layer_size("c").unwrap();
+        let before = usage();
+        assert_eq!(before.size.0, ps_size(fx, "c"));
+
+        fs::write(m.join("new.bin"), vec![0x5a; WRITTEN as usize]).unwrap();
+        let dumps = d.metadata_dumps();
+        let pending = usage();
+        let ps = ps_size(fx, "c");
+        // Still in the page cache once both are read: the pool had none
+        // of it when they were.
+        let waiting = fx
+            .kernel
+            .delayed_allocation(&m)
+            .unwrap()
+            .expect("ext4 counts its delayed allocation");
+        println!(
+            "8 MiB written: size {} B before, {} B through Usage ({} dumps), \
+             {ps} B in ps -s, {} B not written back after both",
+            before.size.0,
+            pending.size.0,
+            d.metadata_dumps() - dumps,
+            waiting.0
+        );
+        assert!(
+            waiting.0 >= WRITTEN,
+            "written back before the sizes were read: {} B left",
+            waiting.0
+        );
+        for (what, size) in [("Usage", pending.size.0), ("ps -s", ps)] {
+            assert!(
+                (before.size.0 + WRITTEN..=before.size.0 + WRITTEN + FS_OVERHEAD).contains(&size),
+                "{what}: {size} B, {} B before the write",
+                before.size.0
+            );
+            assert_eq!(size % BLOCK, 0, "{what}: whole pool blocks");
+        }
+        assert_eq!(
+            pending.virtual_size.0 - pending.size.0,
+            before.virtual_size.0 - before.size.0,
+            "the new data is the container's own"
+        );
+
+        // Written back: the pool's figure, exact, holds it.
+        let dir = fs::File::open(&m).unwrap();
+        nix::unistd::syncfs(&dir).unwrap();
+        assert_eq!(fx.kernel.delayed_allocation(&m).unwrap(), Some(Bytes(0)));
+        let flushed = usage();
+        let ps = ps_size(fx, "c");
+        println!(
+            "synced: size {} B through Usage, {ps} B in ps -s",
+            flushed.size.0
+        );
+        assert_eq!(flushed.size.0, ps);
+        assert!(
+            flushed.size.0 >= before.size.0 + WRITTEN,
+            "{} B, {} B before the write",
+            flushed.size.0,
+            before.size.0
+        );
+        assert!(
+            flushed.size.0.abs_diff(pending.size.0) <= BLOCK + FS_OVERHEAD,
+            "{} B written back, {} B counted before",
+            flushed.size.0,
+            pending.size.0
+        );
+        drop(dir);
+        fx.ok(&["container", "umount", "c"]);
+        fx.ok(&["container", "rm", "c"]);
     });
 }
