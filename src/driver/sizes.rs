@@ -456,8 +456,11 @@ impl Driver {
 
 impl Op<'_> {
     /// Every thin device's mappings, read from a metadata snapshot held only
-    /// for the duration of the read.
+    /// for the duration of the read. A step `dump` of the operation that
+    /// asks: serve's metrics count and time the dumps
+    /// (`thinlayer_step_duration_seconds{step="dump"}`).
     pub(super) fn kernel_mappings(&self) -> Result<BTreeMap<u32, Mappings>> {
+        let _s = crate::step!("dump");
         let pool = self.pool();
         let name = pool.name();
         let meta = pool.metadata_device()?;
