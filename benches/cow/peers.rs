@@ -184,25 +184,25 @@ fn program() -> Result<PathBuf> {
 }
 
 /// The three backends, containerd and the server; whatever is up of them.
-struct Peers {
+pub struct Peers {
     kernel: Linux,
-    base: PathBuf,
-    run: PathBuf,
-    thin_root: PathBuf,
+    pub base: PathBuf,
+    pub run: PathBuf,
+    pub thin_root: PathBuf,
     overlay_fs: PathBuf,
     dm_pool: String,
     /// Where `thinlayer serve` serves its metrics.
-    metrics: SocketAddr,
+    pub metrics: SocketAddr,
     serve: Option<Child>,
     containerd: Option<Child>,
 }
 
 /// The device-mapper pool name of thinlayer's pool at `root`.
-fn thin_pool_name(root: &Path) -> String {
+pub fn thin_pool_name(root: &Path) -> String {
     format!("{}-pool", thinlayer::pool::prefix_for(root))
 }
 
-fn run_ok(cmd: &mut Command) -> Result<String> {
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -223,7 +223,7 @@ fn sparse(path: &Path, len: u64) -> Result<()> {
 }
 
 impl Peers {
-    fn new(dir: &Path) -> Result<Peers> {
+    pub fn new(dir: &Path) -> Result<Peers> {
         let base = dir.join("peers");
         fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
         let dm_root = base.join("devmapper");
@@ -260,7 +260,7 @@ impl Peers {
         Ok(names)
     }
 
-    fn thinlayer(&self, args: &[&str]) -> Result<String> {
+    pub fn thinlayer(&self, args: &[&str]) -> Result<String> {
         run_ok(
             Command::new(env!("CARGO_BIN_EXE_thinlayer"))
                 .arg("--root")
@@ -270,7 +270,7 @@ impl Peers {
     }
 
     /// thinlayer's pool, by its own command.
-    fn make_thin(&self, data: u64, meta: u64, base_size: &str) -> Result<()> {
+    pub fn make_thin(&self, data: u64, meta: u64, base_size: &str) -> Result<()> {
         self.thinlayer(&[
             "pool",
             "init",
@@ -430,28 +430,62 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         fs::create_dir_all(&self.run)?;
         let config = self.base.join("containerd.toml");
         fs::write(&config, self.containerd_config(base_size))?;
+        self.start_serve()?;
+        self.start_containerd(Path::new("containerd"), &config)
+    }
+
+    /// `thinlayer serve` on thinlayer's pool, its socket under the run
+    /// directory, its metrics on [`Peers::metrics`].
+    pub fn start_serve(&mut self) -> Result<()> {
+        fs::create_dir_all(&self.run)?;
         let mut serve = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
         serve
             .arg("--root")
             .arg(&self.thin_root)
             .args(["serve", "--metrics-address", &self.metrics.to_string()])
             .arg("--socket")
-            .arg(self.run.join("thinlayer.sock"));
+            .arg(self.serve_socket());
         self.serve = Some(Self::start(
             "thinlayer serve",
             serve,
             &self.base.join("serve.log"),
-            &self.run.join("thinlayer.sock"),
+            &self.serve_socket(),
         )?);
-        let mut containerd = Command::new("containerd");
-        containerd.arg("--config").arg(&config);
+        Ok(())
+    }
+
+    /// The containerd of `binary` with the configuration file `config`,
+    /// which must put its socket at [`Peers::containerd_socket`].
+    pub fn start_containerd(&mut self, binary: &Path, config: &Path) -> Result<()> {
+        let mut containerd = Command::new(binary);
+        containerd.arg("--config").arg(config);
         self.containerd = Some(Self::start(
             "containerd",
             containerd,
             &self.base.join("containerd.log"),
-            &self.run.join("containerd.sock"),
+            &self.containerd_socket(),
         )?);
         Ok(())
+    }
+
+    /// Where `thinlayer serve` listens (containerd's proxy plugin address).
+    pub fn serve_socket(&self) -> PathBuf {
+        self.run.join("thinlayer.sock")
+    }
+
+    /// Where containerd listens.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.run.join("containerd.sock")
+    }
+
+    /// The logs of serve and containerd, their last lines each, for an
+    /// error.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}\n{}",
+            tail(&self.base.join("serve.log")),
+            tail(&self.base.join("containerd.log"))
+        )
     }
 
     /// The Go program's `-peers` argument: per snapshotter its loop
@@ -467,7 +501,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "thinlayer;{};pool:{}:{block};proxy:{};{};http://{}/metrics",
             self.loops_under(&self.thin_root)?.join(","),
             thin_pool_name(&self.thin_root),
-            self.run.join("thinlayer.sock").display(),
+            self.serve_socket().display(),
             self.thin_root.join("data").display(),
             self.metrics
         );
@@ -494,7 +528,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let live = live.join(",");
         let mut cmd = Command::new(&bin);
         cmd.arg("-socket")
-            .arg(self.run.join("containerd.sock"))
+            .arg(self.containerd_socket())
             .arg("-dir")
             .arg(&mounts)
             .arg("-peers")
@@ -544,18 +578,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .with_context(|| format!("run {}", bin.display()))?;
         if !out.status.success() {
             bail!(
-                "{} failed with {}\n{}\n{}",
+                "{} failed with {}\n{}",
                 bin.display(),
                 out.status,
-                tail(&self.base.join("serve.log")),
-                tail(&self.base.join("containerd.log"))
+                self.logs()
             );
         }
         figures(&out.stdout)
     }
 
     /// Takes everything down; the first error, after trying all.
-    fn down(mut self) -> Result<()> {
+    pub fn down(mut self) -> Result<()> {
         let mut errors = Vec::new();
         if let Some(c) = self.containerd.take() {
             errors.extend(stop("containerd", c).err());
@@ -637,7 +670,7 @@ fn stop(what: &str, mut child: Child) -> Result<()> {
 }
 
 /// The last lines of a log, for an error.
-fn tail(log: &Path) -> String {
+pub fn tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!(
