@@ -7,11 +7,13 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use containerd_snapshots::api::snapshots::v1 as api;
 use containerd_snapshots::tonic;
 use thinlayer::metrics::Samples;
+
+#[path = "../../benches/cow/channel.rs"]
+pub mod channel;
 
 use crate::fixture::process::Daemon;
 use crate::fixture::{self, Fixture};
@@ -92,18 +94,7 @@ impl Client {
             .enable_all()
             .build()
             .unwrap();
-        let socket = socket.to_path_buf();
-        // The URI is only a name for the channel (HTTP/2's authority): the
-        // connector dials the socket, as containerd does.
-        let channel = rt
-            .block_on(
-                tonic::transport::Endpoint::from_static("http://localhost")
-                    .connect_timeout(Duration::from_secs(60))
-                    .connect_with_connector(tower::service_fn(move |_| {
-                        tokio::net::UnixStream::connect(socket.clone())
-                    })),
-            )
-            .expect("connect to thinlayer serve");
+        let channel = channel::unix_channel(&rt, socket).expect("connect to thinlayer serve");
         Client {
             rt,
             client: api::snapshots_client::SnapshotsClient::new(channel),
