@@ -5,12 +5,14 @@
 //!
 //! `cow [--quick] [--only WORKLOAD] [--counts N,...] [--out FILE] [--dir DIR]`
 //! `--only`: one of first-write, latency, depth, sparse, churn, containerd,
-//! density, throughput, page-cache, usage, peers (benches/README.md
+//! density, throughput, page-cache, usage, peers, kubelet (benches/README.md
 //! describes each).
 //! `--counts`: the numbers of containers of the create-to-mounted workload.
 //! `--dir`: where pools, loop files and mounts go (default `$SCRATCH/cow`).
 
 mod backend;
+mod channel;
+mod kubelet;
 mod measure;
 mod overlay;
 mod peers;

@@ -478,6 +478,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.run.join("containerd.sock")
     }
 
+    /// The process id of `thinlayer serve`, once started.
+    pub fn serve_pid(&self) -> Option<u32> {
+        self.serve.as_ref().map(Child::id)
+    }
+
     /// The logs of serve and containerd, their last lines each, for an
     /// error.
     pub fn logs(&self) -> String {

@@ -9,6 +9,10 @@ use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::kubelet::{
+    CHURN_EVERY, CHURNED, KUBELET, KUBELET_CPU_TARGET, KUBELET_DUMP_CPU, KUBELET_METRICS,
+    POLL_PERIOD, QUIET,
+};
 use super::measure::Stats;
 use super::peers::{
     CREATE_COST, IDLE_COST, PARALLEL, PEER_FIRST_WRITE, PEER_METRICS, PEERS, PREPARE_CYCLE,
@@ -714,6 +718,7 @@ fn targets(res: &Results, cfg: &Config) -> Vec<String> {
     }
     t.push(usage_target(res));
     t.extend(peer_targets(res, cfg));
+    t.extend(kubelet_targets(res));
     let idle: Vec<(u64, f64)> = params(res, DENSITY)
         .into_iter()
         .filter_map(|n| median(res, DENSITY, "idle, per container", n, "thin").map(|v| (n, v)))
@@ -1421,6 +1426,7 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
         s.push_str(&extra.unwrap_or_default());
     }
     s.push_str(&peers_report(res, cfg));
+    s.push_str(&kubelet_report(res, cfg));
     if !made.is_empty() {
         let _ = writeln!(s, "\n## Plots\n");
         for f in made {
@@ -1428,4 +1434,144 @@ pub fn write(out: &Path, res: &Results, cfg: &Config) -> Result<()> {
         }
     }
     fs::write(out, s).with_context(|| format!("write {}", out.display()))
+}
+
+/// A kubelet figure's value (its median if it has several) with `n`
+/// snapshots, in the windows of `column`.
+fn kubelet_value(res: &Results, m: &str, n: u64, column: &str) -> Option<f64> {
+    median(res, KUBELET, m, n, column)
+}
+
+/// The kubelet workload's windows: the image alone (0) and N snapshots.
+fn kubelet_windows(res: &Results) -> Option<(u64, u64)> {
+    let p = params(res, KUBELET);
+    Some((*p.first()?, *p.last().filter(|n| **n > 0)?))
+}
+
+/// serve's CPU per minute, its children's included, in one window.
+fn kubelet_cpu(res: &Results, n: u64, column: &str) -> Option<f64> {
+    Some(
+        kubelet_value(res, "serve CPU per minute", n, column)?
+            + kubelet_value(res, "children's CPU per minute", n, column)?,
+    )
+}
+
+/// The kubelet workload's two targets.
+fn kubelet_targets(res: &Results) -> Vec<String> {
+    let cpu_target = format!(
+        "Polling 200 snapshots costs serve at most {} of CPU per minute",
+        show(KUBELET_CPU_TARGET, Unit::Seconds)
+    );
+    let lock_target = "A Prepare waits for the root's lock no longer than one Usage call";
+    let Some((base, n)) = kubelet_windows(res) else {
+        return vec![
+            format!("{cpu_target}: not measured in this run."),
+            format!("{lock_target}: not measured in this run."),
+        ];
+    };
+    let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
+    let note = if n != 200 {
+        format!(" — measured at {n} snapshots")
+    } else {
+        String::new()
+    };
+    let cost = |column| {
+        Some((
+            kubelet_cpu(res, n, column)?,
+            kubelet_cpu(res, base, column)?,
+        ))
+    };
+    let cpu = match (cost(QUIET), cost(CHURNED)) {
+        (Some((with, without)), churned) => {
+            let also = churned.map_or(String::new(), |(w, wo)| {
+                format!(
+                    "; with a Prepare every {} s as well: {} against {}, {} more",
+                    CHURN_EVERY.as_secs(),
+                    show(w, Unit::Seconds),
+                    show(wo, Unit::Seconds),
+                    show(w - wo, Unit::Seconds)
+                )
+            });
+            format!(
+                "{cpu_target}: {} (polling alone: {} per minute with {n} snapshots, {} with the image alone, {} more{also}{note})",
+                verdict(with - without <= KUBELET_CPU_TARGET),
+                show(with, Unit::Seconds),
+                show(without, Unit::Seconds),
+                show(with - without, Unit::Seconds),
+            )
+        }
+        _ => format!("{cpu_target}: not measured in this run."),
+    };
+    let lock = match (
+        kubelet_value(res, "prepare lock wait, max", n, CHURNED),
+        kubelet_value(res, "usage call, max", n, CHURNED),
+    ) {
+        (Some(wait), Some(usage)) => format!(
+            "{lock_target}: {} (with {n} snapshots polled: the longest wait at most {}, the longest Usage call at most {}, the histograms' bucket bounds{note})",
+            verdict(wait <= usage),
+            show(wait, Unit::Seconds),
+            show(usage, Unit::Seconds),
+        ),
+        _ => format!("{lock_target}: not measured in this run."),
+    };
+    vec![cpu, lock]
+}
+
+/// The kubelet workload's section: a row per figure, a column per window.
+fn kubelet_report(res: &Results, cfg: &Config) -> String {
+    let Some((base, n)) = kubelet_windows(res) else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\n## (l) Kubelet polling\n\nWhat Kubernetes' polling of container statistics costs `thinlayer serve`. containerd's CRI plugin keeps a container's writable-layer usage for the kubelet from its snapshots syncer: every `stats_collect_period` ({POLL_PERIOD} s, the default) it Walks the CRI snapshotter's snapshots in `k8s.io`, then asks `Usage` of every active one (and of each other kind once). containerd's Walk reads its own metadata and asks the snapshotter `Stat` of each snapshot, so each poll reaches serve as one Stat per snapshot and one Usage per container; `list` calls are containerd's garbage collection's. A poll's Usage calls are one after another: when they take longer than the period, ticks are dropped and there are fewer polls. Set-up: see *kubelet* above. Windows of {} s each, after serve saw a whole poll of the snapshots live: the image alone, then {n} container snapshots live; each polling alone, then with a Prepare and a Remove of a snapshot of the image through containerd's snapshots API every {} s, as a node starts and removes containers. Per window: serve's CPU time from /proc/PID/stat (user + system; children: the `thin_dump` processes and other tools it waited for), scaled to a minute; from serve's metrics scraped before and after: calls per method, metadata dumps (step `dump`), Usage calls that took the root's lock (step `lock` of `usage`: a Usage answered from the kept sizes takes none), Usage call time (mean, and the upper bound of the histogram bucket holding the longest) and how long Prepares waited for the root's lock (step `lock` of `prepare`, the same way); and each Prepare's time through containerd, timed by the client.\n\nWhy the CPU target: one poll should cost serve one metadata dump, and a lock-free answer per call. A dump of this pool, a `thin_dump` process and its parse, costs about {} of CPU under this emulation (*children's CPU* over *metadata dumps* below); {} polls a minute then cost {} in dumps, and the {} Stat and Usage calls of a poll of 200 about as much again. So: at most {} a minute above the image alone, polling alone; a dump per call (200 a poll) would cost a hundred times more.\n",
+        cfg.kubelet_seconds,
+        CHURN_EVERY.as_secs(),
+        show(KUBELET_DUMP_CPU, Unit::Seconds),
+        60 / POLL_PERIOD,
+        show(KUBELET_DUMP_CPU * (60 / POLL_PERIOD) as f64, Unit::Seconds),
+        2 * 200 + 1,
+        show(KUBELET_CPU_TARGET, Unit::Seconds),
+    );
+    for column in [QUIET, CHURNED] {
+        let _ = writeln!(
+            s,
+            "\n### {}\n\n| | image only | {n} snapshots | difference |\n|---|---|---|---|",
+            if column == QUIET {
+                "Polling alone".to_string()
+            } else {
+                format!(
+                    "With a Prepare and a Remove every {} s",
+                    CHURN_EVERY.as_secs()
+                )
+            }
+        );
+        for (metric, unit) in KUBELET_METRICS {
+            let f = |p| res.find(KUBELET, metric, p, column);
+            let (a, b) = (f(base), f(n));
+            let values = |f: Option<&Figure>| f.and_then(|f| f.values.as_ref().ok()).map(Vec::len);
+            let multi = values(a).max(values(b)).is_some_and(|l| l > 1);
+            let diff = match (stats(a), stats(b)) {
+                (Some(x), Some(y)) if unit != Unit::Count || metric.ends_with("per minute") => {
+                    let d = y.median() - x.median();
+                    if d < 0.0 {
+                        format!("−{}", show(-d, unit))
+                    } else {
+                        show(d, unit)
+                    }
+                }
+                _ => "—".into(),
+            };
+            let (what, ca, cb) = if multi {
+                (
+                    format!("{metric}, median (min … max)"),
+                    cell(a, None),
+                    cell(b, None),
+                )
+            } else {
+                (metric.to_string(), cell(a, Some(50.0)), cell(b, Some(50.0)))
+            };
+            let _ = writeln!(s, "| {what} | {ca} | {cb} | {diff} |");
+        }
+    }
+    s
 }

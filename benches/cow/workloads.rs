@@ -18,7 +18,7 @@ use thinlayer::tree::{ImageRef, Kind};
 use super::backend::{Cow, Thin};
 use super::measure::{self, Sample};
 use super::overlay::{Overlay, Under};
-use super::peers;
+use super::{kubelet, peers};
 
 /// Sizes of one run.
 #[derive(Clone, Debug)]
@@ -89,6 +89,10 @@ pub struct Config {
     pub peer_space_deadline: u64,
     pub peer_unpack_entries: Option<usize>,
     pub peer_unpack_reps: usize,
+    /// Kubelet polling: container snapshots live, and seconds of each
+    /// window of polling measured.
+    pub kubelet_snapshots: usize,
+    pub kubelet_seconds: u64,
     /// Which workloads run: `only` if set, never those in `skip`.
     pub only: Option<Workload>,
     pub skip: Vec<Workload>,
@@ -109,13 +113,14 @@ pub enum Workload {
     PageCache,
     Usage,
     Peers,
+    Kubelet,
 }
 
 /// Runs a workload on one baseline.
 type Runner = fn(&mut dyn Cow, &Config, &mut Results) -> Result<()>;
 
 impl Workload {
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 12] = [
         Workload::FirstWrite,
         Workload::Latency,
         Workload::Depth,
@@ -127,6 +132,7 @@ impl Workload {
         Workload::PageCache,
         Workload::Usage,
         Workload::Peers,
+        Workload::Kubelet,
     ];
 
     /// The name `--only` takes.
@@ -143,10 +149,12 @@ impl Workload {
             Workload::PageCache => "page-cache",
             Workload::Usage => "usage",
             Workload::Peers => "peers",
+            Workload::Kubelet => "kubelet",
         }
     }
 
-    /// Runs the workload on one baseline (peers runs once, on its own).
+    /// Runs the workload on one baseline (peers and kubelet run once, on
+    /// their own).
     fn runner(self) -> Option<Runner> {
         Some(match self {
             Workload::FirstWrite => first_write,
@@ -159,7 +167,7 @@ impl Workload {
             Workload::Throughput => throughput,
             Workload::PageCache => page_cache,
             Workload::Usage => usage,
-            Workload::Peers => return None,
+            Workload::Peers | Workload::Kubelet => return None,
         })
     }
 
@@ -216,6 +224,8 @@ impl Config {
             peer_space_deadline: 30,
             peer_unpack_entries: Some(4000),
             peer_unpack_reps: 1,
+            kubelet_snapshots: 20,
+            kubelet_seconds: 20,
             only: None,
             skip: Vec::new(),
             progress: true,
@@ -263,6 +273,8 @@ impl Config {
             peer_space_deadline: 120,
             peer_unpack_entries: None,
             peer_unpack_reps: 3,
+            kubelet_snapshots: 200,
+            kubelet_seconds: 60,
             only: None,
             skip: Vec::new(),
             progress: true,
@@ -385,7 +397,7 @@ pub const USAGE: &str = "usage";
 pub const RAW: &str = "raw-loop";
 
 /// Runs every workload of `cfg`, all under `dir`: each on the three
-/// baselines, then the peers.
+/// baselines, then the peers, then kubelet polling.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     let start = Instant::now();
     let mut res = Results {
@@ -401,6 +413,9 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Results> {
     }
     if cfg.runs(Workload::Peers) {
         peers::run(dir, cfg, &mut res)?;
+    }
+    if cfg.runs(Workload::Kubelet) {
+        kubelet::run(dir, cfg, &mut res)?;
     }
     res.seconds = start.elapsed().as_secs_f64();
     Ok(res)

@@ -6,6 +6,9 @@
 #[path = "../../benches/cow/backend.rs"]
 #[allow(dead_code)]
 mod backend;
+#[path = "../../benches/cow/kubelet.rs"]
+#[allow(dead_code)]
+mod kubelet;
 #[path = "../../benches/cow/measure.rs"]
 #[allow(dead_code)]
 mod measure;
@@ -20,6 +23,9 @@ mod peers;
 mod workloads;
 
 use std::fs;
+
+// kubelet's `super::channel`: the one served.rs includes.
+use crate::served::channel;
 
 use crate::fixture;
 use backend::{Cow, Thin};
@@ -43,10 +49,11 @@ fn quick_benchmarks_produce_sane_figures() {
         // The thin pool's root is `fx.dir/thin`: registered so that the
         // fixture checks its devices for leaks too.
         fx.with_another_root("thin", |_| {
-            // The peers have a test of their own.
+            // The peers have a test of their own; kubelet polling, whose
+            // figures are timings only, none.
             // Quiet: a failure's message must not drown in progress lines.
             let cfg = Config {
-                skip: vec![Workload::Peers],
+                skip: vec![Workload::Peers, Workload::Kubelet],
                 progress: false,
                 ..Config::quick()
             };
