@@ -66,7 +66,8 @@
 //! [`Driver`] handle keeps them for later calls. Several processes share a
 //! root, so what is kept is never trusted as it is: before each use it is
 //! checked against the kernel and the records, and a new dump is taken
-//! unless all of these hold:
+//! unless all of these hold (or, for one layer, those of the next
+//! section):
 //!
 //! 1. the dump finished less than [`SIZES_MAX_AGE`] (2 s) ago;
 //! 2. the pool's status (one ioctl, no metadata commit) shows the same
@@ -107,6 +108,41 @@
 //! than the bound (a large pool, a slow machine) must still answer the
 //! calls that follow it.
 //!
+//! # One layer unchanged
+//!
+//! While other layers are made, removed and written (a Prepare and a
+//! Remove every few seconds, a container writing), checks 2 and 3 fail at
+//! nearly every call, and a dump per call would cost far more than the
+//! calls are worth. So while check 1 holds, the kept dump still answers
+//! for a layer whose own mappings it shows as they are now:
+//!
+//! 4. the records, as the files hold them now, give the layer the thin id
+//!    and the parent it had in the dump. Its size is what it maps
+//!    differently from its parent, a committed layer (or the base) that
+//!    nothing writes;
+//! 5. if its device is live, the device maps as many blocks as the dump
+//!    shows: the thin target's status, one ioctl of that device alone, the
+//!    count the pool keeps in core, without a metadata commit (at
+//!    `reserve_metadata_snap` it and the snapshot agree). A device that is
+//!    not live passes only if the layer was committed or a view when
+//!    dumped, which nothing writes: an active layer's device may have been
+//!    made live, written through (or trimmed) and taken down since, with
+//!    nothing in its record to show it.
+//!
+//! A layer the dump does not hold (made since), or one that fails 4 or 5,
+//! takes a new dump under the root's lock, as any call did before; a key
+//! the records do not hold is not found, without a dump.
+//!
+//! Writes that map blocks the layer did not map, and trims that unmap
+//! some, change its count. What 5 misses is a change that leaves the count
+//! as it was: a write that copies a block the layer shares with its parent
+//! (an image file rewritten in place: the block is mapped to a new data
+//! block instead of the shared one, so its size grows by a block and its
+//! count stays), and discards that unmap as many blocks as writes map
+//! between two calls. Each goes unseen for as long as the
+//! dump answers: [`SIZES_MAX_AGE`] plus the dump's own duration, the bound
+//! above.
+//!
 //! [`Driver::layer_size`], the service's `Usage`, answers from what is kept
 //! without the root's lock and without start-up repair when checks 1 and 2
 //! pass and the records' files (`state.json` and its journal) are still
@@ -117,8 +153,12 @@
 //! saved less than 2 s before they were read are compared byte for byte
 //! instead, a read of a few hundred bytes a layer (see `RecordsFile`; the
 //! `stat` shortcut trusts the clock not to go back, and check 1 bounds what
-//! a clock set back could hide).
-//! Anything else takes the lock and runs as every operation does.
+//! a clock set back could hide). Failing those, it answers without the
+//! lock too when checks 1, 4 and 5 pass for the layer asked: the records
+//! as `Store::peek` reads them (a `stat` of their files; a long-running
+//! process such as `serve` keeps them in memory, and reads the files again
+//! only after another process saved) and at most one ioctl of the layer's
+//! device. Anything else takes the lock and runs as every operation does.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -134,7 +174,7 @@ use super::{Driver, Op};
 use crate::error::{Error, Result};
 use crate::pool::{KernelPoolStatus, Pool, PoolConfig};
 use crate::records::{Records, RecordsId, Store};
-use crate::thin::{Mappings, parse_thin_dump};
+use crate::thin::{Mappings, Thins, parse_thin_dump};
 use crate::tree::{Kind, Layer, Tree};
 use crate::units::{BlockSize, Bytes, ThinId};
 
@@ -220,6 +260,17 @@ impl Fingerprint {
     }
 }
 
+/// What a dump holds of one layer.
+struct Dumped {
+    /// Its figures; `virtual_size` is the blocks it maps, in bytes.
+    size: LayerSize,
+    /// Its parent's thin id (the base's for a layer on the base).
+    parent: Option<u32>,
+    /// Of a kind nothing writes (committed, a view) when dumped: its
+    /// mappings stay as they are for as long as its thin id lives.
+    read_only: bool,
+}
+
 /// Every layer's figures from one dump.
 struct Dump {
     /// The handle's count of dumps once this one was taken: names it.
@@ -227,8 +278,8 @@ struct Dump {
     /// When it finished.
     ready: Instant,
     fingerprint: Fingerprint,
-    /// By thin id: the fingerprint fixes each one's parent.
-    by_thin: BTreeMap<u32, LayerSize>,
+    /// By thin id.
+    by_thin: BTreeMap<u32, Dumped>,
 }
 
 impl Dump {
@@ -417,13 +468,31 @@ impl Driver {
 
     /// What [`Driver::kept_size`] answers from: `key`'s kept figures, its
     /// thin id if it is an active layer thinlayer holds mounted, and the
-    /// pool's block size.
+    /// pool's block size. From the kept answers while the pool and the
+    /// records are as they were (checks 1 to 3), else from the kept dump if
+    /// `key`'s layer is unchanged ([`Driver::unchanged_layer`]).
     fn kept_figures(&self, key: &str) -> Option<(Option<LayerSize>, Option<ThinId>, BlockSize)> {
         let kept = self.sizes.kept();
-        let (dump, answers) = (kept.dump.as_ref()?, kept.answers.as_ref()?);
-        if answers.dump != dump.number || !dump.fresh() {
+        let dump = kept.dump.as_ref()?;
+        if !dump.fresh() {
             return None;
         }
+        if let Some(answers) = kept.answers.as_ref().filter(|a| a.dump == dump.number)
+            && let Some(found) = self.unchanged_answers(dump, answers, key)
+        {
+            return Some(found);
+        }
+        self.unchanged_layer(dump, key)
+    }
+
+    /// `key`'s figures from `answers`, if the records are theirs byte for
+    /// byte and the pool's status shows what it showed before `dump`.
+    fn unchanged_answers(
+        &self,
+        dump: &Dump,
+        answers: &Answers,
+        key: &str,
+    ) -> Option<(Option<LayerSize>, Option<ThinId>, BlockSize)> {
         if !answers.records.unchanged(&self.store)? {
             tracing::debug!("sizes: the records changed since the kept answers");
             return None;
@@ -450,6 +519,78 @@ impl Driver {
             answers.by_key.get(key).cloned(),
             answers.mounted.get(key).copied(),
             answers.pool.block_size,
+        ))
+    }
+
+    /// `key`'s figures from `dump` although the pool or the records
+    /// changed since, if its layer did not (see the module documentation):
+    /// the records, as the files hold them now, give it the thin id and
+    /// parent it had in the dump, and its device, if live, maps as many
+    /// blocks as the dump shows; one whose device is not live must have
+    /// been committed or a view already when dumped. A key the records do
+    /// not hold is not found.
+    fn unchanged_layer(
+        &self,
+        dump: &Dump,
+        key: &str,
+    ) -> Option<(Option<LayerSize>, Option<ThinId>, BlockSize)> {
+        let now = self.store.peek(|rec| {
+            let config = rec.pool.clone();
+            let Some(l) = rec.tree.layers.get(key) else {
+                return (config, None);
+            };
+            let parent = parent_id(&rec.tree, l).map(ThinId::get);
+            let mounted = l.kind == Kind::Active && l.mounts > 0;
+            (config, Some((l.thin_id, parent, mounted)))
+        });
+        let (config, layer) = now.ok()?;
+        let Some((thin, parent, mounted)) = layer else {
+            return Some((None, None, config.block_size));
+        };
+        let Some(dumped) = dump.by_thin.get(&thin.get()) else {
+            tracing::debug!(key, "sizes: a layer the kept dump does not hold");
+            return None;
+        };
+        if dumped.parent != parent {
+            tracing::debug!(key, "sizes: the layer's parent changed since the kept dump");
+            return None;
+        }
+        let pool = Pool {
+            kernel: &*self.kernel,
+            config: &config,
+        };
+        match (Thins { pool: &pool }).mapped(thin) {
+            Ok(mapped) if mapped == dumped.size.virtual_size => {}
+            Ok(mapped) => {
+                tracing::debug!(
+                    key,
+                    %mapped,
+                    was = %dumped.size.virtual_size,
+                    "sizes: the layer's device maps other blocks than in the kept dump"
+                );
+                return None;
+            }
+            // Not live (or failed): nothing writes through it now, and
+            // nothing did since the dump if it was read-only then.
+            Err(_) if dumped.read_only => {}
+            Err(e) => {
+                tracing::debug!(
+                    key,
+                    error = %e,
+                    "sizes: no count of the layer's device to compare with the kept dump"
+                );
+                return None;
+            }
+        }
+        tracing::trace!(
+            key,
+            dump = dump.number,
+            "sizes: answered from the kept dump, the layer unchanged"
+        );
+        Some((
+            Some(dumped.size.clone()),
+            mounted.then_some(thin),
+            config.block_size,
         ))
     }
 }
@@ -517,17 +658,22 @@ impl Op<'_> {
         let block = self.rec.pool.block_size;
         let empty = Mappings::default();
         let tree = &self.rec.tree;
-        let by_thin: BTreeMap<u32, LayerSize> = tree
+        let by_thin: BTreeMap<u32, Dumped> = tree
             .layers
             .values()
             .map(|l| {
                 let mine = maps.get(&l.thin_id.get()).unwrap_or(&empty);
-                let parent = parent_id(tree, l).and_then(|id| maps.get(&id.get()));
-                let size = LayerSize {
-                    size: block.blocks(mine.own_blocks(parent)),
-                    virtual_size: block.blocks(mine.mapped()),
+                let parent = parent_id(tree, l);
+                let parent_maps = parent.and_then(|id| maps.get(&id.get()));
+                let dumped = Dumped {
+                    size: LayerSize {
+                        size: block.blocks(mine.own_blocks(parent_maps)),
+                        virtual_size: block.blocks(mine.mapped()),
+                    },
+                    parent: parent.map(ThinId::get),
+                    read_only: l.kind.read_only(),
                 };
-                (l.thin_id.get(), size)
+                (l.thin_id.get(), dumped)
             })
             .collect();
         let by_key = self.by_key(&by_thin);
@@ -548,12 +694,12 @@ impl Op<'_> {
         Ok((number, by_key))
     }
 
-    fn by_key(&self, by_thin: &BTreeMap<u32, LayerSize>) -> BTreeMap<String, LayerSize> {
+    fn by_key(&self, by_thin: &BTreeMap<u32, Dumped>) -> BTreeMap<String, LayerSize> {
         self.rec
             .tree
             .layers
             .values()
-            .filter_map(|l| Some((l.key.clone(), by_thin.get(&l.thin_id.get())?.clone())))
+            .filter_map(|l| Some((l.key.clone(), by_thin.get(&l.thin_id.get())?.size.clone())))
             .collect()
     }
 }

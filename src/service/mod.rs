@@ -380,14 +380,19 @@ impl Snapshotter for Snapshots {
     /// shows the transaction id, data blocks used and metadata blocks used
     /// it showed just before that dump, the records hold the same layers
     /// (thin ids and parents), and for at most
-    /// [`crate::driver::SIZES_MAX_AGE`] (2 s) after that dump finished; any
-    /// change to one of those means a new dump. What moves none of them
+    /// [`crate::driver::SIZES_MAX_AGE`] (2 s) after that dump finished.
+    /// When the pool or the records changed, the dump still answers, for
+    /// those 2 s, for a snapshot whose own layer did not: same thin id and
+    /// parent, and a live device mapping as many blocks as in the dump (one
+    /// status ioctl of that device), or a committed snapshot or view; a new
+    /// snapshot or a changed one means a new dump. What moves none of them
     /// (discards freeing as many blocks as writes elsewhere allocate, a
-    /// write allocated before the dump and mapped after it) can go unseen
-    /// for at most those 2 s plus the dump's own duration (the driver's
-    /// sizes module has the details). While the records' files are what was
-    /// read when the answers were computed, a reused answer costs a `stat`
-    /// of each and one status ioctl, without the root's lock.
+    /// write allocated before the dump and mapped after it, a copy of a
+    /// block shared with the parent, which keeps the snapshot's count) can
+    /// go unseen for at most those 2 s plus the dump's own duration (the
+    /// driver's sizes module has the details). A reused answer costs a
+    /// `stat` of the records' files and one status ioctl, without the
+    /// root's lock.
     async fn usage(&self, key: String) -> Result<Usage, Status> {
         self.run("usage", move |d| {
             let s = d.layer_size(&key)?;

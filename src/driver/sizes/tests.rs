@@ -309,3 +309,105 @@ fn a_count_that_cannot_be_read_leaves_the_pools_figure() {
     assert_eq!(p.size("c0").0, exact);
     assert_eq!(p.size("c0").0.size, Bytes(exact.size.0 + BLOCK));
 }
+
+/// A root of containers `c0`…`c3` whose kept dump no longer matches the
+/// pool or the records: `c1` mounted (its device live, as a containerd
+/// snapshot's is) and every layer's size read, then a layer made, one
+/// removed and `c2` written through its device (made live for that and
+/// taken down after). Returns it with the figures before those changes,
+/// and the image's top layer.
+fn churned() -> (Root, BTreeMap<String, LayerSize>, String) {
+    let p = Root::new(4);
+    p.d.mount("c1").unwrap();
+    let top = p.d.tree().unwrap().images["app:latest"].top.clone();
+    let (before, n) = p.dumps(|_| p.usage());
+    assert_eq!(n, 1);
+    assert_eq!(before, p.uncached());
+    p.d.create_container("c9", Some(&image())).unwrap();
+    p.d.remove("c0", false).unwrap();
+    p.write("c2", 300, 2);
+    (p, before, top)
+}
+
+#[test]
+fn an_unchanged_layer_answers_from_the_kept_dump_while_others_change() {
+    let (p, before, top) = churned();
+    let exact = p.uncached();
+    assert_ne!(exact["c2"], before["c2"]);
+    // A live device mapping what it mapped, a committed layer: no dump,
+    // and the figures exact.
+    assert_eq!(p.size("c1"), (exact["c1"].clone(), 0));
+    assert_eq!(p.size(&top), (exact[&top].clone(), 0));
+    assert_eq!(exact["c1"], before["c1"]);
+    // Answered without the root's lock.
+    let lock = p.d.store.lock().unwrap();
+    let (done, size) = std::thread::scope(|s| {
+        let asked = s.spawn(|| p.d.layer_size("c1"));
+        for _ in 0..1000 {
+            if asked.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let done = asked.is_finished();
+        drop(lock);
+        (done, asked.join().unwrap())
+    });
+    assert!(done, "answered while the lock was held");
+    assert_eq!(size.unwrap(), exact["c1"]);
+    // A removed layer is not found, without a dump either.
+    let (err, n) = p.dumps(|d| d.layer_size("c0").unwrap_err());
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(n, 0);
+    // What it has not written back still counts, read now.
+    p.sim.cache(&device(&p, "c1"), Bytes(BLOCK));
+    let more = LayerSize {
+        size: Bytes(exact["c1"].size.0 + BLOCK),
+        virtual_size: Bytes(exact["c1"].virtual_size.0 + BLOCK),
+    };
+    assert_eq!(p.size("c1"), (more, 0));
+}
+
+#[test]
+fn a_write_through_the_layer_or_a_new_layer_takes_a_new_dump() {
+    let (p, _, _) = churned();
+    // Written through its live device: it maps more blocks.
+    p.sim.write(&device(&p, "c1"), 700, 3).unwrap();
+    let exact = p.uncached();
+    assert_eq!(p.size("c1"), (exact["c1"].clone(), 1));
+    assert_eq!(exact["c1"].size, Bytes(4 * BLOCK));
+    let (p, _, _) = churned();
+    // Written through a device live only meanwhile: no count to compare.
+    let exact = p.uncached();
+    assert_eq!(p.size("c2"), (exact["c2"].clone(), 1));
+    assert_eq!(exact["c2"].size, Bytes(4 * BLOCK));
+    let (p, _, _) = churned();
+    // A layer the dump does not hold.
+    assert_eq!(p.size("c9"), (p.uncached()["c9"].clone(), 1));
+}
+
+/// Makes the kept dump as old as [`SIZES_MAX_AGE`].
+fn expire(d: &Driver) {
+    let mut kept = d.sizes.kept();
+    let dump = kept.dump.as_mut().unwrap();
+    dump.ready = dump.ready.checked_sub(SIZES_MAX_AGE).unwrap();
+}
+
+#[test]
+fn an_unchanged_layer_answers_for_no_longer_than_the_bound() {
+    let (p, _, _) = churned();
+    expire(&p.d);
+    assert_eq!(p.size("c1"), (p.uncached()["c1"].clone(), 1));
+}
+
+#[test]
+fn a_copy_of_a_shared_block_goes_unseen_until_the_bound() {
+    let (p, before, _) = churned();
+    // A rewrite of an image block: the pool copies it, the count stays.
+    p.sim.write(&device(&p, "c1"), 5, 1).unwrap();
+    let exact = p.uncached();
+    assert_eq!(exact["c1"].size, Bytes(before["c1"].size.0 + BLOCK));
+    assert_eq!(p.size("c1"), (before["c1"].clone(), 0));
+    expire(&p.d);
+    assert_eq!(p.size("c1"), (exact["c1"].clone(), 1));
+}
