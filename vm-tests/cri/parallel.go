@@ -31,6 +31,9 @@ type podResult struct {
 	WritableLayerUsedBytes  uint64                     `json:"writable_layer_used_bytes"`
 	WritableLayerInodesUsed uint64                     `json:"writable_layer_inodes_used"`
 	Stats                   *runtimeapi.ContainerStats `json:"stats"`
+	// How many ContainerStats calls the stats step made (more than one
+	// with -stats-at-least).
+	StatsReads int `json:"stats_reads"`
 	// The first failure; the steps after it were skipped, but for the
 	// pod's stop and removal, which are tried anyway.
 	Error string `json:"error"`
@@ -55,6 +58,7 @@ func init() {
 			fs.Var(&exec, "exec", "a command ExecSync runs in each container, as a JSON array (default: no exec step)")
 			keep := fs.Bool("keep", false, "leave the pods and their containers running: no stop and removal steps")
 			grace := fs.Int64("stop-timeout", 0, "StopContainer's timeout, seconds")
+			atLeast := fs.Uint64("stats-at-least", 0, "the stats step calls ContainerStats again (every 0.2 s, for up to -timeout) until the writable layer's used bytes reach this many, and fails if they do not: the runtime collects them in the background, so they lag writes (0: one call)")
 			return func(c *client, args []string) error {
 				if err := exactArgs(args); err != nil {
 					return err
@@ -86,7 +90,7 @@ func init() {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						cycle(c, res, podCfg, ctrCfg, pod.runtimeHandler, exec, *keep, *grace)
+						cycle(c, res, podCfg, ctrCfg, pod.runtimeHandler, exec, *keep, *grace, *atLeast)
 					}()
 				}
 				wg.Wait()
@@ -108,9 +112,10 @@ func init() {
 		}})
 }
 
-// cycle runs one pod's cycle, recording each step's time into res.
+// cycle runs one pod's cycle, recording each step's time into res; its
+// stats step waits until the writable layer's used bytes reach atLeast.
 func cycle(c *client, res *podResult, podCfg *runtimeapi.PodSandboxConfig, ctrCfg *runtimeapi.ContainerConfig,
-	handler string, exec []string, keep bool, grace int64) {
+	handler string, exec []string, keep bool, grace int64, atLeast uint64) {
 	// step times f and records it; after a failure it runs nothing.
 	step := func(name string, f func() error) {
 		if res.Error != "" {
@@ -140,13 +145,25 @@ func cycle(c *client, res *podResult, podCfg *runtimeapi.PodSandboxConfig, ctrCf
 			return err
 		})
 	}
-	step("stats", func() (err error) {
-		res.Stats, err = containerStats(c, res.ContainerID)
-		if wl := res.Stats.GetWritableLayer(); wl != nil {
-			res.WritableLayerUsedBytes = wl.GetUsedBytes().GetValue()
-			res.WritableLayerInodesUsed = wl.GetInodesUsed().GetValue()
+	step("stats", func() error {
+		deadline := time.Now().Add(c.timeout)
+		for {
+			var err error
+			res.StatsReads++
+			res.Stats, err = containerStats(c, res.ContainerID)
+			if wl := res.Stats.GetWritableLayer(); wl != nil {
+				res.WritableLayerUsedBytes = wl.GetUsedBytes().GetValue()
+				res.WritableLayerInodesUsed = wl.GetInodesUsed().GetValue()
+			}
+			if err != nil || res.WritableLayerUsedBytes >= atLeast {
+				return err
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("ContainerStats %s: the writable layer's used bytes are %d after %d calls in %s, not the %d expected",
+					res.ContainerID, res.WritableLayerUsedBytes, res.StatsReads, c.timeout, atLeast)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		return err
 	})
 	if keep {
 		return
