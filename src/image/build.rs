@@ -319,7 +319,18 @@ fn faulty_diff_ids(layers: &[Vec<u8>], faults: &Faults) -> Vec<Digest> {
     ids
 }
 
+/// The image configuration's `config` (its process) of the archives
+/// written here, unless told otherwise: `/bin/sh` with a `PATH`.
+fn default_process() -> serde_json::Value {
+    json!({ "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"] })
+}
+
 fn base_config(layers: usize) -> serde_json::Value {
+    base_config_running(layers, default_process())
+}
+
+/// [`base_config`] whose `config` (the process) is `process`.
+fn base_config_running(layers: usize, process: serde_json::Value) -> serde_json::Value {
     let history: Vec<serde_json::Value> = (0..layers)
         .map(|n| {
             json!({
@@ -330,7 +341,7 @@ fn base_config(layers: usize) -> serde_json::Value {
         .collect();
     json!({
         "created": "2024-01-01T00:00:00Z",
-        "config": { "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"] },
+        "config": process,
         "history": history,
     })
 }
@@ -391,6 +402,20 @@ pub fn write_docker_save(dest: &Path, repo_tag: &str, layers: &[Vec<u8>]) -> Res
     write_docker_save_with(dest, repo_tag, layers, &Faults::default())
 }
 
+/// [`write_docker_save`] of an image that runs `process` (the image
+/// configuration's `config` object: `Entrypoint`, `Cmd`, `Env`,
+/// `WorkingDir`, `Labels`...) instead of `/bin/sh`: for a container that
+/// must stay up with no command given, such as a pod's sandbox.
+pub fn write_docker_save_running(
+    dest: &Path,
+    repo_tag: &str,
+    layers: &[Vec<u8>],
+    process: &serde_json::Value,
+) -> Result<()> {
+    let config = base_config_running(layers.len(), process.clone());
+    docker_save(dest, repo_tag, layers, &Faults::default(), &config)
+}
+
 /// [`write_docker_save`] with deliberate defects (`wrong_diff_id`,
 /// `extra_diff_id`, `missing_layer`).
 pub fn write_docker_save_with(
@@ -398,6 +423,18 @@ pub fn write_docker_save_with(
     repo_tag: &str,
     layers: &[Vec<u8>],
     faults: &Faults,
+) -> Result<()> {
+    docker_save(dest, repo_tag, layers, faults, &base_config(layers.len()))
+}
+
+/// A `docker save` archive whose image configuration is `base` with the
+/// layers' diff ids.
+fn docker_save(
+    dest: &Path,
+    repo_tag: &str,
+    layers: &[Vec<u8>],
+    faults: &Faults,
+    base: &serde_json::Value,
 ) -> Result<()> {
     let as_tar = dest.extension().is_some_and(|e| e == "tar");
     let st = Staging::new(dest, as_tar)?;
@@ -421,10 +458,7 @@ pub fn write_docker_save_with(
         st.put(&format!("{id}/json"), v1.to_string().as_bytes())?;
         members.push(member);
     }
-    let config = oci_config(
-        Some(&base_config(layers.len())),
-        &faulty_diff_ids(layers, faults),
-    )?;
+    let config = oci_config(Some(base), &faulty_diff_ids(layers, faults))?;
     let cfg_bytes = config.to_string().into_bytes();
     let cfg_name = format!("{}.json", Digest::of_bytes(&cfg_bytes).hex());
     st.put(&cfg_name, &cfg_bytes)?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::build::{
     Faults, LayerBuilder, compress, flip_byte, read_layer, write_docker_save,
-    write_docker_save_with, write_oci_archive, write_oci_archive_with,
+    write_docker_save_running, write_docker_save_with, write_oci_archive, write_oci_archive_with,
 };
 use super::source::tar_member;
 use super::*;
@@ -145,6 +145,25 @@ fn docker_save_tar_and_directory() {
     write_docker_save(&dir, "app:1", &ls).unwrap();
     assert!(dir.join("repositories").is_file());
     check_archive(&dir, "app:1", &ls, Compression::None);
+}
+
+#[test]
+fn docker_save_running_a_given_process() {
+    let t = TempDir::new("img-docker-process");
+    let ls = layers();
+    let dir = t.path().join("d");
+    let process = json!({ "Env": ["PATH=/bin"], "Entrypoint": ["/bin/sleep", "1000"] });
+    write_docker_save_running(&dir, "app:1", &ls, &process).unwrap();
+    let ar = ImageArchive::open(&dir).unwrap();
+    let img = &ar.images()[0];
+    assert_eq!(img.name.as_deref(), Some("app:1"));
+    assert_eq!(img.config.raw["config"], process, "{}", img.config.raw);
+    let diffs: Vec<Digest> = ls.iter().map(|l| Digest::of_bytes(l)).collect();
+    assert_eq!(img.config.diff_ids, diffs);
+    assert_eq!(img.config.history.len(), ls.len());
+    for (l, want) in img.layers.iter().zip(&ls) {
+        assert!(read_layer(&ar, l).unwrap() == *want, "{} differs", l.label);
+    }
 }
 
 #[test]
