@@ -11,10 +11,6 @@ fn small_pool(fx: &Fixture, extra: &[&str]) {
     fx.init_pool("1G", "16M", Some("256M"), extra);
 }
 
-fn data_used(fx: &Fixture) -> u64 {
-    fx.json(&["pool", "status"])["data_used"].as_u64().unwrap()
-}
-
 #[test]
 fn pool_lifecycle_and_reactivation() {
     fixture::run("pool", |fx| {
@@ -108,7 +104,7 @@ fn an_idle_container_costs_a_few_blocks() {
         // The default 10 GiB layers: ext4's lazy inode-table init would cost
         // thousands of blocks per mounted snapshot if it ran.
         fx.init_pool("4G", "32M", None, &[]);
-        let before = data_used(fx);
+        let before = fx.data_used();
         for i in 0..5 {
             let name = format!("idle{i}");
             fx.ok(&["container", "create", "scratch", &name]);
@@ -116,7 +112,7 @@ fn an_idle_container_costs_a_few_blocks() {
         }
         // Give a background init thread time to show itself.
         std::thread::sleep(std::time::Duration::from_secs(5));
-        let after = data_used(fx);
+        let after = fx.data_used();
         let per = (after - before) / 5;
         println!("an idle container, created and mounted, costs {per} bytes of pool data");
         assert!(

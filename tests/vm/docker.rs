@@ -32,16 +32,16 @@ use thinlayer::image::build::write_docker_save;
 use thinlayer::kernel::Kernel;
 
 use crate::crash::{open, records};
-use crate::fixture::process::{Daemon, kill_shims, log_tail, output_text, output_within};
-use crate::fixture::{self, DEADLINE, Fixture, busybox_layer, eventually};
+use crate::fixture::process::{
+    Daemon, docker_tree, docker_tree_path, kill_shims, log_tail, output_text, output_within,
+    remove_cgroups,
+};
+use crate::fixture::{
+    self, BLOCK, DEADLINE, FS_OVERHEAD, Fixture, busybox_layer, eventually, in_blocks,
+};
 
 const IMAGE: &str = "tlbox:1";
 const KIB: u64 = 1024;
-const BLOCK: u64 = 64 * KIB;
-/// What ext4 writes around a container's files (journal, bitmaps, inode
-/// table blocks, directories), each in its own pool block: as in
-/// `scenario.rs`.
-const FS_OVERHEAD: u64 = 32 * BLOCK;
 /// The longest a docker command may take (a build, a commit, under
 /// emulation on a loaded machine).
 const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
@@ -96,36 +96,6 @@ fn image_archive(fx: &Fixture) -> PathBuf {
     let path = fx.dir.join("tlbox.tar");
     write_docker_save(&path, IMAGE, &[l1.finish(), l2.finish()]).unwrap();
     path
-}
-
-/// Debian 13's Docker and containerd as `vm-tests/setup` unpacked them:
-/// `THINLAYER_VM_DOCKER`, which `vm-tests/run` sets in the VM, or else (on
-/// a host with dm-thin, where the tests run directly) what setup names.
-fn docker_tree() -> PathBuf {
-    let tree = match std::env::var_os("THINLAYER_VM_DOCKER") {
-        Some(t) => PathBuf::from(t),
-        None => {
-            let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-tests/setup");
-            let out = Command::new("bash")
-                .arg("-c")
-                .arg(r#"eval "$("$0" --quiet --print-env)" && printf %s "$VM_DOCKER""#)
-                .arg(&setup)
-                .output()
-                .expect("run vm-tests/setup");
-            assert!(
-                out.status.success(),
-                "vm-tests/setup --print-env: {}",
-                output_text(&out)
-            );
-            PathBuf::from(String::from_utf8(out.stdout).unwrap())
-        }
-    };
-    assert!(
-        tree.join("usr/sbin/dockerd").is_file(),
-        "no dockerd in {} (vm-tests/setup unpacks Debian 13's Docker there)",
-        tree.display()
-    );
-    tree
 }
 
 /// `thinlayer serve`, containerd and dockerd for one test; stopped and
@@ -197,15 +167,6 @@ impl<'a> Docker<'a> {
         }
     }
 
-    /// Debian 13's binaries first (containerd's shim among them), then
-    /// this machine's (runc).
-    fn path(&self) -> String {
-        format!(
-            "{t}/usr/bin:{t}/usr/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
-            t = self.tree.display()
-        )
-    }
-
     fn start_serve(&mut self) {
         let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
         c.arg("--root")
@@ -222,7 +183,9 @@ impl<'a> Docker<'a> {
     /// as `name`, its log `name.log` in the test's directory.
     fn start_daemon(&self, name: &str, bin: &str, flag: &str, config: &Path) -> Daemon {
         let mut c = Command::new(self.tree.join(bin));
-        c.arg(flag).arg(config).env("PATH", self.path());
+        c.arg(flag)
+            .arg(config)
+            .env("PATH", docker_tree_path(&self.tree));
         Daemon::start(name, c, &self.fx.dir.join(format!("{name}.log")))
     }
 
@@ -276,7 +239,7 @@ impl<'a> Docker<'a> {
         let started = Instant::now();
         let mut c = Command::new(self.tree.join("usr/bin/docker"));
         c.args(args)
-            .env("PATH", self.path())
+            .env("PATH", docker_tree_path(&self.tree))
             .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
             .env("DOCKER_CONFIG", self.fx.dir.join("docker-cli"))
             // The classic builder: buildx is not installed.
@@ -401,18 +364,6 @@ impl Drop for Docker<'_> {
     }
 }
 
-/// Removes the cgroup `dir` and those below it, deepest first (best effort).
-fn remove_cgroups(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroups(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
 /// GET `path` over HTTP/1.0 on the unix socket `sock`: (status, body).
 fn http_get(sock: &Path, path: &str) -> Result<(u32, String), String> {
     let mut s =
@@ -493,11 +444,6 @@ fn parents_of(fx: &Fixture, key: &str) -> Vec<String> {
         out.push(p);
     }
     out
-}
-
-/// Pool blocks holding `bytes` written from a block boundary.
-fn in_blocks(bytes: u64) -> u64 {
-    bytes.div_ceil(BLOCK) * BLOCK
 }
 
 /// One reading of sizes through Docker, taken while thinlayer's sizes did
@@ -666,19 +612,12 @@ fn tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The pool's data space in use.
-fn data_used(fx: &Fixture) -> u64 {
-    fx.json(&["pool", "status"])["data_used"]
-        .as_u64()
-        .expect("data_used")
-}
-
 #[test]
 fn docker_runs_containers_on_thinlayer() {
     fixture::run("docker", |fx| {
         let started = Instant::now();
         fx.init_pool("4G", "64M", Some("1G"), &[]);
-        let base_used = data_used(fx);
+        let base_used = fx.data_used();
         let archive = image_archive(fx);
         let data = data();
         let three: Vec<u8> = [&data[..], &data[..], &data[..]].concat();
@@ -1040,7 +979,7 @@ fn docker_runs_containers_on_thinlayer() {
             },
         );
         assert_eq!(
-            data_used(fx),
+            fx.data_used(),
             base_used,
             "pool data after removing everything vs the base alone"
         );

@@ -30,6 +30,23 @@ use thinlayer::kernel::{Kernel, Linux};
 /// lasts this long only when what it waits for never happens.
 pub const DEADLINE: Duration = Duration::from_secs(300);
 
+/// The pool's data block at thinlayer's default block size: the unit of
+/// every size thinlayer reports.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, counts no sizes
+pub const BLOCK: u64 = 64 << 10;
+
+/// What ext4 itself writes around a container's files: journal blocks,
+/// bitmaps, inode table blocks, directories, the superblock. Each lands in
+/// its own pool block, so the bound is in pool blocks.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, counts no sizes
+pub const FS_OVERHEAD: u64 = 32 * BLOCK;
+
+/// Pool blocks holding `bytes` written from a block boundary.
+#[allow(dead_code)] // tests/powercut.rs, which includes this file, counts no sizes
+pub fn in_blocks(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK) * BLOCK
+}
+
 /// Polls `check` until it returns `Ok`, sleeping a little between calls
 /// (50 ms, doubling up to 1 s), for at most `deadline`. Returns the value,
 /// or, when time runs out, the last state `check` reported.
@@ -219,6 +236,14 @@ impl Fixture {
         let out = self.ok(&all);
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("thinlayer {args:?} printed no JSON ({e}):\n{out}"))
+    }
+
+    /// The pool's data space in use (`pool status`).
+    #[allow(dead_code)] // tests/powercut.rs, which includes this file, reads none
+    pub fn data_used(&self) -> u64 {
+        self.json(&["pool", "status"])["data_used"]
+            .as_u64()
+            .expect("data_used in pool status")
     }
 
     /// Runs thinlayer expecting failure with `code`; returns stderr.
@@ -681,17 +706,17 @@ pub mod process {
         )
     }
 
-    /// A containerd configuration (version 2: containerd 1.6 and 1.7) with
-    /// thinlayer's server on `serve_sock` as the proxy snapshotter `thinlayer`,
-    /// without the CRI plugin: containerd's root and `opt` directory in `dir`,
-    /// its state and its socket (`run/containerd.sock`) under `run`. `extra`
-    /// is appended.
     /// The root of the containerd whose config [`containerd_config`] made
     /// for the test directory `dir` (its temporary mounts are under it).
     pub fn containerd_root(dir: &Path) -> PathBuf {
         dir.join("containerd")
     }
 
+    /// A containerd configuration (version 2: containerd 1.6 and 1.7) with
+    /// thinlayer's server on `serve_sock` as the proxy snapshotter `thinlayer`,
+    /// without the CRI plugin: containerd's root and `opt` directory in `dir`,
+    /// its state and its socket (`run/containerd.sock`) under `run`. `extra`
+    /// is appended.
     pub fn containerd_config(dir: &Path, run: &Path, serve_sock: &Path, extra: &str) -> String {
         let sock = run.join("containerd.sock");
         format!(
@@ -708,35 +733,107 @@ pub mod process {
 
     [plugins."io.containerd.internal.v1.opt"]
       path = "{opt}"
-
-    [proxy_plugins]
-      [proxy_plugins.thinlayer]
-        type = "snapshot"
-        address = "{serve}"
-    {extra}"#,
+    {proxy}{extra}"#,
             root = containerd_root(dir).display(),
             state = run.join("state").display(),
             sock = sock.display(),
             opt = dir.join("opt").display(),
-            serve = serve_sock.display(),
+            proxy = proxy_plugins(serve_sock),
         )
+    }
+
+    /// The `[proxy_plugins]` section of a containerd configuration that
+    /// names thinlayer's server on `serve_sock` as the snapshotter
+    /// `thinlayer`.
+    pub fn proxy_plugins(serve_sock: &Path) -> String {
+        format!(
+            r#"
+    [proxy_plugins]
+      [proxy_plugins.thinlayer]
+        type = "snapshot"
+        address = "{}"
+    "#,
+            serve_sock.display()
+        )
+    }
+
+    /// The containerd shims started for the containerd whose socket is
+    /// `sock` (their command line names it): their pids.
+    pub fn shims(sock: &Path) -> Vec<i32> {
+        let needle = sock.to_string_lossy().into_owned();
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|p| {
+                let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+                let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                (cmdline.contains("containerd-shim") && cmdline.contains(&needle)).then_some(pid)
+            })
+            .collect()
     }
 
     /// Kills (SIGKILL) the containerd shims started for the containerd whose
     /// socket is `sock`: shims outlive containerd by design.
     pub fn kill_shims(sock: &Path) {
-        let needle = sock.to_string_lossy().into_owned();
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return;
-        };
-        let pids = procs.flatten().filter_map(|p| {
-            let pid: i32 = p.file_name().to_str()?.parse().ok()?;
-            let cmdline = fs::read(p.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            (cmdline.contains("containerd-shim") && cmdline.contains(&needle)).then_some(pid)
-        });
-        for pid in pids {
+        for pid in shims(sock) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+
+    /// Debian 13's Docker and containerd 1.7 as `vm-tests/setup` unpacked
+    /// them: `THINLAYER_VM_DOCKER`, which `vm-tests/run` sets in the VM, or
+    /// else (on a host with dm-thin, where the tests run directly) what
+    /// setup names.
+    pub fn docker_tree() -> PathBuf {
+        let tree = match std::env::var_os("THINLAYER_VM_DOCKER") {
+            Some(t) => PathBuf::from(t),
+            None => {
+                let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-tests/setup");
+                let out = Command::new("bash")
+                    .arg("-c")
+                    .arg(r#"eval "$("$0" --quiet --print-env)" && printf %s "$VM_DOCKER""#)
+                    .arg(&setup)
+                    .output()
+                    .expect("run vm-tests/setup");
+                assert!(
+                    out.status.success(),
+                    "vm-tests/setup --print-env: {}",
+                    output_text(&out)
+                );
+                PathBuf::from(String::from_utf8(out.stdout).unwrap())
+            }
+        };
+        assert!(
+            tree.join("usr/sbin/dockerd").is_file(),
+            "no dockerd in {} (vm-tests/setup unpacks Debian 13's Docker there)",
+            tree.display()
+        );
+        tree
+    }
+
+    /// `PATH` for the daemons of [`docker_tree`]: Debian 13's binaries first
+    /// (containerd's shim among them), then this machine's (runc: Debian
+    /// 13's needs a newer glibc).
+    pub fn docker_tree_path(tree: &Path) -> String {
+        format!(
+            "{t}/usr/bin:{t}/usr/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+            t = tree.display()
+        )
+    }
+
+    /// Removes the cgroup `dir` and those below it, deepest first (best
+    /// effort).
+    pub fn remove_cgroups(dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_cgroups(&e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
     }
 }

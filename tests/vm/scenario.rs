@@ -11,20 +11,15 @@ use thinlayer::kernel::Linux;
 use thinlayer::pool::{PoolOptions, SourceOptions};
 use thinlayer::units::Bytes;
 
-use crate::fixture::{self, Fixture, write_file};
+use crate::fixture::{self, BLOCK, FS_OVERHEAD, Fixture, write_file};
 
 const KIB: u64 = 1024;
-const BLOCK: u64 = 64 * KIB;
-/// What ext4 itself writes around a file: journal blocks, bitmaps, the inode
-/// table block, the directory, the superblock. Each lands in its own pool
-/// block, so the bound is in pool blocks.
-const FS_OVERHEAD: u64 = 32 * BLOCK;
 
 #[test]
 fn twenty_containers_from_a_three_layer_image() {
     fixture::run("scenario", |fx| {
         fx.init_pool("8G", "64M", None, &[]);
-        let base_used = fx.json(&["pool", "status"])["data_used"].as_u64().unwrap();
+        let base_used = fx.data_used();
 
         // Three layers by commits: scratch → app:1 → app:2 → app:3.
         let mut parent = "scratch".to_string();
@@ -118,7 +113,7 @@ fn twenty_containers_from_a_three_layer_image() {
             fx.ok(&["image", "rm", &format!("app:{layer}")]);
         }
         assert_eq!(fx.json(&["tree"])["layers"].as_object().unwrap().len(), 0);
-        let used = fx.json(&["pool", "status"])["data_used"].as_u64().unwrap();
+        let used = fx.data_used();
         assert_eq!(
             used, base_used,
             "pool data after removing everything vs the base alone"

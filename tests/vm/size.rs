@@ -23,10 +23,6 @@ fn fs_bytes(path: &Path) -> u64 {
     st.blocks() * st.fragment_size()
 }
 
-fn data_used(fx: &Fixture) -> u64 {
-    fx.json(&["pool", "status"])["data_used"].as_u64().unwrap()
-}
-
 fn mount(fx: &Fixture, name: &str) -> PathBuf {
     PathBuf::from(fx.ok(&["container", "mount", name]).trim())
 }
@@ -73,9 +69,9 @@ fn a_20g_container_on_a_2g_base(fs_kind: &str) {
         );
         fx.ok(&["container", "umount", "small"]);
 
-        let before = data_used(fx);
+        let before = fx.data_used();
         fx.ok(&["container", "create", "--size", "20G", "scratch", "big"]);
-        let grown = data_used(fx) - before;
+        let grown = fx.data_used() - before;
         let big = mount(fx, "big");
         let size = fs_bytes(&big);
         println!(
@@ -145,7 +141,7 @@ fn a_size_below_the_image_is_refused_and_changes_nothing() {
         let files = [fx.root.join("state.json"), fx.root.join("state.journal")];
         let records = files.each_ref().map(|f| fs::read(f).unwrap());
         let devices = fx.devices();
-        let used = data_used(fx);
+        let used = fx.data_used();
         for (from, size, asked) in [
             ("app", "256M", "256.0 MiB"),
             ("scratch", "511M", "511.0 MiB"),
@@ -166,7 +162,7 @@ fn a_size_below_the_image_is_refused_and_changes_nothing() {
             "the records changed"
         );
         assert_eq!(fx.devices(), devices);
-        assert_eq!(data_used(fx), used);
+        assert_eq!(fx.data_used(), used);
         assert!(!device_sizes(fx).contains_key("c"));
         fx.ok(&["image", "rm", "app"]);
     });
