@@ -107,9 +107,7 @@ impl<'a> Cluster<'a> {
 
     /// As [`Cluster::new`], with `extra` appended to containerd's config.
     fn with_config(fx: &'a Fixture, tag: &str, extra: &str) -> Cluster<'a> {
-        let run = PathBuf::from(format!("/run/tl-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).unwrap();
+        let run = fixture::process::run_dir(tag);
         let serve_sock = run.join("thinlayer.sock");
         let cd_sock = run.join("containerd.sock");
         let config = fx.dir.join("containerd.toml");
@@ -357,11 +355,8 @@ impl Drop for Cluster<'_> {
         kill_shims(&self.cd_sock);
         drop(self.serve.take());
         // Best effort: a test that checks mounts fails on a listing error.
-        let mut left = self.leftover_mounts().unwrap_or_default();
-        left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in left {
-            let _ = self.fx.kernel.umount(&m, true);
-        }
+        self.fx
+            .force_umount(self.leftover_mounts().unwrap_or_default());
         let _ = fs::remove_dir_all(&self.run);
     }
 }

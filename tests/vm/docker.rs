@@ -33,8 +33,8 @@ use thinlayer::kernel::Kernel;
 
 use crate::crash::{open, records};
 use crate::fixture::process::{
-    Daemon, docker_tree, docker_tree_path, kill_shims, log_tail, output_text, output_within,
-    remove_cgroups,
+    Daemon, docker_tree, docker_tree_path, kill_cgroup, kill_shims, output_logged, print_logs,
+    remove_cgroups, stdout_of_success,
 };
 use crate::fixture::{
     self, BLOCK, DEADLINE, FS_OVERHEAD, Fixture, busybox_layer, eventually, in_blocks,
@@ -120,10 +120,8 @@ struct Docker<'a> {
 
 impl<'a> Docker<'a> {
     fn new(fx: &'a Fixture) -> Docker<'a> {
-        let tag = format!("tl-docker-{}", std::process::id());
-        let run = PathBuf::from("/run").join(&tag);
-        let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).unwrap();
+        let run = fixture::process::run_dir("docker");
+        let tag = run.file_name().unwrap().to_string_lossy().into_owned();
         let serve_sock = run.join("thinlayer.sock");
         let cd_config = fx.dir.join("containerd.toml");
         fs::write(
@@ -236,7 +234,6 @@ impl<'a> Docker<'a> {
 
     /// Runs the docker command.
     fn docker(&self, args: &[&str]) -> Output {
-        let started = Instant::now();
         let mut c = Command::new(self.tree.join("usr/bin/docker"));
         c.args(args)
             .env("PATH", docker_tree_path(&self.tree))
@@ -244,26 +241,13 @@ impl<'a> Docker<'a> {
             .env("DOCKER_CONFIG", self.fx.dir.join("docker-cli"))
             // The classic builder: buildx is not installed.
             .env("DOCKER_BUILDKIT", "0");
-        let out = output_within(&mut c, COMMAND_DEADLINE);
-        eprintln!(
-            "docker {} -> {} in {:.1} s",
-            args.join(" "),
-            out.status,
-            started.elapsed().as_secs_f64()
-        );
-        out
+        let what = format!("docker {}", args.join(" "));
+        output_logged(&what, &mut c, COMMAND_DEADLINE, String::new)
     }
 
     /// Runs the docker command and insists on success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed with {}:\n{}",
-            out.status,
-            output_text(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(&format!("docker {args:?}"), self.docker(args))
     }
 
     /// `docker run --rm` of `sh -c script` in `image`; returns stdout.
@@ -323,42 +307,25 @@ impl<'a> Docker<'a> {
     fn leftover_mounts(&self) -> thinlayer::Result<Vec<PathBuf>> {
         self.fx.mounts_under(&self.run)
     }
-
-    fn print_logs(&self) {
-        for name in ["dockerd", "containerd", "serve"] {
-            let log = self.fx.dir.join(format!("{name}.log"));
-            eprintln!(
-                "--- {} (last 60 lines)\n{}",
-                log.display(),
-                log_tail(&log, 60)
-            );
-        }
-    }
 }
 
 impl Drop for Docker<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.print_logs();
+            print_logs(&self.fx.dir, &["dockerd", "containerd", "serve"]);
         }
         // dockerd first: with live-restore its containers outlive it, so
         // their cgroup is killed, then containerd and its shims, then the
         // server.
         drop(self.dockerd.take());
-        let cgroup = Path::new("/sys/fs/cgroup").join(&self.cgroup);
-        if cgroup.exists() {
-            let _ = fs::write(cgroup.join("cgroup.kill"), "1");
-        }
+        let cgroup = kill_cgroup(&self.cgroup);
         drop(self.containerd.take());
         kill_shims(&self.cd_sock);
         drop(self.serve.take());
         // Best effort: the test checks mounts itself on its way out.
         let mut left = self.leftover_mounts().unwrap_or_default();
         left.extend(self.fx.mounts_under(&self.data_root).unwrap_or_default());
-        left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in left {
-            let _ = self.fx.kernel.umount(&m, true);
-        }
+        self.fx.force_umount(left);
         remove_cgroups(&cgroup);
         let _ = fs::remove_dir_all(&self.run);
     }

@@ -352,14 +352,20 @@ impl Fixture {
             .collect())
     }
 
+    /// Unmounts `mounts` by force, deepest first (best effort: the
+    /// clean-up of a test, which checks mounts itself).
+    pub fn force_umount(&self, mut mounts: Vec<PathBuf>) {
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = self.kernel.umount(&m, true);
+        }
+    }
+
     /// Removes by force what the test left, as far as the kernel lets it
     /// list it (the leak check has failed the test on a listing error).
     fn force_clean(&self) {
-        if let Ok(mut mounts) = self.mounts() {
-            mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-            for m in mounts {
-                let _ = self.kernel.umount(&m, true);
-            }
+        if let Ok(mounts) = self.mounts() {
+            self.force_umount(mounts);
         }
         for d in self.try_devices().into_iter().flatten() {
             let _ = self.kernel.dm_resume(&d);
@@ -665,6 +671,19 @@ pub mod process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Prints the last 60 lines of each log `NAME.log` in `dir`: the
+    /// clean-up of a failing test, to say what its daemons did.
+    pub fn print_logs(dir: &Path, names: &[&str]) {
+        for name in names {
+            let log = dir.join(format!("{name}.log"));
+            eprintln!(
+                "--- {} (last 60 lines)\n{}",
+                log.display(),
+                log_tail(&log, 60)
+            );
+        }
+    }
+
     /// The child's exit status, or, while it runs, that it does.
     fn exited(child: &mut Child) -> Result<ExitStatus, String> {
         child
@@ -676,6 +695,16 @@ pub mod process {
     /// Runs `cmd` (stdin from /dev/null) and returns its output; fails the
     /// test, killing it, if it has not finished after `deadline`.
     pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
+        output_watched(cmd, deadline, String::new)
+    }
+
+    /// [`output_within`], whose failure at the deadline also says what
+    /// `diagnose` finds while the command still runs (what it waits for).
+    pub fn output_watched(
+        cmd: &mut Command,
+        deadline: Duration,
+        diagnose: impl FnOnce() -> String,
+    ) -> Output {
         let what = format!("{cmd:?}");
         let child = cmd
             .stdin(Stdio::null())
@@ -691,10 +720,48 @@ pub mod process {
         match rx.recv_timeout(deadline) {
             Ok(out) => out.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
             Err(_) => {
+                let found = diagnose();
                 let _ = kill(pid, Signal::SIGKILL);
-                panic!("never happened: {what} finishes (deadline {deadline:?}); killed it")
+                panic!(
+                    "never happened: {what} finishes (deadline {deadline:?}); killed it{}{found}",
+                    if found.is_empty() {
+                        ""
+                    } else {
+                        "; meanwhile:\n"
+                    }
+                )
             }
         }
+    }
+
+    /// [`output_watched`], saying on stderr what ran (`what`), how it
+    /// ended and how long it took.
+    pub fn output_logged(
+        what: &str,
+        cmd: &mut Command,
+        deadline: Duration,
+        diagnose: impl FnOnce() -> String,
+    ) -> Output {
+        let started = Instant::now();
+        let out = output_watched(cmd, deadline, diagnose);
+        eprintln!(
+            "{what} -> {} in {:.1} s",
+            out.status,
+            started.elapsed().as_secs_f64()
+        );
+        out
+    }
+
+    /// The stdout of `what`, which must have succeeded (else the test
+    /// fails with its status and output).
+    pub fn stdout_of_success(what: &str, out: Output) -> String {
+        assert!(
+            out.status.success(),
+            "{what} failed with {}:\n{}",
+            out.status,
+            output_text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{what}: output not UTF-8: {e}"))
     }
 
     /// A command's stdout then stderr, as text.
@@ -740,6 +807,16 @@ pub mod process {
             opt = dir.join("opt").display(),
             proxy = proxy_plugins(serve_sock),
         )
+    }
+
+    /// A fresh, empty directory `/run/tl-NAME-PID` for the state and
+    /// sockets of a test's daemons (the VM's /run is a tmpfs: no disk
+    /// file system's path length or speed).
+    pub fn run_dir(name: &str) -> PathBuf {
+        let run = PathBuf::from(format!("/run/tl-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).unwrap_or_else(|e| panic!("create {}: {e}", run.display()));
+        run
     }
 
     /// The `[proxy_plugins]` section of a containerd configuration that
@@ -822,6 +899,18 @@ pub mod process {
             "{t}/usr/bin:{t}/usr/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
             t = tree.display()
         )
+    }
+
+    /// The cgroup `name` (a directory under /sys/fs/cgroup), whose every
+    /// process is killed at once if it exists (`cgroup.kill`; best
+    /// effort): what a test's containers ran, which outlives the daemons
+    /// that started it.
+    pub fn kill_cgroup(name: &str) -> PathBuf {
+        let cgroup = Path::new("/sys/fs/cgroup").join(name);
+        if cgroup.exists() {
+            let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+        }
+        cgroup
     }
 
     /// Removes the cgroup `dir` and those below it, deepest first (best
