@@ -12,6 +12,7 @@ mod concurrency;
 mod conformance;
 mod containerd;
 mod crash;
+mod cri;
 mod docker;
 mod faults;
 mod images;
