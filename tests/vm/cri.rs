@@ -36,6 +36,7 @@ use thinlayer::digest::Digest;
 use thinlayer::image::build::write_docker_save_running;
 use thinlayer::kernel::Kernel;
 
+use crate::crash::records;
 use crate::fixture::process::{
     Daemon, containerd_root, docker_tree, docker_tree_path, kill_cgroup, kill_shims, log_tail,
     output_logged, output_text, print_logs, proxy_plugins, remove_cgroups, run_dir, shims,
@@ -544,6 +545,20 @@ impl ThinSizes {
     }
 }
 
+/// thinlayer's key of containerd's snapshot `name` (a container's or a
+/// pod's id): `k8s.io/N/NAME`.
+fn thin_key(fx: &Fixture, name: &str) -> String {
+    let suffix = format!("/{name}");
+    let keys: Vec<String> = records(fx)
+        .tree
+        .layers
+        .into_keys()
+        .filter(|k| k.starts_with("k8s.io/") && k.ends_with(&suffix))
+        .collect();
+    assert_eq!(keys.len(), 1, "one snapshot {name} in thinlayer: {keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
 /// `read` taken while thinlayer's sizes did not move (read before and
 /// after): those sizes and what `read` gave.
 fn steady<T>(
@@ -954,7 +969,11 @@ fn cri_runs_twenty_pods_at_once() {
 /// at writeback. The first reading whose collection started after the write
 /// ended is checked, whenever it comes: how soon it comes is containerd's
 /// cadence (a period when its collector keeps up; when many snapshots'
-/// Usage calls queue up in one collection, longer), and is printed.
+/// Usage calls queue up in one collection, longer), and is printed. It
+/// can be short only while the kernel writes the data back (ext4 stops
+/// counting it just before the pool maps it): then the container's ext4
+/// must hold less than was written in the page cache, and a later
+/// collection must count it.
 #[test]
 fn cri_stats_count_unflushed_writes() {
     const WRITTEN: u64 = 4 * MIB;
@@ -998,15 +1017,40 @@ fn cri_stats_count_unflushed_writes() {
              {:.1} s after the write (collection period {STATS_PERIOD:?})",
             written.elapsed().as_secs_f64()
         );
-        assert!(
-            used >= before + WRITTEN,
-            "{WRITTEN} B written without sync on {before} B: the first collection after \
-             the write counts {used} B"
-        );
-        assert!(
-            used <= before + in_blocks(WRITTEN) + BLOCK + FS_OVERHEAD,
-            "wrote {WRITTEN} B on {before} B: {used} B"
-        );
+        let counted = |used: u64| {
+            (before + WRITTEN..=before + in_blocks(WRITTEN) + BLOCK + FS_OVERHEAD).contains(&used)
+        };
+        if !counted(used) {
+            // Short only if the kernel was writing the data back meanwhile:
+            // ext4 stops counting it just before the pool maps it (the
+            // driver's sizes module bounds that window); then a later
+            // collection holds it.
+            let key = thin_key(fx, &ctr);
+            let mnt = fx
+                .root
+                .join("mnt")
+                .join(records(fx).tree.layers[&key].thin_id.to_string());
+            let waiting = fx
+                .kernel
+                .delayed_allocation(&mnt)
+                .unwrap()
+                .expect("the container's layer: an ext4 thinlayer holds mounted");
+            assert!(
+                waiting.0 < WRITTEN,
+                "{WRITTEN} B written without sync on {before} B: the first collection \
+                 after the write counts {used} B while {} B were not written back",
+                waiting.0
+            );
+            let used = eventually("the collected usage once written back", DEADLINE, || {
+                let used = writable_layer(&cri.call(&["stats", &ctr])?["stats"])?.0;
+                if counted(used) {
+                    Ok(used)
+                } else {
+                    Err(format!("{used} B"))
+                }
+            });
+            println!("read while written back; once written: {used} B");
+        }
         cri.ok(&["stopp", &pod]);
         cri.ok(&["rmp", &pod]);
         cri.remove_all_and_stop(base_used);
