@@ -113,18 +113,15 @@ func init() {
 
 	register(command{name: "rmi", args: "REF", summary: "removes an image (RemoveImage)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "REF"); err != nil {
-					return err
-				}
+			return onID("REF", func(c *client, ref string) error {
 				ctx, cancel := c.ctx()
 				defer cancel()
 				if _, err := c.image.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{
-					Image: &runtimeapi.ImageSpec{Image: args[0]}}); err != nil {
-					return fmt.Errorf("RemoveImage %s: %w", args[0], err)
+					Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+					return fmt.Errorf("RemoveImage %s: %w", ref, err)
 				}
-				return printJSON(idAnswer{args[0]})
-			}
+				return nil
+			})
 		}})
 
 	register(command{name: "runp", summary: "starts a pod (RunPodSandbox): {\"id\": POD}",
@@ -181,15 +178,7 @@ func init() {
 
 	register(command{name: "start", args: "CONTAINER", summary: "starts a container (StartContainer)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "CONTAINER"); err != nil {
-					return err
-				}
-				if err := startContainer(c, args[0]); err != nil {
-					return err
-				}
-				return printJSON(idAnswer{args[0]})
-			}
+			return onID("CONTAINER", startContainer)
 		}})
 
 	register(command{name: "exec", args: "CONTAINER COMMAND [ARG...]",
@@ -320,54 +309,24 @@ func init() {
 	register(command{name: "stop", args: "CONTAINER", summary: "stops a container (StopContainer)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
 			grace := fs.Int64("t", 0, "seconds between the stop signal and SIGKILL (0: SIGKILL at once, as crictl)")
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "CONTAINER"); err != nil {
-					return err
-				}
-				if err := stopContainer(c, args[0], *grace); err != nil {
-					return err
-				}
-				return printJSON(idAnswer{args[0]})
-			}
+			return onID("CONTAINER", func(c *client, id string) error {
+				return stopContainer(c, id, *grace)
+			})
 		}})
 
 	register(command{name: "rm", args: "CONTAINER", summary: "removes a container (RemoveContainer)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "CONTAINER"); err != nil {
-					return err
-				}
-				if err := removeContainer(c, args[0]); err != nil {
-					return err
-				}
-				return printJSON(idAnswer{args[0]})
-			}
+			return onID("CONTAINER", removeContainer)
 		}})
 
 	register(command{name: "stopp", args: "POD", summary: "stops a pod and its containers (StopPodSandbox)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "POD"); err != nil {
-					return err
-				}
-				if err := stopPod(c, args[0]); err != nil {
-					return err
-				}
-				return printJSON(idAnswer{args[0]})
-			}
+			return onID("POD", stopPod)
 		}})
 
 	register(command{name: "rmp", args: "POD", summary: "removes a stopped pod and its containers (RemovePodSandbox)",
 		setup: func(fs *flag.FlagSet) func(*client, []string) error {
-			return func(c *client, args []string) error {
-				if err := exactArgs(args, "POD"); err != nil {
-					return err
-				}
-				if err := removePod(c, args[0]); err != nil {
-					return err
-				}
-				return printJSON(idAnswer{args[0]})
-			}
+			return onID("POD", removePod)
 		}})
 }
 

@@ -158,6 +158,20 @@ func exactArgs(args []string, names ...string) error {
 	return nil
 }
 
+// onID is the run function of a command that takes one argument, named
+// what in its usage: it calls do with it and answers {"id": ARG}.
+func onID(what string, do func(c *client, id string) error) func(*client, []string) error {
+	return func(c *client, args []string) error {
+		if err := exactArgs(args, what); err != nil {
+			return err
+		}
+		if err := do(c, args[0]); err != nil {
+			return err
+		}
+		return printJSON(idAnswer{args[0]})
+	}
+}
+
 // printJSON writes v to stdout as indented JSON (see encode.go).
 func printJSON(v any) error {
 	b, err := marshalJSON(v)
