@@ -279,6 +279,21 @@ pub fn records(fx: &Fixture) -> Records {
     Store::new(&fx.root).load().expect("records")
 }
 
+/// thinlayer's key of the snapshot containerd's namespace `namespace`
+/// names `name` (containerd keeps it as `NAMESPACE/N/NAME`); there must be
+/// exactly one.
+pub fn snapshot_key(fx: &Fixture, namespace: &str, name: &str) -> String {
+    let (prefix, suffix) = (format!("{namespace}/"), format!("/{name}"));
+    let keys: Vec<String> = records(fx)
+        .tree
+        .layers
+        .into_keys()
+        .filter(|k| k.starts_with(&prefix) && k.ends_with(&suffix))
+        .collect();
+    assert_eq!(keys.len(), 1, "one snapshot {name} in thinlayer: {keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
 /// The invariants of a root after the next command: nothing pending, the
 /// kernel's thin ids are the tree's, and the root's devices, loops and
 /// mounts are what its layers need. Returns the records.

@@ -36,7 +36,7 @@ use thinlayer::digest::Digest;
 use thinlayer::image::build::write_docker_save_running;
 use thinlayer::kernel::Kernel;
 
-use crate::crash::records;
+use crate::crash::{records, snapshot_key};
 use crate::fixture::process::{
     Daemon, containerd_root, docker_tree, docker_tree_path, kill_cgroup, kill_shims, log_tail,
     output_logged, output_text, print_logs, proxy_plugins, remove_cgroups, run_dir, shims,
@@ -545,20 +545,6 @@ impl ThinSizes {
     }
 }
 
-/// thinlayer's key of containerd's snapshot `name` (a container's or a
-/// pod's id): `k8s.io/N/NAME`.
-fn thin_key(fx: &Fixture, name: &str) -> String {
-    let suffix = format!("/{name}");
-    let keys: Vec<String> = records(fx)
-        .tree
-        .layers
-        .into_keys()
-        .filter(|k| k.starts_with("k8s.io/") && k.ends_with(&suffix))
-        .collect();
-    assert_eq!(keys.len(), 1, "one snapshot {name} in thinlayer: {keys:?}");
-    keys.into_iter().next().unwrap()
-}
-
 /// `read` taken while thinlayer's sizes did not move (read before and
 /// after): those sizes and what `read` gave.
 fn steady<T>(
@@ -1025,7 +1011,7 @@ fn cri_stats_count_unflushed_writes() {
             // ext4 stops counting it just before the pool maps it (the
             // driver's sizes module bounds that window); then a later
             // collection holds it.
-            let key = thin_key(fx, &ctr);
+            let key = snapshot_key(fx, "k8s.io", &ctr);
             let mnt = fx
                 .root
                 .join("mnt")

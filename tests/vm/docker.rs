@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use thinlayer::image::build::write_docker_save;
 use thinlayer::kernel::Kernel;
 
-use crate::crash::{open, records};
+use crate::crash::{open, records, snapshot_key};
 use crate::fixture::process::{
     Daemon, docker_tree, docker_tree_path, kill_cgroup, kill_shims, output_logged, print_logs,
     remove_cgroups, stdout_of_success,
@@ -390,15 +390,7 @@ fn thin_sizes(fx: &Fixture) -> BTreeMap<String, u64> {
 /// thinlayer's key of the snapshot Docker names `name` (containerd keeps it
 /// as `moby/N/NAME`).
 fn key_of(fx: &Fixture, name: &str) -> String {
-    let suffix = format!("/{name}");
-    let keys: Vec<String> = records(fx)
-        .tree
-        .layers
-        .into_keys()
-        .filter(|k| k.starts_with("moby/") && k.ends_with(&suffix))
-        .collect();
-    assert_eq!(keys.len(), 1, "one snapshot {name} in thinlayer: {keys:?}");
-    keys.into_iter().next().unwrap()
+    snapshot_key(fx, "moby", name)
 }
 
 /// The keys of the layers under `key`, nearest first.
